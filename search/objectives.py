@@ -1,0 +1,141 @@
+"""Objectives and constraints of a search.
+
+An objective names a metric, its direction and, for hardware metrics, the device key it is
+measured on: ``accuracy`` (max), ``params`` (min), ``latency_ms@cpu-x86`` (min), ...
+A metric without ``@key`` that needs a device is bound to the run's default device key.
+
+Metrics the search knows:
+
+- ``accuracy``: held-out accuracy of the trained candidate (0..1), or a table's accuracy.
+- ``params``: trainable parameter count of the built network.
+- ``size_mb``: size of the exported ONNX file in MB.
+- ``latency_ms``: median latency measured by an agent (``latency_p99_ms`` for the p99).
+- ``peak_memory_mb``: peak memory of the measurement job on the agent.
+- ``energy_mj``: energy per inference (gross) measured by the agent's power sensor; a run whose
+  agent has no sensor gets no value and the candidate cannot be ranked on it.
+"""
+from __future__ import annotations
+
+import math
+import operator
+import re
+from dataclasses import dataclass
+
+#: Metric name -> default direction.
+METRICS: dict[str, str] = {
+    "accuracy": "max",
+    "params": "min",
+    "size_mb": "min",
+    "latency_ms": "min",
+    "latency_p99_ms": "min",
+    "peak_memory_mb": "min",
+    "energy_mj": "min",
+    "energy_net_mj": "min",
+}
+#: Metrics that come from a device agent and so belong to a device key.
+DEVICE_METRICS = frozenset(
+    {"latency_ms", "latency_p99_ms", "peak_memory_mb", "energy_mj", "energy_net_mj"}
+)
+
+_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+_CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z0-9_@.\-:]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+
+
+class ObjectiveError(ValueError):
+    """A malformed objective or constraint specification."""
+
+
+def split_metric(name: str) -> tuple[str, str | None]:
+    """``"latency_ms@gpu"`` -> ``("latency_ms", "gpu")``; ``"accuracy"`` -> ``("accuracy", None)``."""
+    metric, _, key = name.partition("@")
+    if metric not in METRICS:
+        raise ObjectiveError(f"unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}")
+    if key == "" and "@" in name:
+        raise ObjectiveError(f"empty device key in {name!r}")
+    return metric, (key or None)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective: ``name`` is ``metric`` or ``metric@device_key``; direction ``min``/``max``."""
+
+    name: str
+    direction: str
+
+    def __post_init__(self) -> None:
+        split_metric(self.name)
+        if self.direction not in ("min", "max"):
+            raise ObjectiveError(f"direction of {self.name!r} must be 'min' or 'max'")
+
+    @property
+    def metric(self) -> str:
+        return split_metric(self.name)[0]
+
+    @property
+    def device_key(self) -> str | None:
+        return split_metric(self.name)[1]
+
+    def minimized(self, value: float) -> float:
+        """The value on a to-be-minimised scale (negated for ``max``)."""
+        return -value if self.direction == "max" else value
+
+    @classmethod
+    def parse(cls, spec: str) -> "Objective":
+        """``"accuracy"`` / ``"latency_ms@gpu"`` / ``"max:accuracy"`` -> Objective."""
+        direction, sep, name = spec.partition(":")
+        if not sep:
+            name = spec
+            direction = METRICS.get(split_metric(spec)[0], "min")
+        return cls(name=name.strip(), direction=direction.strip())
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``name op bound``, e.g. ``latency_ms <= 5``. Violation is 0 when satisfied."""
+
+    name: str
+    op: str
+    bound: float
+
+    def __post_init__(self) -> None:
+        split_metric(self.name)
+        if self.op not in _OPS:
+            raise ObjectiveError(f"constraint operator must be one of {list(_OPS)}")
+
+    @property
+    def metric(self) -> str:
+        return split_metric(self.name)[0]
+
+    @property
+    def device_key(self) -> str | None:
+        return split_metric(self.name)[1]
+
+    def violation(self, value: float | None) -> float:
+        """How far ``value`` is outside the bound (0 if satisfied; ``inf`` if unknown)."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return math.inf
+        if _OPS[self.op](value, self.bound):
+            return 0.0
+        return abs(value - self.bound) / max(abs(self.bound), 1e-12)
+
+    @classmethod
+    def parse(cls, spec: str) -> "Constraint":
+        m = _CONSTRAINT_RE.match(spec)
+        if not m:
+            raise ObjectiveError(
+                f"cannot parse constraint {spec!r}; expected e.g. 'latency_ms <= 5'"
+            )
+        return cls(name=m.group(1), op=m.group(2), bound=float(m.group(3)))
+
+
+def bind(name: str, default_key: str | None) -> str:
+    """Bind a device metric without ``@key`` to ``default_key``; leave others unchanged."""
+    metric, key = split_metric(name)
+    if metric in DEVICE_METRICS and key is None and default_key:
+        return f"{metric}@{default_key}"
+    return name
+
+
+def total_violation(constraints: list[Constraint], values: dict[str, float]) -> float:
+    """Sum of normalised violations over ``constraints`` for ``values`` (0 = feasible)."""
+    return float(sum(c.violation(values.get(c.name)) for c in constraints))
