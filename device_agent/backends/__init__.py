@@ -1,0 +1,21 @@
+"""Backends that compile and run a model on a device (registered, imported lazily)."""
+from __future__ import annotations
+
+from device_agent.backends.base import (
+    BACKEND_MODULES,
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    BuildError,
+    Runner,
+    TensorSpec,
+    UnsupportedError,
+    get_backend,
+    list_backends,
+    register_backend,
+)
+
+__all__ = [
+    "BACKEND_MODULES", "Backend", "BackendError", "BackendUnavailable", "BuildError", "Runner",
+    "TensorSpec", "UnsupportedError", "get_backend", "list_backends", "register_backend",
+]

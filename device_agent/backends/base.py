@@ -1,0 +1,288 @@
+"""Backend and runner base classes, and the backend registry.
+
+Polygraphy style: the public methods (``build``, ``prepare``, ``run``, ...) enforce the
+lifecycle and check their arguments; subclasses implement the ``*_impl`` methods.
+
+Lifecycle of a runner::
+
+    runner = get_backend("onnxruntime")().build(path, build_cfg, workdir=d, batch_size=1)
+    runner.prepare(inputs)       # pre-allocate / copy inputs to the device once
+    runner.run()                 # one synchronous inference (outputs() then valid)
+    ms = runner.timed_run()      # one iteration timed by the device (None: host clock)
+    layers = runner.profile(20)  # per-node timings, separate from the timed loop
+    blob = runner.serialize()    # deployable artifact (bytes) or None
+    runner.close()
+
+Backends are registered with ``@register_backend(name)`` in their own module; the registry
+imports those modules lazily so that this package imports on machines without TensorRT/CUDA.
+Errors raised by backends carry the ``error_kind`` of ``device_agent.result``.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+
+from device_agent.config import BuildConfig
+
+
+# --------------------------------------------------------------------------------------- errors
+class BackendError(Exception):
+    """A failure inside a backend; ``kind`` is the result's ``error_kind``."""
+
+    kind = "run"
+
+
+class BuildError(BackendError):
+    """The model could not be compiled / a session could not be created."""
+
+    kind = "build"
+
+
+class UnsupportedError(BackendError):
+    """The backend cannot handle this model or request (e.g. an unsupported dynamic dim)."""
+
+    kind = "unsupported"
+
+
+class BackendUnavailable(BackendError):
+    """The backend's runtime library or hardware is absent on this machine."""
+
+    kind = "unsupported"
+
+
+# ----------------------------------------------------------------------------------- tensor spec
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input: ``name``, concrete ``shape`` (dynamic dims resolved), numpy ``dtype`` name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+# -------------------------------------------------------------------------------------- runner
+class Runner(ABC):
+    """A compiled model ready to run. Subclasses implement the ``*_impl`` methods.
+
+    ``last_enqueue_ms`` may be set by ``timed_run_impl`` to the host time spent enqueuing the
+    iteration (used for the ``host_bound`` flag when the device times the run).
+    """
+
+    #: Host-side enqueue time of the last ``timed_run`` in ms, if the runner measures it.
+    last_enqueue_ms: float | None = None
+
+    def __init__(self) -> None:
+        self._prepared = False
+        self._ran = False
+        self._closed = False
+
+    # -- description
+    @property
+    @abstractmethod
+    def input_specs(self) -> list[TensorSpec]:
+        """The model's inputs with concrete shapes."""
+
+    @property
+    @abstractmethod
+    def precision(self) -> str:
+        """The precision actually obtained (``fp32``, ``fp16``, ``int8``, ``mixed``)."""
+
+    def info(self) -> dict[str, Any]:
+        """Backend-specific provenance (providers, thread counts, versions...)."""
+        return {}
+
+    # -- lifecycle (public: checks, then *_impl)
+    def prepare(self, inputs: dict[str, np.ndarray]) -> None:
+        """Pre-allocate and copy ``inputs`` (name -> array matching ``input_specs``) once."""
+        self._check_open()
+        specs = {s.name: s for s in self.input_specs}
+        if set(inputs) != set(specs):
+            raise BackendError(f"inputs {sorted(inputs)} do not match model inputs {sorted(specs)}")
+        for name, arr in inputs.items():
+            spec = specs[name]
+            if tuple(arr.shape) != tuple(spec.shape) or np.dtype(arr.dtype) != np.dtype(spec.dtype):
+                raise BackendError(f"input {name!r}: got {arr.dtype}{list(arr.shape)}, "
+                                   f"expected {spec.dtype}{list(spec.shape)}")
+        self.prepare_impl(inputs)
+        self._prepared = True
+        self._ran = False
+
+    def run(self) -> None:
+        """One synchronous inference on the prepared inputs."""
+        self._check_prepared()
+        self.run_impl()
+        self._ran = True
+
+    def timed_run(self) -> float | None:
+        """One synchronous inference timed by the device, in ms; ``None``: use the host clock."""
+        self._check_prepared()
+        ms = self.timed_run_impl()
+        self._ran = True
+        return ms
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Outputs of the last run, as host numpy arrays."""
+        self._check_prepared()
+        if not self._ran:
+            raise BackendError("outputs() before run()")
+        return self.outputs_impl()
+
+    def profile(self, iterations: int) -> list[dict[str, Any]]:
+        """Per-node timings over ``iterations`` runs, taken apart from the timed loop.
+
+        Each entry: ``name``, ``op_type``, ``mean_ms``, ``median_ms``, ``count``.
+        """
+        self._check_prepared()
+        if iterations < 1:
+            raise ValueError("iterations must be >= 1")
+        return self.profile_impl(iterations)
+
+    def serialize(self) -> bytes | None:
+        """The deployable artifact (optimized ONNX, TensorRT plan) or ``None``."""
+        self._check_open()
+        return self.serialize_impl()
+
+    def close(self) -> None:
+        """Release the session / engine / device buffers. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self.close_impl()
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- to implement
+    @abstractmethod
+    def prepare_impl(self, inputs: dict[str, np.ndarray]) -> None: ...
+
+    @abstractmethod
+    def run_impl(self) -> None: ...
+
+    def timed_run_impl(self) -> float | None:
+        """Default: no device timer; run and let the loop use the host clock."""
+        self.run_impl()
+        return None
+
+    @abstractmethod
+    def outputs_impl(self) -> dict[str, np.ndarray]: ...
+
+    def profile_impl(self, iterations: int) -> list[dict[str, Any]]:
+        raise UnsupportedError(f"{type(self).__name__} has no per-layer profiler")
+
+    def serialize_impl(self) -> bytes | None:
+        return None
+
+    def close_impl(self) -> None:
+        return None
+
+    # -- helpers
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError("runner is closed")
+
+    def _check_prepared(self) -> None:
+        self._check_open()
+        if not self._prepared:
+            raise BackendError("prepare() must be called first")
+
+
+# ------------------------------------------------------------------------------------- backend
+class Backend(ABC):
+    """Compiles an ONNX model into a :class:`Runner`."""
+
+    #: Registry name, set by ``register_backend``.
+    name: str = ""
+    #: False for backends that answer from a table instead of running a model.
+    runs_models: bool = True
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        """``(available, reason)``: whether this backend can run here, and why (not)."""
+        return True, "available"
+
+    def build(self, model_path: str, build: BuildConfig, *, workdir: str,
+              batch_size: int = 1) -> Runner:
+        """Compile ``model_path`` with ``build``; dynamic batch dims become ``batch_size``."""
+        ok, reason = self.availability()
+        if not ok:
+            raise BackendUnavailable(f"backend {self.name!r} unavailable: {reason}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        return self.build_impl(model_path, build, workdir=workdir, batch_size=batch_size)
+
+    @abstractmethod
+    def build_impl(self, model_path: str, build: BuildConfig, *, workdir: str,
+                   batch_size: int) -> Runner: ...
+
+
+# ------------------------------------------------------------------------------------ registry
+B = TypeVar("B", bound=type[Backend])
+
+_REGISTRY: dict[str, type[Backend]] = {}
+#: Backend name -> module that registers it (imported lazily).
+BACKEND_MODULES: dict[str, str] = {
+    "onnxruntime": "device_agent.backends.onnxruntime_backend",
+    "tensorrt": "device_agent.backends.tensorrt",
+    "table": "device_agent.backends.table",
+}
+
+
+def register_backend(name: str) -> Callable[[B], B]:
+    """Class decorator: register a :class:`Backend` subclass under ``name``."""
+
+    def deco(cls: B) -> B:
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            raise TypeError("register_backend expects a Backend subclass")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _import_reason(name: str) -> str | None:
+    """Import the module of backend ``name``; return the failure reason, or None on success."""
+    module = BACKEND_MODULES.get(name)
+    if module is None or name in _REGISTRY:
+        return None
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:  # the runtime library is absent
+        return f"cannot import {module}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a broken install must show as unavailable
+        return f"error importing {module}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def get_backend(name: str) -> type[Backend]:
+    """The backend class registered as ``name`` (imports its module on first use)."""
+    reason = _import_reason(name)
+    if name not in _REGISTRY:
+        if reason:
+            raise BackendUnavailable(f"backend {name!r} unavailable: {reason}")
+        known = sorted(set(BACKEND_MODULES) | set(_REGISTRY))
+        raise UnsupportedError(f"unknown backend {name!r}; known: {', '.join(known)}")
+    return _REGISTRY[name]
+
+
+def list_backends() -> dict[str, tuple[bool, str]]:
+    """Every known backend -> ``(available, reason)``; never raises."""
+    out: dict[str, tuple[bool, str]] = {}
+    for name in sorted(set(BACKEND_MODULES) | set(_REGISTRY)):
+        reason = _import_reason(name)
+        cls = _REGISTRY.get(name)
+        if cls is None:
+            out[name] = (False, reason or f"module {BACKEND_MODULES.get(name)} registered nothing")
+            continue
+        try:
+            out[name] = tuple(cls.availability())  # type: ignore[assignment]
+        except Exception as exc:  # noqa: BLE001
+            out[name] = (False, f"availability check failed: {type(exc).__name__}: {exc}")
+    return out
