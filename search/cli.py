@@ -1,0 +1,201 @@
+"""``hwnas``: the command line of the search server, its results, and the device agent.
+
+    hwnas search [--config FILE.toml] [--out DIR] [--budget N] [--agent HOST:PORT ...] [--resume DIR]
+    hwnas results DIR [--json]
+    hwnas report DIR [--out DIR]
+    hwnas export DIR [--out DIR] [--all] [--agent HOST:PORT] [--token T]
+    hwnas status DIR [--json]
+    hwnas agent serve|measure ...
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def _search(args: argparse.Namespace) -> int:
+    from search import config as cfgmod
+    from search.runner import SearchRunner
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.config:
+            raise CLIError("--resume continues with the run's stored config; do not pass --config")
+        from search.store import Store
+
+        st = Store(run_dir)
+        stored = st.get_meta("config")
+        st.close()
+        if stored is None:
+            raise CLIError(f"{run_dir} holds no config to resume")
+        cfg = cfgmod.restore(stored)
+    else:
+        cfg = cfgmod.load(args.config)
+        run_dir = Path(args.out or "runs/latest")
+    overrides: dict[str, Any] = {}
+    if args.budget is not None:
+        overrides["budget"] = args.budget
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    for name in ("space", "algorithm", "dataset", "accuracy_table"):
+        v = getattr(args, name)
+        if v is not None:
+            overrides[name] = v
+    if args.objective:
+        overrides["objectives"] = tuple(args.objective)
+    if args.constraint:
+        overrides["constraints"] = tuple(args.constraint)
+    if args.token is not None:
+        overrides["agents"] = dataclasses.replace(cfg.agents, token=args.token)
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides).validate()
+    agents = args.agent or None
+    runner = SearchRunner(config=cfg, run_dir=run_dir, resume=bool(args.resume), agents=agents,
+                          progress=not args.no_progress)
+    summary = runner.run()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    from search.results import collect
+
+    results = collect(args.run_dir)
+    if args.json:
+        json.dump(results, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    for r in results:
+        flag = "*" if r["pareto"] else " "
+        obj = "  ".join(f"{k}={v:.4g}" for k, v in r["objectives"].items())
+        tail = obj if r["status"] == "done" else (r["error"] or "")
+        print(f"{flag} {r['id']:4d} {r['status']:8s} {tail}")
+    print("(* = Pareto member)")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from search.report import write_report
+    from search.results import collect, run_objectives
+    from search.store import Store
+
+    results = collect(args.run_dir)
+    st = Store(args.run_dir)
+    objs, _ = run_objectives(st)
+    st.close()
+    out = args.out or str(Path(args.run_dir) / "report")
+    path = write_report(results, out, objectives=objs, title=f"hwnas run {Path(args.run_dir).name}")
+    print(path)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from deploy.export import export_candidates
+    from search.results import collect
+
+    results = collect(args.run_dir)
+    out = args.out or str(Path(args.run_dir) / "export")
+    exported = export_candidates(results, args.run_dir, out, only_pareto=not args.all,
+                                 agent=args.agent, token=args.token)
+    for e in exported:
+        print(json.dumps(e, default=str))
+    print(f"{len(exported)} candidate(s) exported to {out}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from search.status import run_status
+
+    st = run_status(args.run_dir)
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+    else:
+        from search.status import format_status
+
+        print(format_status(st))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hwnas", description="Hardware-in-the-loop evolutionary NAS.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="run (or resume) a search")
+    s.add_argument("--config", help="TOML config (default: the embedded digits demo)")
+    s.add_argument("--out", help="run directory to create (default runs/latest)")
+    s.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR")
+    s.add_argument("--budget", type=int, help="candidates to propose in total")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--space", help="search space: menndl, nb201, mobile")
+    s.add_argument("--algorithm", help="nsga2 (default), random, regevo, optuna-nsga2, optuna-tpe")
+    s.add_argument("--dataset", help="digits, fashion-mnist, cifar10, cifar100, imagefolder:PATH")
+    s.add_argument("--accuracy-table", dest="accuracy_table", metavar="CSV:COLUMN",
+                   help="use a published accuracy instead of training (e.g. NAS-Bench-201)")
+    s.add_argument("--objective", action="append", help="objective (repeatable), e.g. latency_ms@KEY")
+    s.add_argument("--constraint", action="append", help="constraint (repeatable), e.g. 'latency_ms <= 5'")
+    s.add_argument("--agent", action="append", metavar="HOST:PORT",
+                   help="device agent to measure on (repeatable); none: start one on loopback")
+    s.add_argument("--token", help="token the agents expect")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=_search)
+
+    r = sub.add_parser("results", help="print a run's candidates")
+    r.add_argument("run_dir")
+    r.add_argument("--json", action="store_true", help="the full results list as JSON")
+    r.set_defaults(func=_results)
+
+    rp = sub.add_parser("report", help="HTML page and PNG plots of a run")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", help="folder (default DIR/report)")
+    rp.set_defaults(func=_report)
+
+    e = sub.add_parser("export", help="export Pareto members as deployable artifacts")
+    e.add_argument("run_dir")
+    e.add_argument("--out", help="folder (default DIR/export)")
+    e.add_argument("--all", action="store_true", help="every finished candidate, not only the Pareto set")
+    e.add_argument("--agent", metavar="HOST:PORT", help="build the engine on this device agent")
+    e.add_argument("--token")
+    e.set_defaults(func=_export)
+
+    st = sub.add_parser("status", help="agents, queue and progress of a run")
+    st.add_argument("run_dir")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_status)
+
+    from device_agent.cli import add_agent_parser
+
+    add_agent_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from search.config import ConfigError
+    from search.runner import SearchError
+    from search.store import StoreError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, ConfigError, SearchError, StoreError, FileNotFoundError) as exc:
+        print(f"hwnas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hwnas: interrupted; resume with: hwnas search --resume DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

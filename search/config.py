@@ -1,0 +1,175 @@
+"""Search configuration: a TOML file (all sections optional) resolved into frozen dataclasses.
+
+File format::
+
+    [search]
+    space = "menndl"            # menndl | nb201 | mobile
+    algorithm = "nsga2"         # nsga2 | random | regevo | optuna-nsga2 | optuna-tpe
+    budget = 36                 # candidates proposed in total
+    seed = 0
+    population_size = 12
+    objectives = ["accuracy", "latency_ms", "params"]   # "max:accuracy" forces a direction
+    constraints = ["latency_ms <= 5"]
+    dataset = "digits"          # digits | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH
+    data_root = ""              # where torchvision datasets live
+    accuracy_table = ""         # CSV:COLUMN, replaces training by a published accuracy
+    train_workers = 1
+    torch_threads = 1
+
+    [train]
+    max_epochs = 6
+    time_budget_s = 20.0
+    patience = 2
+
+    [agents]
+    addresses = ["10.0.0.5:50051"]   # none: one local agent is started on loopback
+    token = ""
+    lease_s = 300.0                  # a leased job not answered by then goes back to the queue
+    max_attempts = 3                 # agent losses a job survives before it fails
+    max_crashes = 2                  # crashes/hangs before a model is quarantined
+
+    [build]    # device_agent.config.BuildConfig fields
+    [measure]  # device_agent.config.MeasureConfig fields
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from device_agent.config import BuildConfig, MeasureConfig
+from search.objectives import Constraint, Objective
+
+
+class ConfigError(ValueError):
+    """The configuration file or a command-line override is invalid."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    max_epochs: int = 6
+    time_budget_s: float = 20.0
+    patience: int = 2
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    addresses: tuple[str, ...] = ()
+    token: str = ""
+    lease_s: float = 300.0
+    max_attempts: int = 3
+    max_crashes: int = 2
+
+
+#: The measurement settings of the embedded default: short windows so a demo of ~40
+#: candidates fits in minutes on 2 cores. A real run uses MeasureConfig's defaults.
+DEMO_MEASURE = MeasureConfig(warmup_s=0.1, min_iterations=50, min_duration_s=0.25, max_duration_s=5.0,
+                             timeout_s=60.0, memory_limit_mb=2048)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: str = "menndl"
+    algorithm: str = "nsga2"
+    budget: int = 36
+    seed: int = 0
+    population_size: int = 12
+    objectives: tuple[str, ...] = ("accuracy", "latency_ms", "params")
+    constraints: tuple[str, ...] = ()
+    dataset: str = "digits"
+    data_root: str = ""
+    accuracy_table: str = ""
+    train_workers: int = 1
+    torch_threads: int = 1
+    train: TrainSettings = field(default_factory=TrainSettings)
+    agents: AgentSettings = field(default_factory=AgentSettings)
+    build: BuildConfig = field(default_factory=BuildConfig)
+    measure: MeasureConfig = DEMO_MEASURE
+
+    def objective_list(self) -> list[Objective]:
+        return [Objective.parse(o) for o in self.objectives]
+
+    def constraint_list(self) -> list[Constraint]:
+        return [Constraint.parse(c) for c in self.constraints]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> "SearchConfig":
+        if self.budget < 1:
+            raise ConfigError("budget must be at least 1")
+        if self.train_workers < 1:
+            raise ConfigError("train_workers must be at least 1")
+        if self.population_size < 2:
+            raise ConfigError("population_size must be at least 2")
+        try:
+            self.objective_list()
+            self.constraint_list()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return self
+
+
+def _section(cls: type, data: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"[{where}]: unknown keys {unknown}; known: {sorted(names)}")
+    return cls(**data)
+
+
+def from_dict(data: dict[str, Any]) -> SearchConfig:
+    """Build a config from the parsed TOML structure."""
+    data = dict(data)
+    unknown = sorted(set(data) - {"search", "train", "agents", "build", "measure"})
+    if unknown:
+        raise ConfigError(f"unknown sections {unknown}")
+    s = dict(data.get("search", {}))
+    for key in ("objectives", "constraints"):
+        if key in s:
+            if not isinstance(s[key], list):
+                raise ConfigError(f"[search].{key} must be a list of strings")
+            s[key] = tuple(s[key])
+    try:
+        cfg = _section(SearchConfig, s, "search")
+        agents = dict(data.get("agents", {}))
+        if "addresses" in agents:
+            agents["addresses"] = tuple(agents["addresses"])
+        cfg = replace(
+            cfg,
+            train=_section(TrainSettings, data.get("train", {}), "train"),
+            agents=_section(AgentSettings, agents, "agents"),
+            build=BuildConfig.from_dict(data.get("build")),
+            measure=replace(DEMO_MEASURE, **data["measure"]) if "measure" in data else DEMO_MEASURE,
+        )
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return cfg.validate()
+
+
+def load(path: str | Path | None) -> SearchConfig:
+    """Read a TOML config (``None``: the embedded default)."""
+    if path is None:
+        return SearchConfig().validate()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return from_dict(data)
+
+
+def restore(data: dict[str, Any]) -> SearchConfig:
+    """Rebuild a config stored by :meth:`SearchConfig.to_dict` (used by ``--resume``)."""
+    d = dict(data)
+    train, agents, build, measure = d.pop("train"), d.pop("agents"), d.pop("build"), d.pop("measure")
+    d["objectives"] = tuple(d["objectives"])
+    d["constraints"] = tuple(d["constraints"])
+    agents["addresses"] = tuple(agents["addresses"])
+    return SearchConfig(**d, train=TrainSettings(**train), agents=AgentSettings(**agents),
+                        build=BuildConfig.from_dict(build), measure=MeasureConfig.from_dict(measure))

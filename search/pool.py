@@ -1,0 +1,273 @@
+"""The agent pool: measurement jobs matched to agents by device key, with leases.
+
+Each agent gets one worker thread that takes the next queued job of the agent's device key,
+leases it in the store (deadline = now + lease), sends the model and waits for the result.
+What can happen to a job:
+
+- a result (success or a model failure such as ``build`` or ``invalid_model``): stored, final;
+- ``crash`` / ``timeout`` results (the model crashed or hung the runtime): retried on an agent of
+  the same key until ``max_crashes``; then the model is *quarantined*: recorded as infeasible
+  with the reason and never sent again;
+- the agent is lost (connection refused, deadline passed, broken stream): the job goes back to
+  the queue for another agent of the key, within ``max_attempts``; the agent is marked
+  unhealthy and probed until it answers again;
+- the agent is busy (``RESOURCE_EXHAUSTED``): the job goes back without counting an attempt.
+
+The pool never decides what a result means for the search; it calls ``on_done(job, result)``
+with the final result dict (``None`` when the job failed without one, reason in ``error``).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from device_agent.config import BuildConfig, MeasureConfig
+from search.store import Store
+
+log = logging.getLogger("hwnas.pool")
+
+#: error kinds that point at the model hurting the runtime rather than at a plain model defect
+CRASH_KINDS = frozenset({"crash", "timeout"})
+
+
+@dataclass(frozen=True)
+class MeasureJob:
+    """One measurement of one candidate on one device key."""
+
+    job_id: str
+    candidate_id: int
+    device_key: str
+    model_path: Path | None
+    model_sha256: str | None
+    arch_key: str | None = None
+    space: str | None = None
+
+
+@dataclass
+class AgentState:
+    """What the pool knows about one agent."""
+
+    address: str
+    device_key: str
+    info: dict[str, Any]
+    healthy: bool = True
+    busy_with: str | None = None
+    done: int = 0
+    failures: int = 0
+    lost: int = 0
+    last_seen: float = field(default_factory=time.time)
+    removed: bool = False
+
+
+class AgentPool:
+    """Dispatches :class:`MeasureJob` s to agents (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        build: BuildConfig,
+        measure: MeasureConfig,
+        on_done: Callable[[MeasureJob, dict[str, Any] | None, str | None], None],
+        token: str | None = None,
+        lease_s: float = 300.0,
+        max_attempts: int = 3,
+        max_crashes: int = 2,
+        client_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.build = build
+        self.measure = measure
+        self.on_done = on_done
+        self.token = token or None
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self.max_crashes = max_crashes
+        if client_factory is None:
+            from device_agent.client import AgentClient
+
+            client_factory = AgentClient
+        self._client_factory = client_factory
+        self._cv = threading.Condition()
+        self._queues: dict[str, collections.deque[MeasureJob]] = collections.defaultdict(collections.deque)
+        self.agents: dict[str, AgentState] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._stop = threading.Event()
+        self.retries = 0
+        self.completed = 0
+
+    # -- agents -----------------------------------------------------------------------------
+    def add_agent(self, address: str, *, timeout: float = 15.0) -> AgentState:
+        """Connect to an agent, ask its device key and start its worker."""
+        client = self._client_factory(address, token=self.token)
+        try:
+            info = client.describe()
+        except Exception:
+            client.close()
+            raise
+        state = AgentState(address=address, device_key=info["device_key"], info=info)
+        with self._cv:
+            if address in self.agents and not self.agents[address].removed:
+                client.close()
+                return self.agents[address]
+            self.agents[address] = state
+        self.store.event("agent_joined", agent=address, detail={"device_key": state.device_key})
+        t = threading.Thread(target=self._worker, args=(state, client), name=f"agent-{address}", daemon=True)
+        self._threads[address] = t
+        t.start()
+        return state
+
+    def remove_agent(self, address: str) -> None:
+        with self._cv:
+            st = self.agents.get(address)
+            if st:
+                st.removed = True
+            self._cv.notify_all()
+
+    def device_keys(self) -> set[str]:
+        return {a.device_key for a in self.agents.values() if not a.removed}
+
+    # -- jobs -------------------------------------------------------------------------------
+    def submit(self, job: MeasureJob) -> None:
+        with self._cv:
+            self._queues[job.device_key].append(job)
+            self._cv.notify_all()
+
+    def queue_depth(self) -> dict[str, int]:
+        with self._cv:
+            return {k: len(q) for k, q in self._queues.items() if q}
+
+    def _next_job(self, key: str, state: AgentState) -> MeasureJob | None:
+        with self._cv:
+            while not self._stop.is_set() and not state.removed:
+                q = self._queues.get(key)
+                if q:
+                    return q.popleft()
+                self._cv.wait(timeout=0.5)
+        return None
+
+    def _requeue_front(self, job: MeasureJob) -> None:
+        with self._cv:
+            self._queues[job.device_key].appendleft(job)
+            self._cv.notify_all()
+
+    # -- the worker -------------------------------------------------------------------------
+    def _worker(self, state: AgentState, client: Any) -> None:
+        from device_agent import errors as agent_errors
+
+        try:
+            while not self._stop.is_set() and not state.removed:
+                if not state.healthy:
+                    if not self._probe(state, client):
+                        continue
+                job = self._next_job(state.device_key, state)
+                if job is None:
+                    break
+                if not self.store.lease_job(job.job_id, state.address, time.time() + self.lease_s):
+                    continue  # failed or taken meanwhile
+                state.busy_with = job.job_id
+                try:
+                    result = self._send(client, job)
+                except agent_errors.AgentBusy:
+                    self.store.requeue_job(job.job_id, reason="agent busy", agent=state.address)
+                    self._requeue_front(job)
+                    time.sleep(0.2)
+                    continue
+                except (agent_errors.AgentError, OSError) as exc:
+                    self._agent_lost(state, job, f"{type(exc).__name__}: {exc}")
+                    continue
+                finally:
+                    state.busy_with = None
+                state.last_seen = time.time()
+                self._handle_result(state, job, result)
+        finally:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a broken channel must not kill the pool
+                pass
+
+    def _send(self, client: Any, job: MeasureJob) -> dict[str, Any]:
+        model = job.model_path.read_bytes() if job.model_path is not None else b""
+        res = client.measure(model, job_id=job.job_id, build=self.build, measure=self.measure,
+                             arch_key=job.arch_key, space=job.space, timeout=self.lease_s)
+        return res.to_dict() if hasattr(res, "to_dict") else dict(res)
+
+    def _probe(self, state: AgentState, client: Any) -> bool:
+        """Wait (with back-off) until a lost agent answers again."""
+        delay = min(5.0, 0.25 * (2 ** min(state.lost, 5)))
+        if self._stop.wait(delay):
+            return False
+        try:
+            client.describe()
+        except Exception:  # noqa: BLE001 - any failure means: still lost
+            return False
+        state.healthy = True
+        self.store.event("agent_recovered", agent=state.address)
+        return True
+
+    def _agent_lost(self, state: AgentState, job: MeasureJob, reason: str) -> None:
+        state.healthy = False
+        state.lost += 1
+        self.retries += 1
+        self.store.event("agent_lost", agent=state.address, detail={"job": job.job_id, "reason": reason})
+        attempts = next((j["attempts"] for j in self.store.jobs(candidate_id=job.candidate_id)
+                         if j["id"] == job.job_id), 0)
+        if attempts >= self.max_attempts:
+            err = f"measurement abandoned after {attempts} lost agents; last: {reason}"
+            self.store.fail_job(job.job_id, err)
+            self._finish(job, None, err)
+        else:
+            self.store.requeue_job(job.job_id, reason=reason, agent=state.address)
+            self._requeue_front(job)
+
+    def _handle_result(self, state: AgentState, job: MeasureJob, result: dict[str, Any]) -> None:
+        kind = result.get("error_kind")
+        if kind in CRASH_KINDS:
+            row = next(j for j in self.store.jobs(candidate_id=job.candidate_id) if j["id"] == job.job_id)
+            crashes = row["crashes"] + 1
+            if crashes < self.max_crashes:
+                state.failures += 1
+                self.retries += 1
+                self.store.requeue_job(job.job_id, reason=f"{kind}: {result.get('error')}", crashed=True,
+                                       agent=state.address)
+                self._requeue_front(job)
+                return
+            result = dict(result, error=f"quarantined after {crashes} {kind}s: {result.get('error')}")
+            self.store.event("model_quarantined", candidate_id=job.candidate_id, agent=state.address,
+                             detail={"job": job.job_id, "kind": kind})
+        if not self.store.record_measurement(job.job_id, agent=state.address, result=result):
+            return  # lease was lost meanwhile; the job's new holder reports it
+        if result.get("error") is None:
+            state.done += 1
+        else:
+            state.failures += 1
+        self._finish(job, result, result.get("error"))
+
+    def _finish(self, job: MeasureJob, result: dict[str, Any] | None, error: str | None) -> None:
+        self.completed += 1
+        try:
+            self.on_done(job, result, error)
+        except Exception:  # noqa: BLE001 - a callback bug must not kill the agent thread
+            log.exception("on_done failed for job %s", job.job_id)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+        for t in self._threads.values():
+            t.join(timeout=timeout)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The agents as the status view shows them."""
+        return [
+            {"address": a.address, "device_key": a.device_key, "healthy": a.healthy,
+             "busy": a.busy_with is not None, "done": a.done, "failures": a.failures, "lost": a.lost,
+             "removed": a.removed}
+            for a in self.agents.values()
+        ]

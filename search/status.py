@@ -1,0 +1,77 @@
+"""``hwnas status DIR``: agents, queue depth, throughput, failures and retries of a run.
+
+Read from the store alone, so it works while the search runs (SQLite WAL allows a reader beside
+the writer) and after it stopped or was killed.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from search.store import Store
+
+
+def run_status(run_dir: str | Path) -> dict[str, Any]:
+    """A snapshot of a run as a dict."""
+    st = Store(run_dir)
+    try:
+        counts = st.count()
+        jobs = st.jobs()
+        agents: dict[str, dict[str, Any]] = {}
+        retries = 0
+        for ev in st.events():
+            a = ev["agent"]
+            if ev["kind"] == "agent_joined":
+                agents[a] = {"address": a, "device_key": ev["detail"].get("device_key"), "health": "ok",
+                             "lost": 0, "measured": 0, "since": ev["time"]}
+            elif ev["kind"] == "agent_lost" and a in agents:
+                agents[a]["health"] = "lost"
+                agents[a]["lost"] += 1
+            elif ev["kind"] == "agent_recovered" and a in agents:
+                agents[a]["health"] = "ok"
+            if ev["kind"] == "job_requeued":
+                retries += 1
+        for m in st.measurements():
+            if m["agent"] in agents:
+                agents[m["agent"]]["measured"] += 1
+        cands = st.candidates()
+        finished = [c["updated"] for c in cands if c["status"] in ("done", "failed")]
+        t0 = min((c["created"] for c in cands), default=time.time())
+        span = (max(finished) - t0) if finished else 0.0
+        queue: dict[str, int] = {}
+        for j in jobs:
+            if j["state"] in ("queued", "leased"):
+                queue[f"{j['device_key']}:{j['state']}"] = queue.get(f"{j['device_key']}:{j['state']}", 0) + 1
+        finished_events = st.events("search_finished")
+        return {
+            "run_dir": str(run_dir),
+            "candidates": counts,
+            "agents": list(agents.values()),
+            "queue": queue,
+            "retries": retries,
+            "quarantined": len(st.events("model_quarantined")),
+            "throughput_per_min": (60.0 * len(finished) / span) if span > 0 else None,
+            "failures": [{"id": c["id"], "error": c["error"]} for c in cands if c["status"] == "failed"],
+            "finished": bool(finished_events),
+        }
+    finally:
+        st.close()
+
+
+def format_status(s: dict[str, Any]) -> str:
+    """Human-readable form of :func:`run_status`."""
+    lines = [f"run {s['run_dir']}  ({'finished' if s['finished'] else 'running or stopped'})"]
+    c = s["candidates"]
+    lines.append("candidates: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) +
+                 (f"; {s['throughput_per_min']:.1f}/min" if s["throughput_per_min"] else ""))
+    lines.append(f"retries {s['retries']}, quarantined {s['quarantined']}, queue {s['queue'] or 'empty'}")
+    lines.append("agents:")
+    for a in s["agents"]:
+        lines.append(f"  {a['address']:24s} {a['device_key']:32s} {a['health']:5s} measured {a['measured']}"
+                     f" lost {a['lost']}")
+    if s["failures"]:
+        lines.append("failures:")
+        for f in s["failures"][:20]:
+            lines.append(f"  #{f['id']}: {f['error']}")
+    return "\n".join(lines)

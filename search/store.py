@@ -1,0 +1,336 @@
+"""The run store: one SQLite file per run (WAL), the single source of truth of a search.
+
+File format (``<run dir>/run.sqlite``), schema version 1:
+
+- ``meta(key, value)``: ``schema_version``, ``config`` (the resolved search config as JSON),
+  ``created``.
+- ``candidates``: one row per proposed genome. ``id`` is the algorithm's trial number;
+  ``status`` goes ``pending`` -> ``trained`` -> ``done`` | ``failed``; ``genome`` and
+  ``parents`` are JSON; ``train`` holds the training result (JSON); ``model_sha256`` names the
+  ONNX file ``models/<sha256>.onnx`` beside the database; ``objectives`` (JSON) are the values
+  told to the algorithm.
+- ``jobs``: one row per (candidate, device key) measurement: ``state`` ``queued`` ->
+  ``leased`` -> ``done`` | ``failed``, the agent holding the lease, its deadline and the attempt
+  count. A job is ``done`` at most once per (candidate, device key): a UNIQUE index makes a
+  second measurement impossible.
+- ``measurements``: every result an agent returned (failures too), with its full provenance
+  (the agent's result JSON).
+- ``events``: what happened when (agent joined/lost, job retried, candidate failed, ...).
+
+Every write is one transaction, so a ``kill -9`` at any moment leaves a consistent file and
+``hwnas search --resume`` can continue from it.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+DB_NAME = "run.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS candidates (
+    id INTEGER PRIMARY KEY,
+    arch_key TEXT NOT NULL,
+    genome TEXT NOT NULL,
+    parents TEXT NOT NULL DEFAULT '[]',
+    origin TEXT NOT NULL DEFAULT 'sample',
+    status TEXT NOT NULL DEFAULT 'pending',
+    error TEXT,
+    train TEXT,
+    model_sha256 TEXT,
+    params INTEGER,
+    size_mb REAL,
+    objectives TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    candidate_id INTEGER NOT NULL REFERENCES candidates(id),
+    device_key TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',
+    agent TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    crashes INTEGER NOT NULL DEFAULT 0,
+    lease_deadline REAL,
+    error TEXT,
+    updated REAL NOT NULL,
+    UNIQUE (candidate_id, device_key)
+);
+CREATE TABLE IF NOT EXISTS measurements (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    candidate_id INTEGER NOT NULL,
+    device_key TEXT NOT NULL,
+    agent TEXT,
+    ok INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_ok_measurement
+    ON measurements(candidate_id, device_key) WHERE ok = 1;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    candidate_id INTEGER,
+    agent TEXT,
+    detail TEXT
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The run directory or its database is missing, foreign or inconsistent."""
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+class Store:
+    """Thread-safe access to a run's SQLite file (one connection, serialised by a lock)."""
+
+    def __init__(self, run_dir: str | Path, *, create: bool = False) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / DB_NAME
+        if not create and not self.path.exists():
+            raise StoreError(f"no run store at {self.path} (is {self.run_dir} a run directory?)")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.models_dir.mkdir(exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+        version = self.get_meta("schema_version")
+        if version is None:
+            self.set_meta("schema_version", SCHEMA_VERSION)
+            self.set_meta("created", time.time())
+        elif int(version) != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {version}, this hwnas reads {SCHEMA_VERSION}")
+
+    # -- plumbing ---------------------------------------------------------------------------
+    @property
+    def models_dir(self) -> Path:
+        return self.run_dir / "models"
+
+    def model_path(self, sha256: str) -> Path:
+        return self.models_dir / f"{sha256}.onnx"
+
+    class _Tx:
+        def __init__(self, store: "Store") -> None:
+            self.store = store
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.store._lock.acquire()
+            self.store._db.execute("BEGIN IMMEDIATE")
+            return self.store._db
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            try:
+                self.store._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self.store._lock.release()
+
+    def _tx(self) -> "Store._Tx":
+        return Store._Tx(self)
+
+    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- meta -------------------------------------------------------------------------------
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, _dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0]["value"]) if rows else default
+
+    # -- candidates -------------------------------------------------------------------------
+    def add_candidate(self, *, id: int, arch_key: str, genome: dict, parents: tuple[int, ...] = (),
+                      origin: str = "sample") -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO candidates(id, arch_key, genome, parents, origin, created, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (id, arch_key, _dumps(genome), _dumps(list(parents)), origin, now, now),
+            )
+            self._event(db, "candidate_proposed", candidate_id=id, detail={"origin": origin})
+
+    def set_trained(self, cid: int, *, train: dict, model_sha256: str | None, params: int | None,
+                    size_mb: float | None, jobs: list[tuple[str, str]]) -> None:
+        """Record training + export and queue one measurement job per ``(job_id, device_key)``."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE candidates SET status='trained', train=?, model_sha256=?, params=?, size_mb=?,"
+                " updated=? WHERE id=? AND status='pending'",
+                (_dumps(train), model_sha256, params, size_mb, now, cid),
+            )
+            for job_id, key in jobs:
+                db.execute(
+                    "INSERT OR IGNORE INTO jobs(id, candidate_id, device_key, updated) VALUES (?, ?, ?, ?)",
+                    (job_id, cid, key, now),
+                )
+
+    def finish_candidate(self, cid: int, *, objectives: dict[str, float]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE candidates SET status='done', objectives=?, error=NULL, updated=? WHERE id=?",
+                (_dumps(objectives), time.time(), cid),
+            )
+            self._event(db, "candidate_done", candidate_id=cid)
+
+    def fail_candidate(self, cid: int, error: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE candidates SET status='failed', error=?, updated=? WHERE id=?",
+                (error, time.time(), cid),
+            )
+            db.execute(
+                "UPDATE jobs SET state='failed', error=COALESCE(error, 'candidate failed'), updated=?"
+                " WHERE candidate_id=? AND state IN ('queued', 'leased')",
+                (time.time(), cid),
+            )
+            self._event(db, "candidate_failed", candidate_id=cid, detail={"error": error})
+
+    def candidates(self, status: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM candidates"
+        args: tuple = ()
+        if status:
+            sql += " WHERE status = ?"
+            args = (status,)
+        return [self._cand(r) for r in self._query(sql + " ORDER BY id", args)]
+
+    def candidate(self, cid: int) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM candidates WHERE id = ?", (cid,))
+        if not rows:
+            raise StoreError(f"no candidate {cid}")
+        return self._cand(rows[0])
+
+    @staticmethod
+    def _cand(r: sqlite3.Row) -> dict[str, Any]:
+        d = dict(r)
+        for k in ("genome", "parents", "train", "objectives"):
+            d[k] = json.loads(d[k]) if d[k] is not None else None
+        return d
+
+    def count(self) -> dict[str, int]:
+        rows = self._query("SELECT status, COUNT(*) AS n FROM candidates GROUP BY status")
+        return {r["status"]: r["n"] for r in rows}
+
+    # -- jobs and measurements --------------------------------------------------------------
+    def jobs(self, *, candidate_id: int | None = None, state: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        if candidate_id is not None:
+            sql += " AND candidate_id = ?"
+            args.append(candidate_id)
+        if state is not None:
+            sql += " AND state = ?"
+            args.append(state)
+        return [dict(r) for r in self._query(sql + " ORDER BY candidate_id, device_key", tuple(args))]
+
+    def lease_job(self, job_id: str, agent: str, deadline: float) -> bool:
+        """Lease a queued job to ``agent``; False if it is not queued any more."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state='leased', agent=?, lease_deadline=?, attempts=attempts+1, updated=?"
+                " WHERE id=? AND state='queued'",
+                (agent, deadline, time.time(), job_id),
+            )
+            return cur.rowcount == 1
+
+    def requeue_job(self, job_id: str, *, reason: str, crashed: bool = False, agent: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state='queued', agent=NULL, lease_deadline=NULL, error=?,"
+                " crashes=crashes+?, updated=? WHERE id=? AND state='leased'",
+                (reason, 1 if crashed else 0, time.time(), job_id),
+            )
+            self._event(db, "job_requeued", agent=agent, detail={"job": job_id, "reason": reason})
+
+    def record_measurement(self, job_id: str, *, agent: str, result: dict[str, Any]) -> bool:
+        """Store one agent result; mark the job done (ok) or failed. False if the job was not
+        leased any more (its lease expired and someone else has it): the result is kept as a
+        record but does not count."""
+        ok = result.get("error") is None
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT candidate_id, device_key, state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"unknown job {job_id}")
+            if row["state"] != "leased":
+                self._event(db, "late_result_ignored", agent=agent, detail={"job": job_id})
+                return False
+            db.execute(
+                "INSERT INTO measurements(job_id, candidate_id, device_key, agent, ok, result, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, row["candidate_id"], row["device_key"], agent, int(ok), _dumps(result), now),
+            )
+            db.execute(
+                "UPDATE jobs SET state=?, error=?, lease_deadline=NULL, updated=? WHERE id=?",
+                ("done" if ok else "failed", result.get("error"), now, job_id),
+            )
+            return True
+
+    def fail_job(self, job_id: str, error: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET state='failed', error=?, updated=? WHERE id=? AND state IN ('queued','leased')",
+                       (error, time.time(), job_id))
+            self._event(db, "job_failed", detail={"job": job_id, "error": error})
+
+    def measurements(self, candidate_id: int | None = None, *, ok_only: bool = False) -> list[dict]:
+        sql, args = "SELECT * FROM measurements WHERE 1=1", []
+        if candidate_id is not None:
+            sql += " AND candidate_id = ?"
+            args.append(candidate_id)
+        if ok_only:
+            sql += " AND ok = 1"
+        rows = self._query(sql + " ORDER BY id", tuple(args))
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["result"] = json.loads(d["result"])
+            d["ok"] = bool(d["ok"])
+            out.append(d)
+        return out
+
+    # -- events -----------------------------------------------------------------------------
+    def _event(self, db: sqlite3.Connection, kind: str, *, candidate_id: int | None = None,
+               agent: str | None = None, detail: dict | None = None) -> None:
+        db.execute(
+            "INSERT INTO events(time, kind, candidate_id, agent, detail) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), kind, candidate_id, agent, _dumps(detail or {})),
+        )
+
+    def event(self, kind: str, *, candidate_id: int | None = None, agent: str | None = None,
+              detail: dict | None = None) -> None:
+        with self._tx() as db:
+            self._event(db, kind, candidate_id=candidate_id, agent=agent, detail=detail)
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM events", ()
+        if kind:
+            sql, args = sql + " WHERE kind = ?", (kind,)
+        return [dict(r, detail=json.loads(r["detail"] or "{}")) for r in self._query(sql + " ORDER BY id", args)]
+
+    def iter_events_since(self, last_id: int) -> Iterator[dict]:
+        for r in self._query("SELECT * FROM events WHERE id > ? ORDER BY id", (last_id,)):
+            yield dict(r, detail=json.loads(r["detail"] or "{}"))
