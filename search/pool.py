@@ -193,9 +193,13 @@ class AgentPool:
 
     def _send(self, client: Any, job: MeasureJob) -> dict[str, Any]:
         model = job.model_path.read_bytes() if job.model_path is not None else b""
+        t0 = time.perf_counter()
         res = client.measure(model, job_id=job.job_id, build=self.build, measure=self.measure,
                              arch_key=job.arch_key, space=job.space, timeout=self.lease_s)
-        return res.to_dict() if hasattr(res, "to_dict") else dict(res)
+        out = res.to_dict() if hasattr(res, "to_dict") else dict(res)
+        # the server's view of the call: lets bench/overhead.py split transfer from the job
+        out["client"] = {"rpc_s": time.perf_counter() - t0, "model_bytes": len(model)}
+        return out
 
     def _probe(self, state: AgentState, client: Any) -> bool:
         """Wait (with back-off) until a lost agent answers again."""

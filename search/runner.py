@@ -209,7 +209,8 @@ class SearchRunner:
                                   patience=self.config.train.patience,
                                   resize_to=self.space.input_shape(genome, self.task)[-1]
                                   if self.space.input_shape(genome, self.task)[-1] != self.task.image_size else None)
-            train = res.to_dict() if hasattr(res, "to_dict") else dataclasses.asdict(res)
+            train = res.to_dict()
+            train["accuracy"] = res.val_accuracy
             train["source"] = f"trained on {self.splits.source}; accuracy on the held-out split"
         t_train = time.perf_counter() - t0
         out: dict[str, Any] = {"train": train, "params": None, "size_mb": None, "model_sha256": None,
