@@ -153,7 +153,8 @@ class EnergyWindow:
         self._lock = threading.Lock()
 
     # -- sampling
-    def _sample(self) -> None:
+    def _sample(self) -> float:
+        """Take one sample; returns its time (``perf_counter``)."""
         now = time.perf_counter()
         try:
             if self._use_counter:
@@ -173,6 +174,7 @@ class EnergyWindow:
             with self._lock:
                 if len(self.errors) < 20:
                     self.errors.append(f"{type(exc).__name__}: {exc}")
+        return now
 
     def _loop(self) -> None:
         period = 1.0 / max(self.sensor.poll_hz, 10.0)
@@ -186,8 +188,8 @@ class EnergyWindow:
     def __enter__(self) -> "EnergyWindow":
         self._use_counter = self.sensor.has_energy_counter
         self.sensor.window_started(self)
-        self.t_start = time.perf_counter()
-        self._sample()
+        # The window spans first to last sample, so integration covers exactly [t_start, t_end].
+        self.t_start = self._sample()
         self._thread = threading.Thread(target=self._loop, name=f"power-{self.sensor.name}",
                                         daemon=True)
         self._thread.start()
@@ -197,8 +199,7 @@ class EnergyWindow:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self._sample()
-        self.t_end = time.perf_counter()
+        self.t_end = self._sample()
         self.sensor.window_finished(self)
 
     # -- results
