@@ -196,25 +196,33 @@ def measure_latency(runner: Runner, cfg: MeasureConfig, *,
     return stats, flags, info
 
 
-def measure_energy(runner: Runner, cfg: MeasureConfig) -> Energy:
+def measure_energy(runner: Runner, cfg: MeasureConfig, *, idle_power_w: float | None = None,
+                   idle_method: str = "") -> tuple[Energy, list[str]]:
     """Energy per inference from the device's power sensor in a separate window (§5).
 
-    Without a sensor module or sensor the result is ``unavailable``: energy is never invented.
+    Returns ``(energy, flags)`` (flags from the window, e.g. throttling). Without a sensor the
+    energy is ``unavailable`` and no window is run: energy is never invented.
     """
     if not cfg.energy:
-        return Energy(status=UNAVAILABLE, method="energy not requested (MeasureConfig.energy=False)")
+        return Energy(status=UNAVAILABLE, method="energy not requested (MeasureConfig.energy=False)"), []
     try:
         from device_agent.sensors import detect_sensor
     except ImportError:
-        return Energy(status=UNAVAILABLE, method="no power sensor on this device")
+        return Energy(status=UNAVAILABLE, method="no power sensor on this device"), []
     sensor = detect_sensor()
-    if sensor is None or not getattr(sensor, "available", True):
-        why = getattr(sensor, "reason", "") if sensor is not None else ""
-        return Energy(status=UNAVAILABLE, method=why or "no power sensor on this device")
-    n = 0
-    with sensor.window() as window:
-        end = time.perf_counter() + max(ENERGY_MIN_S, cfg.min_duration_s)
-        while n < ENERGY_MIN_ITERS or time.perf_counter() < end:
-            runner.run()
-            n += 1
-    return window.energy(n)
+    try:
+        if sensor is None or sensor.name == "none":
+            method = sensor.method() if sensor is not None else "no power sensor on this device"
+            return Energy(status=UNAVAILABLE, method=method), []
+        min_s = max(ENERGY_MIN_S, cfg.min_duration_s, sensor.min_window_s)
+        min_n = max(ENERGY_MIN_ITERS, sensor.min_iterations)
+        n = 0
+        with sensor.window(idle_power_w=idle_power_w, idle_method=idle_method) as window:
+            end = time.perf_counter() + min_s
+            while n < min_n or time.perf_counter() < end:
+                runner.run()
+                n += 1
+        return window.energy(n), list(window.flags)
+    finally:
+        if sensor is not None:
+            sensor.close()
