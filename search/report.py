@@ -1,0 +1,402 @@
+"""The HTML/PNG report of a run: Pareto fronts, the near-best comparison, provenance, failures.
+
+``write_report(results, out_dir, objectives=...)`` takes the results list of a run (the format
+of :mod:`search.results`) and writes into ``out_dir``:
+
+- ``index.html``: plain, self-contained apart from the PNGs: run summary, plots, the Pareto
+  table where every number says where it came from (measured / computed / estimated /
+  unavailable, and how), the near-best comparison and the failures with their reasons;
+- ``front_<objective>.png``: accuracy against each cost objective, every finished candidate in
+  grey, the run's Pareto members highlighted and the 2-D front of that pair connected;
+- ``near_best.png``: the study of MENNDL-style searches (Young et al.): how many times cheaper
+  the cheapest networks within 1 and 2 accuracy points of the most accurate one are;
+- ``near_best.json``: the rows of that comparison.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from search.objectives import Objective, split_metric
+
+#: Cost metrics compared in the near-best study even when they are not objectives.
+_EXTRA_COSTS = ("params", "size_mb")
+_UNITS = {"latency_ms": "ms", "latency_p99_ms": "ms", "peak_memory_mb": "MB", "energy_mj": "mJ",
+          "energy_net_mj": "mJ", "size_mb": "MB", "params": ""}
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 1000):
+        return f"{int(v):,}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+# ---------------------------------------------------------------- provenance
+
+def _measurement_for(c: dict[str, Any], key: str | None) -> dict[str, Any] | None:
+    ms = [m for m in c.get("measurements") or [] if key is None or m.get("device_key") == key]
+    ok = [m for m in ms if m.get("ok", m.get("error") is None)]
+    return (ok or ms or [None])[0]
+
+
+def provenance(c: dict[str, Any], name: str) -> tuple[str, str]:
+    """``(status, how)`` of candidate ``c``'s value for objective/metric ``name``.
+
+    status is ``measured``, ``computed``, ``estimated`` or ``unavailable``.
+    """
+    metric, key = split_metric(name)
+    value = (c.get("objectives") or {}).get(name, c.get(name) if metric in _EXTRA_COSTS else None)
+    if metric == "accuracy":
+        train = c.get("train") or {}
+        src = train.get("source") or "accuracy of the trained network on the held-out split"
+        how = src + (f"; {train['epochs']} epochs" if train.get("epochs") else "")
+        return ("measured" if value is not None else "unavailable"), how
+    if metric == "params":
+        return ("computed" if value is not None else "unavailable"), "trainable parameter count"
+    if metric == "size_mb":
+        return ("computed" if value is not None else "unavailable"), "size of the exported ONNX file"
+    m = _measurement_for(c, key)
+    if m is None:
+        return "unavailable", f"no measurement on {key or 'any device'}"
+    if m.get("error"):
+        return "unavailable", f"measurement failed: {m['error']}"
+    where = f"on {m.get('device_key')}" + (f" via {m['agent']}" if m.get("agent") else "")
+    if metric in ("latency_ms", "latency_p99_ms"):
+        lat = m.get("latency_ms") or {}
+        if not lat:
+            return "unavailable", f"no latency {where}"
+        stat = "median" if metric == "latency_ms" else "p99"
+        ci = (f", 95% CI of median [{_fmt(lat.get('ci_low'))}, {_fmt(lat.get('ci_high'))}]"
+              if lat.get("ci_low") is not None else "")
+        flags = f"; flags: {', '.join(m['flags'])}" if m.get("flags") else ""
+        return "measured", (f"{stat} of {lat.get('count', '?')} timed runs {where}"
+                            f" ({lat.get('method') or m.get('backend') or 'timed loop'}){ci}{flags}")
+    if metric == "peak_memory_mb":
+        pm = m.get("peak_memory_mb") or {}
+        return pm.get("status", "unavailable"), f"{pm.get('method') or 'not reported'} {where}"
+    if metric in ("energy_mj", "energy_net_mj"):
+        en = m.get("energy") or {}
+        return en.get("status", "unavailable"), f"{en.get('method') or 'not reported'} {where}"
+    return ("measured" if value is not None else "unavailable"), where
+
+
+def cost_values(c: dict[str, Any], objectives: Sequence[Objective]) -> dict[str, float]:
+    """Every cost number of ``c``: cost objectives, params, size_mb, and the measured latency,
+    peak memory and energy on each device (energy only where a sensor gave a value)."""
+    out: dict[str, float] = {}
+    objs = c.get("objectives") or {}
+    for o in objectives:
+        if o.metric != "accuracy" and _num(objs.get(o.name)) is not None:
+            out[o.name] = float(objs[o.name])
+    for k in _EXTRA_COSTS:
+        v = _num(objs.get(k, c.get(k)))
+        if v is not None:
+            out.setdefault(k, v)
+    for m in c.get("measurements") or []:
+        dk = m.get("device_key")
+        if m.get("error") or not dk:
+            continue
+        lat = _num((m.get("latency_ms") or {}).get("median"))
+        if lat is not None:
+            out.setdefault(f"latency_ms@{dk}", lat)
+        pm = m.get("peak_memory_mb") or {}
+        if pm.get("status") in ("measured", "estimated") and _num(pm.get("value")) is not None:
+            out.setdefault(f"peak_memory_mb@{dk}", float(pm["value"]))
+        en = m.get("energy") or {}
+        if en.get("status") in ("measured", "estimated") and _num(en.get("value_mj")) is not None:
+            out.setdefault(f"energy_mj@{dk}", float(en["value_mj"]))
+    return out
+
+
+# ---------------------------------------------------------------- analysis
+
+def _accuracy_objective(objectives: Sequence[Objective]) -> Objective:
+    for o in objectives:
+        if o.metric == "accuracy":
+            return o
+    return objectives[0]
+
+
+def _points_scale(accs: Sequence[float]) -> float:
+    """Accuracy points per unit: 100 for 0..1 accuracies, 1 for percentages."""
+    return 100.0 if max(accs, default=0.0) <= 1.0 else 1.0
+
+
+def near_best(results: Sequence[dict[str, Any]], objectives: Sequence[Objective],
+              tolerances: Sequence[float] = (1.0, 2.0)) -> list[dict[str, Any]]:
+    """For each tolerance (accuracy points) and cost metric: the cheapest finished candidate
+    within that many points of the most accurate one, and how many times cheaper it is."""
+    acc_o = _accuracy_objective(objectives)
+    done = [c for c in results if c.get("status") == "done" and c.get("feasible", True)
+            and _num((c.get("objectives") or {}).get(acc_o.name)) is not None]
+    if not done:
+        return []
+    acc = {c["id"]: float(c["objectives"][acc_o.name]) for c in done}
+    scale = _points_scale(list(acc.values()))
+    best = max(done, key=lambda c: (acc[c["id"]], -c["id"]))
+    best_costs = cost_values(best, objectives)
+    rows = []
+    for tol in tolerances:
+        near = [c for c in done if (acc[best["id"]] - acc[c["id"]]) * scale <= tol + 1e-9]
+        for metric, best_v in best_costs.items():
+            cands = [(cost_values(c, objectives).get(metric), c) for c in near]
+            cands = [(v, c) for v, c in cands if v is not None]
+            v, cheap = min(cands, key=lambda t: (t[0], -acc[t[1]["id"]], t[1]["id"]))
+            rows.append({
+                "tolerance_points": tol, "metric": metric,
+                "best_id": best["id"], "best_accuracy": acc[best["id"]], "best_value": best_v,
+                "cheapest_id": cheap["id"], "cheapest_accuracy": acc[cheap["id"]], "cheapest_value": v,
+                "accuracy_drop_points": (acc[best["id"]] - acc[cheap["id"]]) * scale,
+                "ratio": (best_v / v) if v > 0 else (1.0 if best_v == v else math.inf),
+                "provenance": provenance(cheap, metric)[0],
+            })
+    return rows
+
+
+def _pareto_flags(results: Sequence[dict[str, Any]], objectives: Sequence[Objective]) -> dict[int, bool]:
+    flags = {c["id"]: bool(c.get("pareto")) for c in results}
+    if any(flags.values()):
+        return flags
+    try:  # results without flags: compute them
+        from search.pareto import pareto_members
+    except ImportError:
+        return flags
+    done = [c for c in results if c.get("status") == "done" and c.get("feasible", True)]
+    vals = [c.get("objectives") if all(_num((c.get("objectives") or {}).get(o.name)) is not None
+                                       for o in objectives) else None for c in done]
+    mask = pareto_members(vals, list(objectives)) if done else []
+    flags.update({c["id"]: bool(m) for c, m in zip(done, mask)})
+    return flags
+
+
+# ---------------------------------------------------------------- plots
+
+def _plot_front(done: list[dict], pareto: dict[int, bool], acc_o: Objective, cost: Objective,
+                n_failed: int, path: Path, title: str) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    pts = [(float(c["objectives"][cost.name]), float(c["objectives"][acc_o.name]), c)
+           for c in done if _num(c["objectives"].get(cost.name)) is not None
+           and _num(c["objectives"].get(acc_o.name)) is not None]
+    if not pts:
+        return False
+    x = np.array([p[0] for p in pts])
+    y = np.array([p[1] for p in pts])
+    member = np.array([pareto.get(p[2]["id"], False) for p in pts])
+    fig, ax = plt.subplots(figsize=(7, 4.8), dpi=110)
+    ax.scatter(x[~member], y[~member], c="0.65", s=22, label="candidate", zorder=2)
+    ax.scatter(x[member], y[member], c="tab:red", s=46, edgecolors="k", linewidths=0.6,
+               label="Pareto member (all objectives)", zorder=4)
+    for xi, yi, c in [p for p, m in zip(pts, member) if m]:
+        ax.annotate(f"#{c['id']}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    # the 2-D front of this pair, as a staircase (cost min, accuracy in its own direction)
+    sign = -1.0 if acc_o.direction == "max" else 1.0
+    order = np.lexsort((sign * y, x))
+    front, best = [], math.inf
+    for i in order:
+        if sign * y[i] < best:
+            best = sign * y[i]
+            front.append(i)
+    ax.step(x[front], y[front], where="post", color="tab:red", lw=1.4, alpha=0.8,
+            label=f"front of {acc_o.name} vs {cost.name}", zorder=3)
+    if x.min() > 0 and x.max() / x.min() > 20:
+        ax.set_xscale("log")
+    unit = _UNITS.get(cost.metric, "")
+    ax.set_xlabel(f"{cost.name}" + (f" [{unit}]" if unit else "") + " (lower is better)")
+    ax.set_ylabel(acc_o.name + (" (higher is better)" if acc_o.direction == "max" else ""))
+    ax.set_title(f"{title}: {acc_o.name} vs {cost.name}\n{len(pts)} candidates plotted,"
+                 f" {int(member.sum())} Pareto members, {n_failed} failed (not plotted)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right" if acc_o.direction == "max" else "upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _plot_near_best(rows: list[dict], path: Path, title: str) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in rows if math.isfinite(r["ratio"])]
+    if not rows:
+        return False
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    tols = list(dict.fromkeys(r["tolerance_points"] for r in rows))
+    width = 0.8 / len(tols)
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.3 * len(metrics) + 2), 4.8), dpi=110)
+    for j, tol in enumerate(tols):
+        by_m = {r["metric"]: r for r in rows if r["tolerance_points"] == tol}
+        xs = np.arange(len(metrics)) + (j - (len(tols) - 1) / 2) * width
+        hs = [by_m[m]["ratio"] if m in by_m else 0.0 for m in metrics]
+        bars = ax.bar(xs, hs, width=width * 0.95, label=f"within {tol:g} point(s) of best")
+        for b, m in zip(bars, metrics):
+            if m in by_m:
+                r = by_m[m]
+                ax.annotate(f"{r['ratio']:.1f}x\n#{r['cheapest_id']}, -{r['accuracy_drop_points']:.2f} pt",
+                            (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                            va="bottom", fontsize=7)
+    ax.axhline(1.0, color="k", lw=0.8)
+    if max(r["ratio"] for r in rows) > 50:
+        ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(metrics)))
+    ax.set_xticklabels(metrics, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("times cheaper than the most accurate")
+    best = rows[0]
+    ax.set_title(f"{title}: cheapest near-best networks vs the most accurate (#{best['best_id']},"
+                 f" accuracy {best['best_accuracy']:.4g})", fontsize=10)
+    ax.margins(y=0.2)
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------- HTML
+
+_CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;
+margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;
+vertical-align:top}th{background:#eee}.prov{color:#555;font-size:85%}.measured{color:#060}
+.computed{color:#036}.estimated{color:#a60}.unavailable{color:#a00}img{max-width:100%}
+code{font-size:85%}"""
+
+
+def _genome_text(c: dict[str, Any], limit: int = 160) -> str:
+    g = c.get("arch_key") or json.dumps(c.get("genome"), sort_keys=True, separators=(",", ":"))
+    return g if len(g) <= limit else g[: limit - 1] + "…"
+
+
+def _cell(c: dict[str, Any], name: str) -> str:
+    v = (c.get("objectives") or {}).get(name)
+    status, how = provenance(c, name)
+    return (f"{html.escape(_fmt(v))}<div class='prov'><span class='{html.escape(status)}'>"
+            f"{html.escape(status)}</span>: {html.escape(how)}</div>")
+
+
+def write_report(results: list[dict[str, Any]], out_dir: str, *, objectives: list[Objective],
+                 title: str = "hwnas run", summary: dict[str, Any] | None = None,
+                 tolerances: Sequence[float] = (1.0, 2.0)) -> str:
+    """Write ``index.html`` and its PNGs for ``results`` into ``out_dir``; return the HTML path.
+
+    summary: extra ``name -> value`` lines for the run summary (dataset, space, budget, ...).
+    """
+    if not objectives:
+        raise ValueError("write_report needs the run's objectives")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    acc_o = _accuracy_objective(objectives)
+    costs = [o for o in objectives if o is not acc_o]
+    pareto = _pareto_flags(results, objectives)
+    done = [c for c in results if c.get("status") == "done"]
+    failed = [c for c in results if c.get("status") == "failed"]
+    members = sorted((c for c in done if pareto.get(c["id"])),  # best accuracy first
+                     key=lambda c: acc_o.minimized(_num((c.get("objectives") or {}).get(acc_o.name)) or 0.0))
+    plots: list[str] = []
+    for cost in costs:
+        name = f"front_{_slug(cost.name)}.png"
+        if _plot_front(done, pareto, acc_o, cost, len(failed), out / name, title):
+            plots.append(name)
+    rows = near_best(results, objectives, tolerances)
+    (out / "near_best.json").write_text(json.dumps(rows, indent=1))
+    if _plot_near_best(rows, out / "near_best.png", title):
+        plots.append("near_best.png")
+
+    e = html.escape
+    status_counts: dict[str, int] = {}
+    for c in results:
+        status_counts[c.get("status", "?")] = status_counts.get(c.get("status", "?"), 0) + 1
+    lines = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>", "<h2>Summary</h2><table>"]
+    info: dict[str, Any] = {
+        "candidates": len(results),
+        "by status": ", ".join(f"{k}: {v}" for k, v in sorted(status_counts.items())),
+        "objectives": ", ".join(f"{o.direction} {o.name}" for o in objectives),
+        "Pareto members": ", ".join(f"#{c['id']}" for c in members) or "none",
+        "report written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if rows:
+        info["most accurate"] = f"#{rows[0]['best_id']} ({acc_o.name} {_fmt(rows[0]['best_accuracy'])})"
+    info.update(summary or {})
+    lines += [f"<tr><th>{e(str(k))}</th><td>{e(_fmt(v))}</td></tr>" for k, v in info.items()]
+    lines.append("</table>")
+
+    lines.append("<h2>Plots</h2>")
+    lines += [f"<p><img src='{e(p)}' alt='{e(p)}'></p>" for p in plots] or ["<p>No plottable candidates.</p>"]
+
+    lines.append(f"<h2>Pareto set ({len(members)})</h2><table><tr><th>id</th>"
+                 + "".join(f"<th>{e(o.name)} ({o.direction})</th>" for o in objectives)
+                 + "<th>architecture</th></tr>")
+    for c in members:
+        lines.append(f"<tr><td>#{c['id']}</td>" + "".join(f"<td>{_cell(c, o.name)}</td>" for o in objectives)
+                     + f"<td><code>{e(_genome_text(c))}</code></td></tr>")
+    lines.append("</table>")
+
+    lines.append("<h2>Near-best networks against the most accurate</h2>")
+    if rows:
+        lines.append("<table><tr><th>within</th><th>metric</th><th>most accurate</th><th>cheapest near-best</th>"
+                     "<th>accuracy drop (points)</th><th>times cheaper</th></tr>")
+        for r in rows:
+            lines.append(
+                f"<tr><td>{r['tolerance_points']:g} pt</td><td>{e(r['metric'])}</td>"
+                f"<td>#{r['best_id']}: {e(_fmt(r['best_value']))}</td>"
+                f"<td>#{r['cheapest_id']}: {e(_fmt(r['cheapest_value']))} ({e(r['provenance'])})</td>"
+                f"<td>{r['accuracy_drop_points']:.2f}</td><td>{r['ratio']:.2f}x</td></tr>")
+        lines.append("</table>")
+    else:
+        lines.append("<p>No finished candidate with an accuracy.</p>")
+
+    lines.append(f"<h2>Failures ({len(failed)})</h2>")
+    if failed:
+        lines.append("<table><tr><th>id</th><th>reason</th><th>architecture</th></tr>")
+        lines += [f"<tr><td>#{c['id']}</td><td>{e(str(c.get('error') or 'no reason recorded'))}</td>"
+                  f"<td><code>{e(_genome_text(c))}</code></td></tr>" for c in failed]
+        lines.append("</table>")
+    meas_fail = [(c, m) for c in done for m in c.get("measurements") or [] if m.get("error")]
+    if meas_fail:
+        lines.append("<h3>Failed measurements</h3><table><tr><th>id</th><th>device</th><th>reason</th></tr>")
+        lines += [f"<tr><td>#{c['id']}</td><td>{e(str(m.get('device_key')))}</td><td>{e(str(m['error']))}</td></tr>"
+                  for c, m in meas_fail]
+        lines.append("</table>")
+
+    lines.append("<h2>All finished candidates</h2><table><tr><th>id</th><th>Pareto</th>"
+                 + "".join(f"<th>{e(o.name)}</th>" for o in objectives) + "</tr>")
+    for c in sorted(done, key=lambda c: c["id"]):
+        lines.append(f"<tr><td>#{c['id']}</td><td>{'yes' if pareto.get(c['id']) else ''}</td>"
+                     + "".join(f"<td>{e(_fmt((c.get('objectives') or {}).get(o.name)))}</td>" for o in objectives)
+                     + "</tr>")
+    lines.append("</table></body></html>")
+    index = out / "index.html"
+    index.write_text("\n".join(lines), encoding="utf-8")
+    return str(index)
