@@ -1,0 +1,103 @@
+"""Table backend: a CSV we write, and the real NAS-Bench-201 table where it is present."""
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import time
+
+import pytest
+
+from device_agent.backends import UnsupportedError, get_backend
+from device_agent.backends.table import TableBackend
+from device_agent.config import BuildConfig, MeasureConfig
+from device_agent.describe import describe_device
+from device_agent.jobs import run_job
+
+NB201 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nb201", "nb201_tables.csv.gz")
+if not os.path.exists(NB201):
+    NB201 = "/work/shared/data/nb201/nb201_tables.csv.gz"
+
+ROWS = [("a|b", "1.5", "10.0", "3"), ("c|d", "2.25", "", "4"), ("e|f", "", "7.0", "")]
+
+
+def write_csv(path, gz: bool = False) -> str:
+    opener = gzip.open if gz else open
+    with opener(path, "wt", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["arch_str", "lat_dev", "energy_dev", "mem_dev"])
+        w.writerows(ROWS)
+    return str(path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_lookup_from_written_csv(tmp_path, gz):
+    path = write_csv(tmp_path / ("t.csv.gz" if gz else "t.csv"), gz)
+    tb = TableBackend(table_path=path, metrics={"latency_ms": "lat_dev", "energy_mj": "energy_dev",
+                                                "peak_memory_mb": "mem_dev"})
+    r = tb.lookup("a|b", job_id="j", device_key="dev")
+    assert r.ok and r.backend == "table" and r.job_id == "j"
+    s = r.latency_ms
+    assert s.median == s.mean == 1.5 and s.count == 1
+    assert s.method == f"table:{os.path.basename(path)}:lat_dev"
+    assert r.energy.status == "measured" and r.energy.value_mj == 10.0
+    assert r.energy.method == f"table:{os.path.basename(path)}:energy_dev (published measurement)"
+    assert r.peak_memory_mb.value == 3.0
+    # missing energy cell: energy unavailable, never invented
+    r = tb.lookup("c|d")
+    assert r.ok and r.latency_ms.median == 2.25 and r.energy.status == "unavailable" and r.energy.value_mj is None
+    # missing latency cell and unknown key: unsupported
+    assert tb.lookup("e|f").error_kind == "unsupported"
+    unknown = tb.lookup("zz")
+    assert unknown.error_kind == "unsupported" and "not in table" in unknown.error
+
+
+def test_bad_configs(tmp_path):
+    path = write_csv(tmp_path / "t.csv")
+    with pytest.raises(ValueError, match="missing columns"):
+        TableBackend(table_path=path, metrics={"latency_ms": "no_such_column"})
+    with pytest.raises(ValueError, match="latency_ms"):
+        TableBackend(table_path=path, metrics={"energy_mj": "energy_dev"})
+    assert TableBackend().lookup("a|b").error_kind == "unsupported"
+    with pytest.raises(UnsupportedError):
+        TableBackend().build(path, BuildConfig(backend="table"), workdir=str(tmp_path))
+    assert get_backend("table") is TableBackend
+
+
+def test_run_job_answers_in_process(tmp_path):
+    tb = TableBackend(table_path=write_csv(tmp_path / "t.csv"), metrics={"latency_ms": "lat_dev"})
+    t0 = time.perf_counter()
+    r = run_job("", BuildConfig(backend="table"), MeasureConfig(), job_id="t", device_key="dev",
+                arch_key="a|b", table=tb)
+    assert time.perf_counter() - t0 < 0.5  # no child process
+    assert r.ok and r.latency_ms.median == 1.5 and r.measure_config == MeasureConfig().to_dict()
+    r = run_job("", BuildConfig(backend="table"), MeasureConfig(), job_id="t", device_key="dev", arch_key="a|b")
+    assert r.error_kind == "unsupported" and "no table" in r.error
+
+
+def test_describe_reports_table(tmp_path):
+    tb = TableBackend(table_path=write_csv(tmp_path / "t.csv"), metrics={"latency_ms": "lat_dev"})
+    d = describe_device(device_key="dev", table=tb)
+    assert d["device_key"] == "dev" and d["backends"]["onnxruntime"]["available"]
+    assert d["backends"]["table"]["table"]["rows"] == 3
+    assert "tensorrt" in d["backends"] and d["backends"]["tensorrt"]["reason"]
+    assert isinstance(d["sensors"], dict) and d["versions"]["onnxruntime"]
+
+
+@pytest.mark.skipif(not os.path.exists(NB201), reason="NAS-Bench-201 table not present at ../shared/data/nb201")
+def test_nb201_table_lookup_is_fast_and_exact():
+    with gzip.open(NB201, "rt", newline="") as f:
+        rows = list(csv.DictReader(f))
+    tb = TableBackend(table_path=NB201, metrics={"latency_ms": "lat_raspi4"})
+    row = rows[1234]
+    r = tb.lookup(row["arch_str"])
+    assert r.ok and r.latency_ms.median == float(row["lat_raspi4"])
+    assert r.latency_ms.method == "table:nb201_tables.csv.gz:lat_raspi4"
+    keys = [rw["arch_str"] for rw in rows[:2000]]
+    t0 = time.perf_counter()
+    for k in keys:
+        tb.lookup(k)
+    per_call = (time.perf_counter() - t0) / len(keys)
+    assert per_call < 500e-6, f"{per_call * 1e6:.0f} us per lookup"
+    # loaded once per process: a second backend on the same table shares the dict
+    assert TableBackend(table_path=NB201, metrics={"latency_ms": "lat_raspi4"})._table is tb._table
