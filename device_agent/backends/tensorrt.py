@@ -536,8 +536,8 @@ class TensorRTBackend(Backend):
             plan = engine_path.read_bytes()
             info["engine_cache"] = "hit"
         else:
-            plan, build_info = self._build_plan(trt, data, build, plan_cfg, version, gpu["name"],
-                                                batch_size)
+            plan, build_info = self._build_plan(trt, data, model_path, build, plan_cfg, version,
+                                                gpu["name"], batch_size)
             info.update(build_info, engine_cache="miss")
             _atomic_write(engine_path, plan)
         runner = TensorRTRunner(plan=plan, batch_size=batch_size, build_info=info)
@@ -550,7 +550,8 @@ class TensorRTBackend(Backend):
                                                   "error": f"{type(exc).__name__}: {exc}"}
         return runner
 
-    def _build_plan(self, trt: Any, data: bytes, build: BuildConfig, plan_cfg: PrecisionPlan,
+    def _build_plan(self, trt: Any, data: bytes, model_path: str, build: BuildConfig,
+                    plan_cfg: PrecisionPlan,
                     version: tuple[int, int, int], gpu_name: str,
                     batch_size: int) -> tuple[bytes, dict[str, Any]]:
         logger = _make_logger(trt)
@@ -560,7 +561,7 @@ class TensorRTBackend(Backend):
             flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
         network = builder.create_network(flags)
         parser = trt.OnnxParser(network, logger)
-        if not parser.parse(data):
+        if not parser.parse(data, model_path):  # the path resolves external weights
             errors = []
             for i in range(parser.num_errors):
                 e = parser.get_error(i)
