@@ -1,0 +1,206 @@
+"""Export chosen candidates of a run as deployable folders.
+
+For each chosen candidate (by default the Pareto members) ``export_candidates`` writes
+``out_dir/<candidate-id>/``:
+
+- ``model.onnx``: the candidate's ONNX, copied from ``run_dir/models/<sha256>.onnx`` after its
+  sha256 is checked against the run's record;
+- with an agent: the artifact the agent built on its device (``model.ort.onnx`` for ONNX
+  Runtime's optimized graph, ``engine.plan`` for a TensorRT plan), with an output check: an
+  ONNX artifact is run beside the reference ONNX with ONNX Runtime CPU on seeded inputs here;
+  a TensorRT plan can only run on its device, so the manifest records the check the agent's
+  build reply carried (or that there was none);
+- ``manifest.json`` (:mod:`deploy.manifest`).
+
+and ``out_dir/index.json`` listing the exports (one entry per chosen candidate, with ``error``
+set where one could not be exported: a missing or corrupted model file, a failed build).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from deploy.manifest import build_manifest, sha256_bytes, write_manifest
+
+INDEX_SCHEMA = "hwnas.deploy.index"
+#: Tolerances of the ONNX artifact check (as ``numpy.allclose``).
+CHECK_ATOL, CHECK_RTOL = 1e-4, 1e-3
+
+
+class ExportError(RuntimeError):
+    """A candidate that cannot be exported (the message says why)."""
+
+
+def _objective_provenance(c: dict[str, Any]) -> dict[str, dict[str, str]]:
+    from search.report import provenance
+
+    out = {}
+    for name in (c.get("objectives") or {}):
+        try:
+            status, how = provenance(c, name)
+        except ValueError:  # a metric this version does not know
+            status, how = "unknown", "metric not known to this hwnas version"
+        out[name] = {"status": status, "method": how}
+    return out
+
+
+def _model_bytes(c: dict[str, Any], run_dir: Path) -> bytes:
+    sha = c.get("model_sha256")
+    if not sha:
+        raise ExportError(f"candidate {c['id']} has no exported model (model_sha256 is empty)")
+    rel = c.get("onnx_path") or f"models/{sha}.onnx"
+    path = run_dir / rel
+    if not path.is_file():
+        raise ExportError(f"candidate {c['id']}: model file {path} is missing")
+    data = path.read_bytes()
+    got = sha256_bytes(data)
+    if got != sha:
+        raise ExportError(f"candidate {c['id']}: {path} has sha256 {got[:16]}..., the run recorded "
+                          f"{sha[:16]}... (file corrupted or replaced)")
+    return data
+
+
+def _feeds(sess: Any, seed: int, batch: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else batch for d in i.shape]
+        dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64,
+                 "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+                 "tensor(int32)": np.int32}.get(i.type, np.float32)
+        feeds[i.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def check_onnx_artifact(reference: bytes, artifact: bytes, *, seed: int = 0, batch: int = 2) -> dict[str, Any]:
+    """Run both ONNX models with ONNX Runtime CPU on the same seeded inputs; compare outputs."""
+    import onnxruntime as ort
+
+    method = (f"ONNX Runtime {ort.__version__} CPU, reference model.onnx vs artifact, seeded "
+              f"standard-normal inputs (seed {seed}, batch {batch}), atol {CHECK_ATOL} + rtol {CHECK_RTOL}")
+    try:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        ref = ort.InferenceSession(reference, so, providers=["CPUExecutionProvider"])
+        art = ort.InferenceSession(artifact, so, providers=["CPUExecutionProvider"])
+        feeds = _feeds(ref, seed, batch)
+        a = ref.run(None, feeds)
+        b = art.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - an artifact that does not run here is a result
+        return {"status": "error", "method": method, "error": f"{type(exc).__name__}: {exc}"}
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        return {"status": "failed", "method": method,
+                "error": f"output shapes differ: {[x.shape for x in a]} vs {[y.shape for y in b]}"}
+    diff = max((float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) for x, y in zip(a, b)),
+               default=0.0)
+    ok = all(np.allclose(y, x, atol=CHECK_ATOL, rtol=CHECK_RTOL) for x, y in zip(a, b))
+    return {"status": "passed" if ok else "failed", "method": method, "max_abs_diff": diff,
+            "outputs": len(a)}
+
+
+def _artifact_file(backend: str, data: bytes) -> tuple[str, str]:
+    """``(file name, format)`` of an artifact by the backend that built it."""
+    if backend == "tensorrt":
+        return "engine.plan", "tensorrt-plan"
+    try:
+        import onnx
+
+        onnx.load_from_string(data)
+        return "model.ort.onnx", "onnx"
+    except Exception:  # noqa: BLE001 - not ONNX: keep the bytes, say we do not know the format
+        return "artifact.bin", "unknown"
+
+
+def _build_artifact(client: Any, agent: str, model: bytes, build: Any, dest: Path) -> dict[str, Any]:
+    data, meta = client.build_engine(model, build=build)
+    backend = str(meta.get("backend") or getattr(build, "backend", "") or "")
+    name, fmt = _artifact_file(backend, data)
+    (dest / name).write_bytes(data)
+    prov = meta.get("provenance") or {}
+    if fmt == "onnx":
+        check = check_onnx_artifact(model, data)
+    elif prov.get("output_check"):
+        check = {"status": "agent-reported", "method": "output check run by the agent on its device "
+                 "during the build", "agent_check": prov["output_check"]}
+    else:
+        check = {"status": "not-checked", "method": f"a {fmt} artifact runs only on its device and the "
+                 "agent's build reply carried no output check"}
+    return {"file": name, "format": fmt, "backend": backend, "sha256": sha256_bytes(data),
+            "size_bytes": len(data), "agent": agent, "device_key": prov.get("device_key"),
+            "from_cache": meta.get("from_cache"), "cache_key": meta.get("cache_key"),
+            # the build the agent applied (its defaults filled in), else the one requested
+            "build_config": prov.get("build") or (build.to_dict() if build is not None else None),
+            "provenance": prov, "output_check": check}
+
+
+def export_candidates(results: list[dict[str, Any]], run_dir: str, out_dir: str, *,
+                      only_pareto: bool = True, agent: str | None = None, token: str | None = None,
+                      build: Any | None = None, ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Export the chosen candidates of a run (see the module docstring); return the index entries.
+
+    only_pareto: export the Pareto members only (else every finished candidate with a model).
+    ids: export exactly these candidate ids (overrides ``only_pareto``).
+    agent / token / build: build the deployable artifact on that agent with ``build``
+    (a :class:`device_agent.config.BuildConfig`; the agent's default when ``None``).
+    A candidate that cannot be exported gets an entry with ``error``; the others go on.
+    """
+    run = Path(run_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if ids is not None:
+        known = {c["id"] for c in results}
+        unknown = sorted(set(ids) - known)
+        if unknown:
+            raise ExportError(f"no candidates with ids {unknown} in the results")
+        chosen = [c for c in results if c["id"] in set(ids)]
+    else:
+        chosen = [c for c in results if c.get("status") == "done" and (c.get("pareto") or not only_pareto)]
+    client = None
+    if agent is not None:
+        from device_agent.client import AgentClient
+
+        client = AgentClient(agent, token=token)
+    entries: list[dict[str, Any]] = []
+    try:
+        for c in chosen:
+            dest = out / str(c["id"])
+            entry: dict[str, Any] = {"candidate_id": c["id"], "dir": dest.name, "error": None,
+                                     "objectives": c.get("objectives") or {}, "pareto": bool(c.get("pareto"))}
+            try:
+                model = _model_bytes(c, run)
+            except ExportError as exc:
+                entry["error"] = str(exc)
+                entries.append(entry)
+                continue
+            if dest.exists():
+                shutil.rmtree(dest)
+            dest.mkdir(parents=True)
+            (dest / "model.onnx").write_bytes(model)
+            artifacts: list[dict[str, Any]] = []
+            if client is not None:
+                try:
+                    artifacts.append(_build_artifact(client, agent, model, build, dest))  # type: ignore[arg-type]
+                except Exception as exc:  # noqa: BLE001 - a failed build is recorded, the ONNX stays
+                    entry["artifact_error"] = f"{type(exc).__name__}: {exc}"
+            manifest = build_manifest(c, model_bytes=model, provenance=_objective_provenance(c),
+                                      artifacts=artifacts)
+            if entry.get("artifact_error"):
+                manifest["artifact_error"] = entry["artifact_error"]
+            write_manifest(dest / "manifest.json", manifest)
+            entry.update(manifest=f"{dest.name}/manifest.json", model_sha256=manifest["model"]["sha256"],
+                         artifacts=[{"file": a["file"], "format": a["format"],
+                                     "output_check": a["output_check"]["status"]} for a in artifacts])
+            entries.append(entry)
+    finally:
+        if client is not None:
+            client.close()
+    index = {"schema": INDEX_SCHEMA, "schema_version": 1, "run_dir": str(run.resolve()),
+             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+             "only_pareto": only_pareto if ids is None else None, "agent": agent, "exports": entries}
+    (out / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+    return entries
