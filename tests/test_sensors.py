@@ -34,6 +34,7 @@ from device_agent.sensors.nvml import (
     energy_delta_j,
     invalidating_flags,
     min_window_for,
+    target_from_env,
 )
 from device_agent.sensors.rapl import RaplSensor
 
@@ -192,6 +193,18 @@ def test_nvml_counter_delta_and_window_rule():
     assert min_window_for("NVIDIA H200") == (5.0, 32)
     assert min_window_for("NVIDIA A10") == (1.0, 1)
     assert min_window_for("NVIDIA GeForce RTX 4090") == (1.0, 1)
+
+
+def test_nvml_target_follows_cuda_visible_devices():
+    assert target_from_env(None) == (0, None)
+    assert target_from_env("") == (0, None)
+    assert target_from_env("2,3") == (2, None)
+    uuid = "GPU-5a1b2c3d-0000-1111-2222-333344445555"
+    assert target_from_env(f"{uuid},1") == (0, uuid)
+    with pytest.raises(SensorError, match="MIG"):
+        target_from_env("MIG-5a1b2c3d-0000-1111-2222-333344445555")
+    with pytest.raises(SensorError, match="cannot map"):
+        target_from_env("gpu0")
 
 
 # ----------------------------------------------------------------------------------- Jetson

@@ -287,7 +287,6 @@ class TensorRTRunner(Runner):
     def __init__(self, *, plan: bytes, batch_size: int, build_info: dict[str, Any]) -> None:
         super().__init__()
         self._trt, self._rt = _import_trt(), _import_cudart()
-        trt, rt = self._trt, self._rt
         self._plan = bytes(plan)
         self._info = dict(build_info)
         self._buffers: dict[str, int] = {}
@@ -295,7 +294,18 @@ class TensorRTRunner(Runner):
         self._graph: Any = None
         self._stream: Any = None
         self._events: list[Any] = []
-        self._logger = _make_logger(trt)
+        self._logger = _make_logger(self._trt)
+        self._runtime = self._engine = self._context = None
+        self._inputs: list[TensorSpec] = []
+        self._outputs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        try:
+            self._setup(batch_size)
+        except BaseException:
+            self.close_impl()  # free whatever was allocated before the failure
+            raise
+
+    def _setup(self, batch_size: int) -> None:
+        trt, rt = self._trt, self._rt
         free_before = _cuda(rt, rt.cudaMemGetInfo(), "cudaMemGetInfo")[0]
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(self._plan)
@@ -304,8 +314,6 @@ class TensorRTRunner(Runner):
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise BuildError("create_execution_context failed (out of device memory?)")
-        self._inputs: list[TensorSpec] = []
-        self._outputs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
@@ -397,7 +405,10 @@ class TensorRTRunner(Runner):
 
     @property
     def precision(self) -> str:
-        return str(self._info.get("precision_obtained", {}).get("precision", "unknown"))
+        """From the engine inspector; if it could not tell, the requested precision (for fp32
+        that is exact: no reduced-precision flag was set and TF32 was cleared)."""
+        got = str(self._info.get("precision_obtained", {}).get("precision", "unknown"))
+        return got if got != "unknown" else str(self._info.get("precision_requested", "unknown"))
 
     def info(self) -> dict[str, Any]:
         return dict(self._info)

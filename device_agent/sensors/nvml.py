@@ -60,6 +60,26 @@ def min_window_for(gpu_name: str) -> tuple[float, int]:
     return 1.0, 1  # ~10 counter updates: <= 10 % quantisation at worst
 
 
+def target_from_env(value: str | None) -> tuple[int, str | None]:
+    """The GPU this process sees first, from ``CUDA_VISIBLE_DEVICES``: ``(index, uuid)``.
+
+    A UUID (``GPU-...``) selects by UUID; an integer is taken as the NVML (PCI-order) index, as
+    with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``; unset or empty -> GPU 0. A MIG instance raises
+    ``SensorError``: the energy counter belongs to the whole GPU, not the instance.
+    """
+    first = (value or "").split(",")[0].strip()
+    if not first:
+        return 0, None
+    if first.startswith("MIG-"):
+        raise SensorError(f"CUDA_VISIBLE_DEVICES selects MIG instance {first}: NVML energy is "
+                          "per physical GPU and cannot be attributed to one instance")
+    if first.startswith("GPU-"):
+        return 0, first
+    if first.isdigit():
+        return int(first), None
+    raise SensorError(f"cannot map CUDA_VISIBLE_DEVICES={value!r} to an NVML device")
+
+
 def _import_pynvml() -> Any:
     import pynvml  # nvidia-ml-py; lazily, so the package imports without it
 
@@ -84,7 +104,10 @@ class NvmlSensor(PowerSensor):
     has_energy_counter = True
     poll_hz = 10.0
 
-    def __init__(self, *, index: int = 0, uuid: str | None = None) -> None:
+    def __init__(self, *, index: int | None = None, uuid: str | None = None) -> None:
+        if index is None and uuid is None:
+            index, uuid = target_from_env(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        index = index or 0
         self._nv = _import_pynvml()
         self._nv.nvmlInit()
         self._open = True
@@ -111,7 +134,7 @@ class NvmlSensor(PowerSensor):
         self._reasons_seen = 0
 
     @classmethod
-    def availability(cls, *, index: int = 0) -> tuple[bool, str]:
+    def availability(cls, *, index: int | None = None) -> tuple[bool, str]:
         try:
             nv = _import_pynvml()
         except ImportError as exc:
@@ -125,7 +148,7 @@ class NvmlSensor(PowerSensor):
             return False, str(exc)
         name = sensor.gpu_name
         sensor.close()
-        return True, f"NVML energy counter on GPU {index} ({name})"
+        return True, f"NVML energy counter on GPU {sensor.index} ({name}, {sensor.gpu_uuid})"
 
     def close(self) -> None:
         if getattr(self, "_open", False):
