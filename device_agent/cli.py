@@ -1,0 +1,215 @@
+"""Command line of the device agent: ``serve``, ``measure``, ``describe``.
+
+``python -m device_agent serve ...`` (or ``hwnas agent serve ...``) runs the daemon;
+``measure``/``describe`` talk to a running agent. ``add_agent_parser(subparsers)`` adds the
+``agent`` command to another parser (the search's ``hwnas`` CLI); every command sets ``func``.
+Settings precedence: defaults < ``--config`` TOML < ``HWNAS_AGENT_TOKEN`` < flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from device_agent.daemon_config import TOKEN_ENV, AgentSettings, load_settings
+
+
+def _metric(text: str) -> tuple[str, str]:
+    name, sep, column = text.partition("=")
+    if not sep or not name or not column:
+        raise argparse.ArgumentTypeError(f"expected METRIC=COLUMN, got {text!r}")
+    return name.strip(), column.strip()
+
+
+def _client_tls_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token", help=f"agent token (default: ${TOKEN_ENV})")
+    p.add_argument("--token-file", help="read the token from this file")
+    p.add_argument("--tls-ca", help="CA bundle that verifies the agent (enables TLS)")
+    p.add_argument("--tls-cert", help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", help="client private key (mutual TLS)")
+    p.add_argument("--tls-server-name", help="name in the agent's certificate, if not the host")
+    p.add_argument("--timeout", type=float, default=60.0, help="deadline of short calls (s)")
+
+
+def _add_commands(sub: Any) -> None:
+    s = sub.add_parser("serve", help="run the agent daemon on this device")
+    s.add_argument("--config", help="TOML settings file (flags override it)")
+    s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (0 = any free port; default 50051)")
+    s.add_argument("--port-file", help="write the bound port to this file once serving")
+    tok = s.add_mutually_exclusive_group()
+    tok.add_argument("--token", help=f"shared token (visible in `ps`: prefer --token-file or ${TOKEN_ENV})")
+    tok.add_argument("--token-file", help="file holding the shared token")
+    s.add_argument("--insecure", action="store_true", default=None,
+                   help="allow a non-loopback address without token or mutual TLS")
+    s.add_argument("--backend", choices=["onnxruntime", "tensorrt", "table"],
+                   help="backend for requests; 'table' answers every request from --table")
+    s.add_argument("--table", help="CSV (.csv or .csv.gz) of published measurements (table backend)")
+    s.add_argument("--table-key-column", help="column holding the arch key (default arch_str)")
+    s.add_argument("--metric", action="append", type=_metric, metavar="METRIC=COLUMN",
+                   help="table backend: metric from a column, e.g. latency_ms=lat_raspi4 (repeat)")
+    s.add_argument("--cache-dir", help="model/artifact cache folder")
+    s.add_argument("--cache-size-mb", type=int, help="cache size limit (LRU eviction)")
+    s.add_argument("--queue-size", type=int, help="jobs that may wait behind the running one")
+    s.add_argument("--max-model-mb", type=int, help="largest model accepted")
+    s.add_argument("--device-key", help="override the detected device key")
+    s.add_argument("--drain-grace-s", type=float, help="on SIGTERM, time the running job may finish")
+    s.add_argument("--tls-cert", help="server certificate (PEM): serve TLS")
+    s.add_argument("--tls-key", help="server private key (PEM)")
+    s.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_serve)
+
+    m = sub.add_parser("measure", help="measure an ONNX model on a running agent")
+    m.add_argument("model", help="ONNX file")
+    m.add_argument("--agent", required=True, metavar="HOST:PORT")
+    _client_tls_args(m)
+    m.add_argument("--json", action="store_true", help="print the result as JSON")
+    m.add_argument("--backend", default="onnxruntime")
+    m.add_argument("--iterations", type=int, help="minimum timed iterations")
+    m.add_argument("--duration", type=float, help="minimum timed duration (s)")
+    m.add_argument("--threads", type=int, help="intra-op threads")
+    m.add_argument("--arch-key", help="architecture key (table backend)")
+    m.add_argument("--profile", action="store_true", help="per-layer profile")
+    m.set_defaults(func=cmd_measure)
+
+    d = sub.add_parser("describe", help="describe a running agent's device")
+    d.add_argument("--agent", required=True, metavar="HOST:PORT")
+    _client_tls_args(d)
+    d.set_defaults(func=cmd_describe)
+
+
+def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``agent {serve,measure,describe}`` to ``subparsers`` (self-contained: sets ``func``)."""
+    a = subparsers.add_parser("agent", help="run or talk to a device agent")
+    sub = a.add_subparsers(dest="agent_command", metavar="{serve,measure,describe}", required=True)
+    _add_commands(sub)
+    return a
+
+
+def settings_from_args(args: argparse.Namespace) -> AgentSettings:
+    """Defaults < ``--config`` < ``$HWNAS_AGENT_TOKEN`` < flags."""
+    settings = load_settings(args.config) if args.config else AgentSettings()
+    if os.environ.get(TOKEN_ENV):
+        settings = replace(settings, token=os.environ[TOKEN_ENV])
+    token = Path(args.token_file).read_text().strip() if args.token_file else args.token
+    if args.token_file and not token:
+        raise ValueError(f"token file {args.token_file} is empty")
+    metrics = tuple(args.metric) if args.metric else None
+    return settings.with_overrides(
+        host=args.host, port=args.port, port_file=args.port_file, token=token,
+        insecure=args.insecure, backend=args.backend, table=args.table,
+        table_key_column=args.table_key_column, metrics=metrics, cache_dir=args.cache_dir,
+        cache_size_mb=args.cache_size_mb, queue_size=args.queue_size, max_model_mb=args.max_model_mb,
+        device_key=args.device_key, drain_grace_s=args.drain_grace_s, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, log_level=args.log_level)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT."""
+    from device_agent.server import serve
+
+    try:
+        settings = settings_from_args(args)
+        settings.check_exposure()
+    except (ValueError, OSError) as exc:
+        print(f"agent: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return serve(settings)
+    except RuntimeError as exc:  # cannot bind
+        print(f"agent: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from device_agent.client import AgentClient
+
+    token = (Path(args.token_file).read_text().strip() if args.token_file
+             else args.token or os.environ.get(TOKEN_ENV))
+    return AgentClient(args.agent, token=token, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                       tls_key=args.tls_key, tls_server_name=args.tls_server_name, timeout=args.timeout)
+
+
+def _summary(r: Any) -> str:
+    lines = [f"job {r.job_id} on {r.device_key} ({r.backend}), model {r.model_sha256[:12]}"]
+    if r.error is not None:
+        lines.append(f"FAILED [{r.error_kind}]: {r.error}")
+        return "\n".join(lines)
+    lat = r.latency_ms
+    if lat is not None:
+        lines.append(f"latency  median {lat.median:.4f} ms  (95% CI {lat.ci_low:.4f}-{lat.ci_high:.4f}), "
+                     f"p90 {lat.p90:.4f}, p99 {lat.p99:.4f}, min {lat.min:.4f}, max {lat.max:.4f}, "
+                     f"cv {lat.cv:.3%}, n={lat.count}  [{lat.method}]")
+    if r.peak_memory_mb is not None:
+        v = r.peak_memory_mb.value
+        lines.append(f"memory   {'n/a' if v is None else f'{v:.1f} MB'}  "
+                     f"({r.peak_memory_mb.status}: {r.peak_memory_mb.method})")
+    if r.energy is not None:
+        e = r.energy
+        val = "n/a" if e.value_mj is None else f"{e.value_mj:.4f} mJ/inference"
+        lines.append(f"energy   {val}  ({e.status}: {e.method})")
+    if r.output_check:
+        lines.append(f"outputs  {json.dumps(r.output_check, default=str)[:200]}")
+    if r.flags:
+        lines.append(f"flags    {', '.join(r.flags)}")
+    return "\n".join(lines)
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    """Send a model to an agent and print the result (exit 1 if the candidate failed)."""
+    from device_agent.config import BuildConfig, MeasureConfig
+    from device_agent.errors import AgentError
+
+    model = Path(args.model).read_bytes()
+    mc: dict[str, Any] = {"profile_layers": args.profile}
+    if args.iterations is not None:
+        mc["min_iterations"] = args.iterations
+    if args.duration is not None:
+        mc["min_duration_s"] = args.duration
+    bc: dict[str, Any] = {"backend": args.backend}
+    if args.threads is not None:
+        bc["intra_op_threads"] = args.threads
+    try:
+        with _client(args) as client:
+            result = client.measure(model, job_id=f"cli-{uuid.uuid4().hex[:8]}",
+                                    build=BuildConfig(**bc), measure=MeasureConfig(**mc),
+                                    arch_key=args.arch_key)
+    except AgentError as exc:
+        print(f"agent: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict(), indent=2, default=str) if args.json else _summary(result))
+    return 0 if result.ok else 1
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    """Print the agent's device description as JSON."""
+    from device_agent.errors import AgentError
+
+    try:
+        with _client(args) as client:
+            print(json.dumps(client.describe(), indent=2, default=str))
+    except AgentError as exc:
+        print(f"agent: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m device_agent``."""
+    p = argparse.ArgumentParser(prog="python -m device_agent", description="hwnas device agent")
+    sub = p.add_subparsers(dest="command", metavar="{serve,measure,describe}", required=True)
+    _add_commands(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m device_agent``."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
