@@ -1,0 +1,156 @@
+"""Steady-state, asynchronous NSGA-II (the default algorithm).
+
+Deb et al.'s NSGA-II, run one individual at a time so it never waits for a generation:
+
+- The first ``population_size`` proposals are random samples (the initial population); while
+  no evaluated individual exists yet, proposals stay random whatever the number pending.
+- Later proposals breed from the current population of *evaluated* individuals: two binary
+  tournaments by (constrained rank, crowding distance), the space's ``crossover`` with
+  probability ``crossover_prob``, then the space's ``mutate`` with probability
+  ``mutation_prob`` (a child identical to a parent is always mutated).
+- Every told result joins the population, which is truncated back to ``population_size``
+  (mu + 1 survival: drop the member of the worst front with the smallest crowding distance).
+  Failed candidates (``None``) never join.
+- Constraint domination (Deb): feasible beats infeasible, infeasible compare by violation.
+- Duplicates: a child whose ``space.key`` was already evaluated or is pending is bred again
+  (up to ``max_retries`` times), then replaced by a fresh random sample if one is new; only
+  when the space seems exhausted is a duplicate accepted.
+"""
+from __future__ import annotations
+
+from search.algorithms.base import Algorithm, Evaluated, register_algorithm
+from search.objectives import Constraint, Objective
+from search.pareto import constrained_ranks, crowding_distance
+from search.spaces.base import Genome, SearchSpace
+
+
+class KeyTracker:
+    """Keys of every evaluated or pending genome, to avoid proposing the same thing twice."""
+
+    def __init__(self, algo: Algorithm) -> None:
+        self.algo = algo
+        self.evaluated: set[str] = set()
+
+    def add(self, ev: Evaluated) -> None:
+        self.evaluated.add(self.algo.space.key(ev.trial.genome))
+
+    def seen(self, genome: Genome) -> bool:
+        key = self.algo.space.key(genome)
+        if key in self.evaluated:
+            return True
+        return any(self.algo.space.key(t.genome) == key for t in self.algo.pending.values())
+
+    def fresh_sample(self, tries: int) -> Genome:
+        """A random genome not seen yet, if one turns up within ``tries`` draws."""
+        g = self.algo.space.sample(self.algo.rng)
+        for _ in range(tries - 1):
+            if not self.seen(g):
+                break
+            g = self.algo.space.sample(self.algo.rng)
+        return g
+
+
+@register_algorithm("nsga2")
+class NSGA2(Algorithm):
+    """Asynchronous steady-state NSGA-II; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        space: SearchSpace,
+        objectives: list[Objective],
+        constraints: list[Constraint] | None = None,
+        seed: int = 0,
+        population_size: int = 20,
+        crossover_prob: float = 0.9,
+        mutation_prob: float = 1.0,
+        max_retries: int = 20,
+    ) -> None:
+        super().__init__(space=space, objectives=objectives, constraints=constraints, seed=seed)
+        if population_size < 2:
+            raise ValueError("population_size must be >= 2")
+        for label, p in (("crossover_prob", crossover_prob), ("mutation_prob", mutation_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{label} must be in [0, 1], got {p}")
+        self.population_size = population_size
+        self.crossover_prob = crossover_prob
+        self.mutation_prob = mutation_prob
+        self.max_retries = max_retries
+        self.population: list[Evaluated] = []
+        self._F: list[list[float]] = []  # minimised objectives of the population members
+        self._cv: list[float] = []  # their total constraint violation
+        self._rank: list[int] = []
+        self._crowd_cache: dict[int, list[float]] = {}
+        self.keys = KeyTracker(self)
+
+    # -- proposal ---------------------------------------------------------------------------
+    def _propose(self) -> tuple[Genome, tuple[int, ...], str]:
+        in_flight = len(self.population) + len(self.pending)
+        if not self.population or in_flight < self.population_size and self._n_told_ok() < self.population_size:
+            return self.keys.fresh_sample(self.max_retries), (), "sample"
+        for _ in range(self.max_retries):
+            genome, parents, origin = self._breed()
+            if not self.keys.seen(genome):
+                return genome, parents, origin
+        genome = self.keys.fresh_sample(self.max_retries)
+        if not self.keys.seen(genome):
+            return genome, (), "sample"
+        return self._breed()  # the space looks exhausted: accept a duplicate
+
+    def _n_told_ok(self) -> int:
+        return sum(1 for ev in self.history if not ev.failed)
+
+    def _tournament(self) -> int:
+        i, j = self.rng.randrange(len(self.population)), self.rng.randrange(len(self.population))
+        if self._rank[i] != self._rank[j]:
+            return i if self._rank[i] < self._rank[j] else j
+        ci, cj = self._crowding_of(i), self._crowding_of(j)
+        if ci == cj:
+            return i if self.rng.random() < 0.5 else j
+        return i if ci > cj else j
+
+    def _breed(self) -> tuple[Genome, tuple[int, ...], str]:
+        a = self.population[self._tournament()]
+        if len(self.population) > 1 and self.rng.random() < self.crossover_prob:
+            b = self.population[self._tournament()]
+            child = self.space.crossover(a.trial.genome, b.trial.genome, self.rng)
+            parents: tuple[int, ...] = (a.trial.number, b.trial.number)
+            origin = "crossover"
+            same_as_parent = child in (a.trial.genome, b.trial.genome)
+        else:
+            child, parents, origin, same_as_parent = a.trial.genome, (a.trial.number,), "mutate", True
+        if same_as_parent or self.rng.random() < self.mutation_prob:
+            child = self.space.mutate(child, self.rng)
+        return child, parents, origin
+
+    # -- survival ---------------------------------------------------------------------------
+    def _on_tell(self, ev: Evaluated) -> None:
+        self.keys.add(ev)
+        if ev.failed:
+            return
+        self.population.append(ev)
+        self._F.append(self.minimized(ev))
+        self._cv.append(ev.violation)
+        self._rank = [int(r) for r in constrained_ranks(self._F, self._cv)]
+        self._crowd_cache = {}
+        if len(self.population) > self.population_size:
+            worst_rank = max(self._rank)
+            front = [i for i, r in enumerate(self._rank) if r == worst_rank]
+            crowd = self._front_crowding(worst_rank)
+            # Removing a member of the worst front changes no other member's rank.
+            worst = min(range(len(front)), key=lambda j: (crowd[j], -front[j]))
+            for seq in (self.population, self._F, self._cv, self._rank):
+                del seq[front[worst]]
+            self._crowd_cache = {}
+
+    def _front_crowding(self, rank: int) -> list[float]:
+        """Crowding distances of the members with ``rank``, in population order (cached)."""
+        if rank not in self._crowd_cache:
+            idx = [i for i, r in enumerate(self._rank) if r == rank]
+            self._crowd_cache[rank] = list(crowding_distance([self._F[i] for i in idx]))
+        return self._crowd_cache[rank]
+
+    def _crowding_of(self, i: int) -> float:
+        rank = self._rank[i]
+        pos = sum(1 for j in range(i) if self._rank[j] == rank)
+        return self._front_crowding(rank)[pos]
