@@ -6,6 +6,10 @@ is fast, and never ``fork`` of the threaded gRPC process) under a wall-clock tim
 ``RLIMIT_DATA`` memory limit. Every outcome is a :class:`MeasureResult`: a timeout, crash, OOM
 or cancellation becomes ``error_kind`` ``timeout`` / ``crash`` / ``oom`` / ``cancelled``.
 
+Forkserver children import the caller's ``__main__`` module (as ``__mp_main__``), as with any
+``spawn``/``forkserver`` start: the main module must keep its work under
+``if __name__ == "__main__":`` and should keep heavy imports (torch) inside functions.
+
 Test hooks: with ``HWNAS_TEST_HOOKS=1`` in the caller's environment, ``HWNAS_TEST_HOOK`` =
 ``hang`` | ``alloc`` | ``crash`` makes the child sleep, allocate until refused, or SIGSEGV itself
 (to test the sandbox for real). Without ``HWNAS_TEST_HOOKS=1`` the hook is ignored.

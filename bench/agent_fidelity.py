@@ -1,0 +1,156 @@
+"""Does the agent measure what a plain ONNX Runtime loop measures? (fidelity benchmark)
+
+For real architectures nobody here wrote (torchvision models built with ``weights=None`` and
+exported at a small resolution, and the ``onnx`` wheel's ``backend/test/data/light`` models), the
+median latency from the agent's job path (``device_agent.jobs.run_job``: child process, IOBinding,
+output check, timed loop) is compared with a plain ``InferenceSession.run`` timing loop in this
+process: same session options and thread count, rounds interleaved (agent, plain, agent, ...).
+Printed per model: the median of each loop's per-round medians, their ratio, and the median of
+the per-round paired ratios (``paired``, the figure checked against 0.95-1.05: pairing adjacent
+measurements cancels slow changes in machine load), with each loop's median CV.
+
+    nice -n 10 .venv/bin/python -m bench.agent_fidelity [--threads 1] [--rounds 3] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+TORCHVISION = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
+               "shufflenet_v2_x1_0", "squeezenet1_1", "mnasnet1_0", "regnet_y_400mf",
+               "googlenet", "densenet121"]
+LIGHT = ["squeezenet", "shufflenet", "inception_v1", "resnet50", "zfnet512", "bvlc_alexnet"]
+
+
+def export_torchvision(name: str, out_dir: str, res: int) -> str:
+    """``torchvision.models.<name>(weights=None)`` exported to ONNX at ``res`` x ``res``."""
+    import torch
+    import torchvision
+
+    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    model = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+    path = os.path.join(out_dir, f"tv_{name}.onnx")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.randn(1, 3, res, res), path, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"])
+    return path
+
+
+def light_models() -> dict[str, str]:
+    """The ``onnx`` wheel's light model graphs (opset 9, weights from ConstantOfShape)."""
+    import onnx
+
+    root = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+    found = {os.path.basename(p)[len("light_"):-len(".onnx")]: p
+             for p in glob.glob(os.path.join(root, "light_*.onnx"))}
+    return {f"onnx_{k}": found[k] for k in LIGHT if k in found}
+
+
+def plain_median(path: str, threads: int, *, warmup_s: float, min_iters: int, min_s: float,
+                 seed: int = 0) -> tuple[float, float, int]:
+    """A plain ORT loop: same session options, ``sess.run`` timed with perf_counter_ns."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    feeds = {i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
+             for i in sess.get_inputs()}
+    end = time.perf_counter() + warmup_s
+    while True:
+        sess.run(None, feeds)
+        if time.perf_counter() >= end:
+            break
+    samples: list[float] = []
+    start = time.perf_counter_ns()
+    while len(samples) < min_iters or time.perf_counter_ns() - start < min_s * 1e9:
+        t0 = time.perf_counter_ns()
+        sess.run(None, feeds)
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+    arr = np.asarray(samples)
+    return float(np.median(arr)), float(arr.std(ddof=1) / arr.mean()), len(arr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for both loops")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved agent/plain rounds per model")
+    ap.add_argument("--res", type=int, default=64, help="torchvision export resolution")
+    ap.add_argument("--min-iters", type=int, default=30)
+    ap.add_argument("--min-s", type=float, default=0.5)
+    ap.add_argument("--quick", action="store_true", help="4 torchvision + 4 light models")
+    args = ap.parse_args(argv)
+
+    from device_agent.config import BuildConfig, MeasureConfig
+    from device_agent.jobs import run_job
+
+    tmp = tempfile.mkdtemp(prefix="hwnas-fidelity-")
+    tv = TORCHVISION[:4] if args.quick else TORCHVISION
+    models: dict[str, str] = {}
+    for name in tv:
+        models[f"tv_{name}@{args.res}"] = export_torchvision(name, tmp, args.res)
+    light = light_models()
+    models.update(dict(list(light.items())[:4]) if args.quick else light)
+
+    build = BuildConfig(intra_op_threads=args.threads)
+    # cv_threshold high: the re-measure pass only doubles the time; both loops use one pass.
+    measure = MeasureConfig(warmup_s=0.3, min_iterations=args.min_iters, min_duration_s=args.min_s,
+                            cv_threshold=1.0, energy=False, timeout_s=300)
+    print(f"agent path: device_agent.jobs.run_job (child process); plain: InferenceSession.run; "
+          f"threads={args.threads}, rounds={args.rounds}, >= {args.min_iters} it and >= {args.min_s} s each",
+          flush=True)
+    head = f"{'model':28s} {'agent ms':>9s} {'plain ms':>9s} {'ratio':>6s} {'paired':>6s} {'agentCV':>8s} {'plainCV':>8s} {'out.chk':>8s}"
+    print(head, flush=True)
+    rows = []
+    for label, path in models.items():
+        agent_m, plain_m, agent_cv, plain_cv, err, chk = [], [], [], [], None, ""
+        for r in range(args.rounds):
+            # alternate which loop goes first so a slow drift in machine load cancels out
+            for which in (("agent", "plain") if r % 2 == 0 else ("plain", "agent")):
+                if which == "plain":
+                    med, cv, _ = plain_median(path, args.threads, warmup_s=measure.warmup_s,
+                                              min_iters=args.min_iters, min_s=args.min_s)
+                    plain_m.append(med)
+                    plain_cv.append(cv)
+                    continue
+                res = run_job(path, build, measure, job_id=f"{label}-{r}", device_key="fidelity")
+                if not res.ok:
+                    err = f"{res.error_kind}: {res.error[:120]}"
+                    break
+                agent_m.append(res.latency_ms.median)
+                agent_cv.append(res.latency_ms.cv)
+                chk = f"{res.output_check['max_abs_diff']:.1e}" if res.output_check else "-"
+            if err:
+                break
+        if err:
+            print(f"{label:28s} agent error {err}", flush=True)
+            rows.append((label, None))
+            continue
+        a, p = statistics.median(agent_m), statistics.median(plain_m)
+        paired = statistics.median(x / y for x, y in zip(agent_m, plain_m))
+        rows.append((label, paired))
+        print(f"{label:28s} {a:9.3f} {p:9.3f} {a / p:6.3f} {paired:6.3f} {statistics.median(agent_cv):8.3f} "
+              f"{statistics.median(plain_cv):8.3f} {chk:>8s}", flush=True)
+    ratios = [r for _, r in rows if r is not None]
+    inside = sum(0.95 <= r <= 1.05 for r in ratios)
+    print(f"{len(ratios)}/{len(rows)} models measured; {inside}/{len(ratios)} ratios within 0.95-1.05; "
+          f"median ratio {statistics.median(ratios):.3f}" if ratios else "no model measured")
+    return 0 if ratios and inside == len(ratios) == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
