@@ -46,6 +46,7 @@ class MeasureJob:
     model_sha256: str | None
     arch_key: str | None = None
     space: str | None = None
+    queued_at: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -198,7 +199,8 @@ class AgentPool:
                              arch_key=job.arch_key, space=job.space, timeout=self.lease_s)
         out = res.to_dict() if hasattr(res, "to_dict") else dict(res)
         # the server's view of the call: lets bench/overhead.py split transfer from the job
-        out["client"] = {"rpc_s": time.perf_counter() - t0, "model_bytes": len(model)}
+        out["client"] = {"rpc_s": time.perf_counter() - t0, "model_bytes": len(model),
+                         "queue_wait_s": t0 - job.queued_at}
         return out
 
     def _probe(self, state: AgentState, client: Any) -> bool:

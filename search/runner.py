@@ -228,6 +228,7 @@ class SearchRunner:
                 tmp.write_bytes(data)
                 os.replace(tmp, path)
             out.update(model_sha256=digest, size_mb=len(data) / 1e6, t_export=time.perf_counter() - t1)
+        train["server_timings"] = {"train_s": t_train, "export_s": out.get("t_export", 0.0)}
         return out
 
     # -- main loop --------------------------------------------------------------------------
