@@ -226,6 +226,8 @@ class AgentService:
             reason = None
         except InvalidModel as exc:
             reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - bytes that crash a parser are an invalid model
+            reason = f"validator failed on these bytes: {type(exc).__name__}: {exc}"
         with self._lock:
             self._validated[sha256] = reason
             while len(self._validated) > 4096:
