@@ -133,13 +133,14 @@ class AgentClient:
             pb.HasModelRequest(model_sha256=sha256), timeout=t, metadata=self._metadata), timeout)
         return reply.held
 
-    def upload_model(self, model: bytes, *, timeout: float | None = None,
-                     force: bool = False) -> dict[str, Any]:
+    def upload_model(self, model: bytes, *, timeout: float | None = None, force: bool = False,
+                     sha256: str | None = None) -> dict[str, Any]:
         """Make the agent hold ``model`` (no bytes move when it already does, unless ``force``).
 
+        ``sha256`` may pass the model's digest when the caller has it (the agent checks it).
         Returns ``{"model_sha256", "bytes_sent", "already_held"}``.
         """
-        sha = hashlib.sha256(model).hexdigest()
+        sha = sha256 or hashlib.sha256(model).hexdigest()
         self.last_upload_bytes = 0
         if not force and self.has_model(sha, timeout=timeout):
             return {"model_sha256": sha, "bytes_sent": 0, "already_held": True}
