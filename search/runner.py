@@ -252,7 +252,8 @@ class SearchRunner:
             default_key = self._start_agents()
             self._bind_objectives(default_key)
             # a table-backed fleet measures by architecture key and needs no ONNX file
-            self.export_models = not all(a.info.get("backend") == "table" for a in self.pool.agents.values())
+            self.export_models = not all(a.info.get("default_backend", a.info.get("backend")) == "table"
+                                         for a in self.pool.agents.values())
             algo = self._make_algorithm()
             return self._loop(algo, t_start)
         finally:
