@@ -87,8 +87,9 @@ def make_space(kind: str):
     return space, to_str
 
 
-def run_one(args: tuple[str, str, int, int, str, str]) -> list[int]:
-    """One search; returns the table rows it evaluated, in order."""
+def run_one(args: tuple[str, str, int, int, str, str]) -> tuple[list[int], float]:
+    """One search; returns the table rows it evaluated, in order, and its seconds."""
+    t0 = time.process_time()
     algo_name, device, seed, budget, table_path, space_kind = args
     table = _cached_table(table_path)
     index = _cached_index(table_path)
@@ -104,7 +105,7 @@ def run_one(args: tuple[str, str, int, int, str, str]) -> list[int]:
         i = index[to_str(trial.genome)]
         rows.append(i)
         algo.tell(trial.number, {"accuracy": float(table.acc[i]), lat_name: float(table.lat[device][i])})
-    return rows
+    return rows, time.process_time() - t0
 
 
 _TABLES: dict[str, Table] = {}
@@ -154,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="nb201: search.spaces.nb201; categorical: the 6x5 test space (same genome shape)")
     p.add_argument("--quick", action="store_true", help="3 seeds, 3 devices: a smoke run")
     p.add_argument("--save", default=None, help="write every run's evaluated rows to this JSON file")
-    p.add_argument("--load", default=None, help="score runs saved by --save instead of running")
+    p.add_argument("--load", default=None, help="score runs saved by --save (and run only the missing ones)")
+    p.add_argument("--cap", nargs="*", default=[], metavar="ALGO=N",
+                   help="run ALGO only to N evaluations (e.g. optuna-tpe=300: its cost grows with N)")
     args = p.parse_args(argv)
 
     if not Path(args.table).exists():
@@ -170,22 +173,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown devices {sorted(unknown)}; known: {sorted(table.lat)}", file=sys.stderr)
         return 2
     budget = max(args.budgets)
+    caps = {}
+    for item in args.cap:
+        name, _, n = item.partition("=")
+        caps[name] = int(n)
 
-    runs: dict[str, list[int]] = {}
+    saved: dict = {"runs": {}, "cpu_seconds": {}}
     if args.load:
-        runs = json.loads(Path(args.load).read_text())
-    tasks = [(a, d, s, budget, args.table, args.space) for a in args.algorithms for d in devices
-             for s in range(seeds) if f"{a}|{d}|{s}" not in runs]
+        saved = json.loads(Path(args.load).read_text())
+    runs, cpu = saved["runs"], saved["cpu_seconds"]
+    tasks = [(a, d, s, min(budget, caps.get(a, budget)), args.table, args.space) for a in args.algorithms
+             for d in devices for s in range(seeds)
+             if len(runs.get(f"{a}|{d}|{s}", [])) < min(budget, caps.get(a, budget))]
     t0 = time.time()
     if tasks:
         with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            for task, rows in zip(tasks, pool.map(run_one, tasks)):
+            for task, (rows, sec) in zip(tasks, pool.map(run_one, tasks)):
                 runs[f"{task[0]}|{task[1]}|{task[2]}"] = rows
+                cpu[f"{task[0]}|{task[1]}|{task[2]}"] = sec
+                if args.save:  # keep partial results of long runs
+                    Path(args.save).write_text(json.dumps(saved))
     elapsed = time.time() - t0
-    if args.save:
-        Path(args.save).write_text(json.dumps(runs))
 
     report(runs, table, args.algorithms, devices, seeds, sorted(args.budgets))
+    print("\nCPU seconds per search (mean): " + ", ".join(
+        f"{a} {statistics.mean(v):.1f} s to {max(len(runs[k]) for k in runs if k.startswith(a + '|'))}"
+        for a in args.algorithms
+        if (v := [cpu[k] for k in cpu if k.startswith(a + "|")])))
     print(f"\n{len(tasks)} searches run in {elapsed:.0f} s with {args.jobs} worker(s); "
           f"space={args.space}, seeds={seeds}, table={args.table}")
     return 0
@@ -201,8 +215,8 @@ def report(runs, table, algorithms, devices, seeds, budgets) -> None:
         for a in algorithms:
             cells = []
             for b in budgets:
-                rs = [runs[f"{a}|{d}|{s}"][:b] for s in range(seeds) if f"{a}|{d}|{s}" in runs]
-                if not rs:
+                rs = [runs[f"{a}|{d}|{s}"][:b] for s in range(seeds) if len(runs.get(f"{a}|{d}|{s}", [])) >= b]
+                if len(rs) < seeds:
                     cells.append(f" | {'-':>12s} {'-':>11s}")
                     continue
                 r = statistics.median(sc.regret(x) for x in rs)

@@ -149,6 +149,13 @@ def test_failures_never_enter_population(name):
     assert failed_keys
     with pytest.raises(KeyError):
         algo.tell(12345, None)
+    # an objective that cannot be ranked (NaN) is kept in the history but never bred from
+    t = algo.ask()
+    algo.tell(t.number, {F1: float("nan"), F2: 1.0})
+    assert algo.history[-1].trial.number == t.number
+    for ev in getattr(algo, "population", []):
+        assert ev.trial.number != t.number
+    algo.tell(algo.ask().number, categorical_problem(space.sample(random.Random(1))))
 
 
 def test_nsga2_population_bounded_and_rejects_bad_settings():

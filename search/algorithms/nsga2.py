@@ -10,13 +10,15 @@ Deb et al.'s NSGA-II, run one individual at a time so it never waits for a gener
   ``mutation_prob`` (a child identical to a parent is always mutated).
 - Every told result joins the population, which is truncated back to ``population_size``
   (mu + 1 survival: drop the member of the worst front with the smallest crowding distance).
-  Failed candidates (``None``) never join.
+  Failed candidates (``None``, or a NaN/infinite objective) never join.
 - Constraint domination (Deb): feasible beats infeasible, infeasible compare by violation.
 - Duplicates: a child whose ``space.key`` was already evaluated or is pending is bred again
   (up to ``max_retries`` times), then replaced by a fresh random sample if one is new; only
   when the space seems exhausted is a duplicate accepted.
 """
 from __future__ import annotations
+
+import math
 
 from search.algorithms.base import Algorithm, Evaluated, register_algorithm
 from search.objectives import Constraint, Objective
@@ -48,6 +50,12 @@ class KeyTracker:
                 break
             g = self.algo.space.sample(self.algo.rng)
         return g
+
+
+def usable(algo: Algorithm, ev: Evaluated) -> bool:
+    """Whether a result may join a population: not failed and every objective finite (a NaN or
+    infinite objective cannot be ranked, so it is treated like a failure)."""
+    return not ev.failed and all(math.isfinite(v) for v in algo.minimized(ev))
 
 
 @register_algorithm("nsga2")
@@ -82,11 +90,12 @@ class NSGA2(Algorithm):
         self._rank: list[int] = []
         self._crowd_cache: dict[int, list[float]] = {}
         self.keys = KeyTracker(self)
+        self._n_ok = 0  # results that joined the population at some point
 
     # -- proposal ---------------------------------------------------------------------------
     def _propose(self) -> tuple[Genome, tuple[int, ...], str]:
         in_flight = len(self.population) + len(self.pending)
-        if not self.population or in_flight < self.population_size and self._n_told_ok() < self.population_size:
+        if not self.population or (in_flight < self.population_size and self._n_ok < self.population_size):
             return self.keys.fresh_sample(self.max_retries), (), "sample"
         for _ in range(self.max_retries):
             genome, parents, origin = self._breed()
@@ -96,9 +105,6 @@ class NSGA2(Algorithm):
         if not self.keys.seen(genome):
             return genome, (), "sample"
         return self._breed()  # the space looks exhausted: accept a duplicate
-
-    def _n_told_ok(self) -> int:
-        return sum(1 for ev in self.history if not ev.failed)
 
     def _tournament(self) -> int:
         i, j = self.rng.randrange(len(self.population)), self.rng.randrange(len(self.population))
@@ -126,8 +132,9 @@ class NSGA2(Algorithm):
     # -- survival ---------------------------------------------------------------------------
     def _on_tell(self, ev: Evaluated) -> None:
         self.keys.add(ev)
-        if ev.failed:
+        if not usable(self, ev):
             return
+        self._n_ok += 1
         self.population.append(ev)
         self._F.append(self.minimized(ev))
         self._cv.append(ev.violation)

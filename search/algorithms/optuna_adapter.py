@@ -173,9 +173,21 @@ class OptunaAlgorithm(Algorithm):
 class OptunaNSGA2(OptunaAlgorithm):
     """Optuna's ``NSGAIISampler`` (generational; population 50 by default)."""
 
-    def __init__(self, *, population_size: int = 50, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        space: SearchSpace,
+        objectives: list[Objective],
+        constraints: list[Constraint] | None = None,
+        seed: int = 0,
+        population_size: int = 50,
+        max_retries: int = 10,
+    ) -> None:
+        if population_size < 2:
+            raise ValueError("population_size must be >= 2")
         self.population_size = population_size
-        super().__init__(**kwargs)
+        super().__init__(space=space, objectives=objectives, constraints=constraints, seed=seed,
+                         max_retries=max_retries)
 
     def _make_sampler(self, optuna, seed: int, constraints_func):
         return optuna.samplers.NSGAIISampler(

@@ -1,7 +1,7 @@
 """Regularized evolution (Real et al., AAAI 2019), asynchronous, multi-objective.
 
 A FIFO population of the last ``population_size`` evaluated individuals (failed ones never
-join; the oldest is removed when a new one arrives). The first ``population_size`` proposals
+join, nor do NaN/infinite objectives; the oldest is removed when a new one arrives). The first ``population_size`` proposals
 are random samples. Afterwards each proposal draws ``sample_size`` members uniformly at random
 and mutates the tournament winner.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 
 from search.algorithms.base import Algorithm, Evaluated, register_algorithm
-from search.algorithms.nsga2 import KeyTracker
+from search.algorithms.nsga2 import KeyTracker, usable
 from search.objectives import Constraint, Objective
 from search.pareto import rank_and_crowding
 from search.spaces.base import Genome, SearchSpace
@@ -44,9 +44,10 @@ class RegularizedEvolution(Algorithm):
         self.max_retries = max_retries
         self.population: deque[Evaluated] = deque()
         self.keys = KeyTracker(self)
+        self._n_ok = 0
 
     def _propose(self) -> tuple[Genome, tuple[int, ...], str]:
-        n_ok = sum(1 for ev in self.history if not ev.failed)
+        n_ok = self._n_ok
         if not self.population or (n_ok < self.population_size
                                    and n_ok + len(self.pending) < self.population_size):
             return self.keys.fresh_sample(self.max_retries), (), "sample"
@@ -74,8 +75,9 @@ class RegularizedEvolution(Algorithm):
 
     def _on_tell(self, ev: Evaluated) -> None:
         self.keys.add(ev)
-        if ev.failed:
+        if not usable(self, ev):
             return
+        self._n_ok += 1
         self.population.append(ev)
         while len(self.population) > self.population_size:
             self.population.popleft()
