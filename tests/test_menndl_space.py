@@ -129,6 +129,8 @@ def test_hparams_and_keys():
         {"layers": [{"type": "conv", "filters": 1000}]},
         {"layers": [{"type": "pool", "kind": "max", "kernel": 2, "stride": 1}]},
         {"layers": [{"type": "dense", "units": 3}]},
+        {"layers": [{"type": "conv", "filters": 8, "kernel": True}]},
+        {"layers": [{"type": "conv", "filters": 8, "skip_from": 0.5}]},
         {"head": {"hidden": 10_000, "dropout": 0.0}},
         {"head": {"hidden": 0, "dropout": "lots"}},
         {"hparams": {"learning_rate": 5.0, "batch_size": 32, "epochs": 2, "weight_decay": 0, "optimizer": "sgd"}},

@@ -50,6 +50,10 @@ OPTIMIZERS = ("sgd", "adam")
 POOL_KINDS = ("max", "avg")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _check(ok: bool, what: str) -> None:
     if not ok:
         raise ValueError(f"invalid MENNDL gene: {what}")
@@ -68,14 +72,14 @@ class ConvGene:
     skip_from: int | None = None
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.filters, int) and self.filters >= 1, f"filters={self.filters!r}")
-        _check(self.kernel in KERNELS, f"kernel={self.kernel!r} not in {KERNELS}")
-        _check(self.stride in (1, 2), f"stride={self.stride!r} not in (1, 2)")
+        _check(_is_int(self.filters) and self.filters >= 1, f"filters={self.filters!r}")
+        _check(_is_int(self.kernel) and self.kernel in KERNELS, f"kernel={self.kernel!r} not in {KERNELS}")
+        _check(_is_int(self.stride) and self.stride in (1, 2), f"stride={self.stride!r} not in (1, 2)")
         _check(self.activation in ACTIVATIONS, f"activation={self.activation!r} not in {ACTIVATIONS}")
         _check(isinstance(self.batch_norm, bool), f"batch_norm={self.batch_norm!r}")
         _check(isinstance(self.dropout, float) and 0.0 <= self.dropout < 1.0, f"dropout={self.dropout!r}")
         _check(
-            self.skip_from is None or (isinstance(self.skip_from, int) and self.skip_from >= 0),
+            self.skip_from is None or (_is_int(self.skip_from) and self.skip_from >= 0),
             f"skip_from={self.skip_from!r}",
         )
 
@@ -90,8 +94,8 @@ class PoolGene:
 
     def __post_init__(self) -> None:
         _check(self.kind in POOL_KINDS, f"pool kind={self.kind!r} not in {POOL_KINDS}")
-        _check(self.kernel in (2, 3), f"pool kernel={self.kernel!r} not in (2, 3)")
-        _check(self.stride in (1, 2), f"pool stride={self.stride!r} not in (1, 2)")
+        _check(_is_int(self.kernel) and self.kernel in (2, 3), f"pool kernel={self.kernel!r} not in (2, 3)")
+        _check(_is_int(self.stride) and self.stride in (1, 2), f"pool stride={self.stride!r} not in (1, 2)")
         _check(not (self.kernel == 2 and self.stride == 1), "pool kernel 2 needs stride 2")
 
 
@@ -103,7 +107,7 @@ class HeadGene:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.hidden, int) and self.hidden >= 0, f"hidden={self.hidden!r}")
+        _check(_is_int(self.hidden) and self.hidden >= 0, f"hidden={self.hidden!r}")
         _check(isinstance(self.dropout, float) and 0.0 <= self.dropout < 1.0, f"head dropout={self.dropout!r}")
 
 
@@ -221,9 +225,13 @@ class MenndlSpace(SearchSpace):
         for i, layer in enumerate(layers):
             if isinstance(layer, ConvGene):
                 if not self.min_filters <= layer.filters <= self.max_filters:
-                    raise ValueError(f"layer {i}: filters {layer.filters} outside [{self.min_filters}, {self.max_filters}]")
+                    raise ValueError(
+                        f"layer {i}: filters {layer.filters} outside [{self.min_filters}, {self.max_filters}]"
+                    )
                 if layer.skip_from is not None and layer.skip_from not in _valid_skip_sources(list(layers), i):
-                    raise ValueError(f"layer {i}: skip from point {layer.skip_from} crosses a downsampling layer or points forward")
+                    raise ValueError(
+                        f"layer {i}: skip from point {layer.skip_from} crosses a downsampling layer or points forward"
+                    )
             elif not isinstance(layer, PoolGene):
                 raise ValueError(f"layer {i}: unknown gene {type(layer).__name__}")
         if genome.head.hidden > max(self.hidden):
@@ -319,7 +327,8 @@ class MenndlSpace(SearchSpace):
             choice = rng.choice(("kind", "shape"))
             if choice == "kind":
                 return replace(layer, kind="avg" if layer.kind == "max" else "max")
-            return rng.choice([p for p in (PoolGene(layer.kind, 2, 2), PoolGene(layer.kind, 3, 2), PoolGene(layer.kind, 3, 1)) if p != layer])
+            shapes = (PoolGene(layer.kind, 2, 2), PoolGene(layer.kind, 3, 2), PoolGene(layer.kind, 3, 1))
+            return rng.choice([p for p in shapes if p != layer])
         field = rng.choice(("filters", "kernel", "stride", "activation", "batch_norm", "dropout"))
         if field == "filters":
             idx = self.filters.index(layer.filters) if layer.filters in self.filters else 0
@@ -459,8 +468,8 @@ class MenndlSpace(SearchSpace):
                     raise ValueError(f"unknown layer type {kind!r}")
             head = HeadGene(hidden=data["head"]["hidden"], dropout=_as_float(data["head"]["dropout"]))
             h = data["hparams"]
-            hp = TrainHParams(learning_rate=_as_float(h["learning_rate"]), batch_size=int(h["batch_size"]),
-                              epochs=int(h["epochs"]), weight_decay=_as_float(h["weight_decay"]),
+            hp = TrainHParams(learning_rate=_as_float(h["learning_rate"]), batch_size=_as_int(h["batch_size"]),
+                              epochs=_as_int(h["epochs"]), weight_decay=_as_float(h["weight_decay"]),
                               optimizer=str(h["optimizer"]))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed MENNDL genome JSON: {type(exc).__name__}: {exc}") from None
@@ -581,6 +590,12 @@ def _net_class() -> type:
             return self.head(points[-1])
 
     return MenndlNet
+
+
+def _as_int(v: Any) -> int:
+    if not _is_int(v):
+        raise ValueError(f"expected an integer, got {v!r}")
+    return v
 
 
 def _as_float(v: Any) -> float:

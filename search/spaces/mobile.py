@@ -163,9 +163,11 @@ class MobileSpace(SearchSpace):
             if not self.min_depth <= len(blocks) <= self.max_depth:
                 raise ValueError(f"stage {i}: depth {len(blocks)} outside {self.min_depth}..{self.max_depth}")
             for b in blocks:
-                if not isinstance(b, MobileBlock) or b.kernel not in self.kernels or b.expand not in self.expands \
-                        or not isinstance(b.se, bool):
-                    raise ValueError(f"stage {i}: invalid block {b!r} (kernels {self.kernels}, expansions {self.expands})")
+                ok = isinstance(b, MobileBlock) and b.kernel in self.kernels and b.expand in self.expands
+                if not ok or not isinstance(b.se, bool):
+                    raise ValueError(
+                        f"stage {i}: invalid block {b!r} (kernels {self.kernels}, expansions {self.expands})"
+                    )
         return genome
 
     # -- variation ----------------------------------------------------------------------------
@@ -336,7 +338,8 @@ def _mobile_net_class() -> type:
             # First block of MobileNetV3 / OFA: depthwise separable, residual.
             self.first = nn.Sequential(*conv_bn(c, c, 3, 1, groups=c), nn.ReLU(), *conv_bn(c, c, 1, 1))
             blocks: list[nn.Module] = []
-            for stage, c_base, stride, activation in zip(genome.stages, space.channels, space.strides, space.activations):
+            skeleton = zip(genome.stages, space.channels, space.strides, space.activations)
+            for stage, c_base, stride, activation in skeleton:
                 c_out = make_divisible(c_base * w)
                 for i, block in enumerate(stage):
                     blocks.append(InvertedResidual(c, c_out, block, stride if i == 0 else 1, activation))
