@@ -180,13 +180,16 @@ def _load_digits(root: str | None, seed: int, val_fraction: float, limit: int | 
 
 def _read_idx(path: Path) -> np.ndarray:
     opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if data[:2] != b"\x00\x00":
-        raise DatasetError(f"{path} is not an idx file")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        if data[:3] != b"\x00\x00\x08":
+            raise ValueError("no idx uint8 header")
+        ndim = data[3]
+        dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    except (OSError, EOFError, ValueError) as exc:
+        raise DatasetError(f"{path} is not a readable idx file ({exc}); reinstall or re-download it") from exc
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:

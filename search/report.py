@@ -253,33 +253,39 @@ def _plot_near_best(rows: list[dict], path: Path, title: str) -> bool:
         return False
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     tols = list(dict.fromkeys(r["tolerance_points"] for r in rows))
-    width = 0.8 / len(tols)
-    fig, ax = plt.subplots(figsize=(max(6.5, 1.3 * len(metrics) + 2), 4.8), dpi=110)
+    height = 0.8 / len(tols)
+    fig, ax = plt.subplots(figsize=(8, 1.0 + 0.55 * len(metrics) * len(tols) + 0.6), dpi=110)
+    top = max(r["ratio"] for r in rows)
     for j, tol in enumerate(tols):
         by_m = {r["metric"]: r for r in rows if r["tolerance_points"] == tol}
-        xs = np.arange(len(metrics)) + (j - (len(tols) - 1) / 2) * width
-        hs = [by_m[m]["ratio"] if m in by_m else 0.0 for m in metrics]
-        bars = ax.bar(xs, hs, width=width * 0.95, label=f"within {tol:g} point(s) of best")
-        for b, m in zip(bars, metrics):
-            if m in by_m:
-                r = by_m[m]
-                ax.annotate(f"{r['ratio']:.1f}x\n#{r['cheapest_id']}, -{r['accuracy_drop_points']:.2f} pt",
-                            (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
-                            va="bottom", fontsize=7)
-    ax.axhline(1.0, color="k", lw=0.8)
-    if max(r["ratio"] for r in rows) > 50:
-        ax.set_yscale("log")
-    ax.set_xticks(np.arange(len(metrics)))
-    ax.set_xticklabels(metrics, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("times cheaper than the most accurate")
+        ys = np.arange(len(metrics)) + (j - (len(tols) - 1) / 2) * height
+        ws = [by_m[m]["ratio"] if m in by_m else 0.0 for m in metrics]
+        bars = ax.barh(ys, ws, height=height * 0.9, label=f"within {tol:g} accuracy point(s) of the best")
+        for bar, m in zip(bars, metrics):
+            if m not in by_m:
+                continue
+            r = by_m[m]
+            who = ("the most accurate itself" if r["cheapest_id"] == r["best_id"] else
+                   f"#{r['cheapest_id']}, {r['accuracy_drop_points']:.2f} pt less accurate")
+            ax.annotate(f" {r['ratio']:.3g}x  ({who})", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                        va="center", ha="left", fontsize=8)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_yticks(np.arange(len(metrics)))
+    ax.set_yticklabels(metrics, fontsize=8)
+    ax.invert_yaxis()
+    if top > 50:
+        ax.set_xscale("log")
+        ax.set_xlim(right=top * 30)
+    else:
+        ax.set_xlim(0, top * 1.9 + 0.5)
+    ax.set_xlabel("times cheaper than the most accurate network (higher is better)")
     best = rows[0]
-    ax.set_title(f"{title}: cheapest near-best networks vs the most accurate (#{best['best_id']},"
+    ax.set_title(f"{title}: cheapest networks near the most accurate\n(most accurate: #{best['best_id']},"
                  f" accuracy {best['best_accuracy']:.4g})", fontsize=10)
-    ax.margins(y=0.2)
-    ax.legend(fontsize=8)
-    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(tols), frameon=False)
+    ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return True
 

@@ -121,3 +121,38 @@ def test_imagefolder_on_real_cifar10_jpegs(tmp_path):
     assert len(s.train) == 30 and len(s.val) == 30 and len(s.test) == 20
     x, _ = s.train.get_batch(torch.arange(len(s.train)))
     assert abs(float(x.mean())) < 0.1 and float(x.std()) > 0.5
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    import gzip
+
+    header = b"\x00\x00\x08" + bytes([arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_idx_files_under_root(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 50), ("t10k", 20)):
+        y = np.arange(n) % 10
+        x = (rng.integers(0, 50, (n, 28, 28)) + 20 * y[:, None, None]).astype(np.uint8)
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", x)
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", y)
+    s = load_dataset("fashion-mnist", root=str(tmp_path))
+    assert str(tmp_path) in s.source and s.task == type(s.task)(1, 28, 10)
+    assert (len(s.train), len(s.val), len(s.test)) == (40, 10, 20)
+    x, y = s.test.get_batch(torch.arange(20))
+    # labels line up with images: brighter images carry higher labels
+    assert float(x[y == 9].mean()) > float(x[y == 0].mean())
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz is not a readable idx file"):
+        load_dataset("fashion-mnist", root=str(tmp_path))
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists(),
+                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_debian_package():
+    s = load_dataset("fashion-mnist", limit=500)
+    assert "/usr/share/datasets/fashion-mnist" in s.source
+    assert (len(s.train), len(s.val), len(s.test)) == (500, 500, 500)
+    assert s.classes[9] == "Ankle boot" and s.task.image_size == 28
