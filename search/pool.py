@@ -113,13 +113,17 @@ class AgentPool:
             raise
         state = AgentState(address=address, device_key=info["device_key"], info=info)
         with self._cv:
+            if self._stop.is_set():
+                client.close()
+                raise RuntimeError("the agent pool is closed")
             if address in self.agents and not self.agents[address].removed:
                 client.close()
                 return self.agents[address]
             self.agents[address] = state
+            t = threading.Thread(target=self._worker, args=(state, client), name=f"agent-{address}",
+                                 daemon=True)
+            self._threads[address] = t
         self.store.event("agent_joined", agent=address, detail={"device_key": state.device_key})
-        t = threading.Thread(target=self._worker, args=(state, client), name=f"agent-{address}", daemon=True)
-        self._threads[address] = t
         t.start()
         return state
 
@@ -266,7 +270,8 @@ class AgentPool:
         self._stop.set()
         with self._cv:
             self._cv.notify_all()
-        for t in self._threads.values():
+            threads = list(self._threads.values())
+        for t in threads:
             t.join(timeout=timeout)
 
     def snapshot(self) -> list[dict[str, Any]]:

@@ -1,0 +1,199 @@
+"""The agent fleet in the real world: real agent processes on loopback are SIGKILLed while a
+search runs and new ones join it; the search server itself is SIGKILLed mid-run and resumed.
+
+Agents use the table backend over the shared NAS-Bench-201 table (measurements are look-ups, so
+the tests are about dispatch, leases and the store, not about timing). Afterwards the store must
+be consistent: every candidate ``done`` with one ok measurement per required device key, or
+``failed`` with a reason; no candidate measured twice for a key; no job left queued or leased.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from device_agent.launcher import REPO_ROOT, start_local_agent
+from search import config as cfgmod
+from search.objectives import DEVICE_METRICS, split_metric
+from search.runner import SearchRunner
+
+TABLE = "/work/shared/data/nb201/nb201_tables.csv.gz"
+pytestmark = pytest.mark.skipif(not Path(TABLE).is_file(), reason=f"shared NB201 table {TABLE} not here")
+
+
+def table_agent(key: str = "raspi", column: str = "lat_raspi4", *extra: str):
+    """A real agent process answering from the NB201 table under device key ``key``."""
+    return start_local_agent(extra_args=["--backend", "table", "--table", TABLE,
+                                         "--metric", f"latency_ms={column}", "--device-key", key, *extra])
+
+
+def fleet_config(budget: int, objectives=("accuracy", "latency_ms"), **agents) -> cfgmod.SearchConfig:
+    return dataclasses.replace(
+        cfgmod.SearchConfig(), space="nb201", budget=budget, population_size=8,
+        accuracy_table=f"{TABLE}:c10_test_200ep", objectives=tuple(objectives),
+        agents=dataclasses.replace(cfgmod.AgentSettings(), **agents),
+    ).validate()
+
+
+def db_rows(run_dir: Path, sql: str, args: tuple = ()) -> list[dict]:
+    """Read the run store with a plain read-only SQLite connection (works beside a live writer)."""
+    con = sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True, timeout=10)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute(sql, args).fetchall()]
+    finally:
+        con.close()
+
+
+def required_keys(run_dir: Path) -> set[str]:
+    meta = {r["key"]: json.loads(r["value"]) for r in db_rows(run_dir, "SELECT * FROM meta")}
+    keys = set()
+    for item in [*meta["objectives"], *meta.get("constraints", [])]:
+        metric, key = split_metric(item["name"])
+        if metric in DEVICE_METRICS:
+            keys.add(key)
+    return keys
+
+
+def check_consistent(run_dir: Path, budget: int) -> dict[str, int]:
+    """Assert the fleet invariants on a finished run; returns counts for further checks."""
+    keys = required_keys(run_dir)
+    assert keys
+    cands = db_rows(run_dir, "SELECT * FROM candidates ORDER BY id")
+    assert len(cands) == budget
+    jobs = db_rows(run_dir, "SELECT * FROM jobs")
+    assert not [j for j in jobs if j["state"] in ("queued", "leased")], "work left in flight"
+    # the store's own guarantee, checked with a count query: at most one ok measurement per key
+    dup = db_rows(run_dir, "SELECT candidate_id, device_key, COUNT(*) AS n FROM measurements"
+                           " WHERE ok = 1 GROUP BY candidate_id, device_key HAVING n > 1")
+    assert dup == []
+    ok = {(m["candidate_id"], m["device_key"]): m
+          for m in db_rows(run_dir, "SELECT * FROM measurements WHERE ok = 1")}
+    by_cand: dict[int, dict[str, dict]] = {}
+    for j in jobs:
+        by_cand.setdefault(j["candidate_id"], {})[j["device_key"]] = j
+        if j["state"] == "done":
+            assert (j["candidate_id"], j["device_key"]) in ok, j
+            assert ok[(j["candidate_id"], j["device_key"])]["job_id"] == j["id"]
+    n_done = n_failed = 0
+    for c in cands:
+        assert c["status"] in ("done", "failed"), c
+        if c["status"] == "failed":
+            assert c["error"], c
+            n_failed += 1
+            continue
+        n_done += 1
+        assert set(by_cand.get(c["id"], {})) == keys, c
+        objectives = json.loads(c["objectives"])
+        for key in keys:
+            assert by_cand[c["id"]][key]["state"] == "done"
+            result = json.loads(ok[(c["id"], key)]["result"])
+            assert objectives[f"latency_ms@{key}"] == result["latency_ms"]["median"]
+    return {"done": n_done, "failed": n_failed, "ok_measurements": len(ok)}
+
+
+def test_agents_killed_and_joining_during_a_search(tmp_path):
+    """SIGKILL agents at seeded random moments, start new ones that join the running search."""
+    rng = random.Random(4)
+    agents = [table_agent() for _ in range(3)]
+    spares = [table_agent() for _ in range(4)]  # started now, join the search later
+    budget = 48
+    runner = SearchRunner(config=fleet_config(budget, lease_s=20.0, max_attempts=4), run_dir=tmp_path / "run",
+                          agents=[a.address for a in agents], progress=False)
+    summary: dict = {}
+    thread = threading.Thread(target=lambda: summary.update(runner.run()), daemon=True)
+    killed, joined = [], []
+    try:
+        thread.start()
+        while runner.pool is None or not runner.pool.agents:
+            time.sleep(0.05)
+        while thread.is_alive() and len(killed) < 4:
+            time.sleep(rng.uniform(0.3, 1.2))
+            new = spares.pop()
+            agents.append(new)
+            runner.pool.add_agent(new.address)  # joins the running search
+            joined.append(new.address)
+            victim = rng.choice([a for a in agents if a.alive() and a.address not in killed])
+            victim.process.send_signal(signal.SIGKILL)
+            killed.append(victim.address)
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "search did not finish"
+    finally:
+        runner.close()
+        for a in agents + spares:
+            a.stop(timeout=5)
+    assert summary["candidates"] == budget
+    counts = check_consistent(tmp_path / "run", budget)
+    assert len(killed) == 4, "the search ended before the agents were killed: make it longer"
+    assert counts["done"] >= budget // 2
+    measured_by = {r["agent"] for r in db_rows(tmp_path / "run", "SELECT agent FROM measurements WHERE ok=1")}
+    assert measured_by & set(joined), "no agent that joined mid-run measured anything"
+    lost = db_rows(tmp_path / "run", "SELECT * FROM events WHERE kind='agent_lost'")
+    assert lost and {e["agent"] for e in lost} <= set(killed)
+
+
+def _hwnas(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def test_server_sigkilled_mid_run_resumes_without_redoing_work(tmp_path):
+    agents = [table_agent() for _ in range(2)]
+    run_dir = tmp_path / "run"
+    budget = 60
+    addr_args = [x for a in agents for x in ("--agent", a.address)]
+    try:
+        proc = _hwnas("search", "--space", "nb201", "--accuracy-table", f"{TABLE}:c10_test_200ep",
+                      "--objective", "accuracy", "--objective", "latency_ms", "--budget", str(budget),
+                      "--no-progress", "--out", str(run_dir), *addr_args)
+        end = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < end, "no progress before the kill"
+            if (run_dir / "run.sqlite").exists():
+                try:
+                    n = db_rows(run_dir, "SELECT COUNT(*) AS n FROM candidates WHERE status='done'")[0]["n"]
+                except sqlite3.OperationalError:
+                    n = 0
+                if n >= 12:
+                    break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        before_c = {c["id"]: c for c in db_rows(run_dir, "SELECT * FROM candidates")}
+        before_m = {m["id"]: m for m in db_rows(run_dir, "SELECT * FROM measurements")}
+        before_j = {j["id"]: j for j in db_rows(run_dir, "SELECT * FROM jobs")}
+        assert len(before_c) < budget, "the server finished before it was killed"
+        resumed = _hwnas("search", "--resume", str(run_dir), "--no-progress", *addr_args)
+        out = resumed.communicate(timeout=120)[0].decode()
+        assert resumed.returncode == 0, out
+    finally:
+        for a in agents:
+            a.stop(timeout=5)
+    check_consistent(run_dir, budget)
+    after_c = {c["id"]: c for c in db_rows(run_dir, "SELECT * FROM candidates")}
+    after_m = {m["id"]: m for m in db_rows(run_dir, "SELECT * FROM measurements")}
+    # nothing finished was lost or changed
+    for cid, c in before_c.items():
+        if c["status"] in ("done", "failed"):
+            assert after_c[cid] == c
+        if c["train"] is not None:
+            assert after_c[cid]["train"] == c["train"] and after_c[cid]["created"] == c["created"]
+    for mid, m in before_m.items():
+        assert after_m[mid] == m
+    # nothing finished was redone: no new measurement of a job that was already final
+    final = {jid for jid, j in before_j.items() if j["state"] in ("done", "failed")}
+    new = [m for mid, m in after_m.items() if mid not in before_m]
+    assert not [m for m in new if m["job_id"] in final]
+    assert json.loads([r for r in db_rows(run_dir, "SELECT * FROM events WHERE kind='resumed'")][0]["detail"])
