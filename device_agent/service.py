@@ -22,7 +22,8 @@ from typing import Any
 from device_agent.cache import ContentCache, artifact_key, is_sha256
 from device_agent.config import BuildConfig, MeasureConfig
 from device_agent.daemon_config import MAX_CHUNK_BYTES, AgentSettings
-from device_agent.errors import AgentBusy, AgentUnavailable, Cancelled, InvalidRequest, ModelNotHeld
+from device_agent.errors import AgentUnavailable, InvalidRequest, ModelNotHeld
+from device_agent.jobqueue import JobQueue
 from device_agent.result import MeasureResult
 
 log = logging.getLogger("device_agent.service")
@@ -52,71 +53,6 @@ class BuiltArtifact:
     from_cache: bool = False
     error: str | None = None
     error_kind: str | None = None
-
-
-class JobQueue:
-    """One running job, at most ``max_waiting`` waiting (FIFO). Thread-safe."""
-
-    def __init__(self, *, max_waiting: int) -> None:
-        self.max_waiting = max_waiting
-        self._cond = threading.Condition()
-        self._waiting: collections.deque[object] = collections.deque()
-        self._running: object | None = None
-        self._closed = False
-
-    @property
-    def depth(self) -> int:
-        """Jobs running or waiting now."""
-        with self._cond:
-            return len(self._waiting) + (self._running is not None)
-
-    def close(self) -> None:
-        """Refuse new jobs and release the waiting ones (they get ``AgentUnavailable``)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until nothing runs; True if idle."""
-        end = time.monotonic() + timeout
-        with self._cond:
-            while self._running is not None or self._waiting:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.1))
-            return True
-
-    @contextlib.contextmanager
-    def slot(self, *, cancel: threading.Event) -> Iterator[float]:
-        """Hold the single job slot; yields the seconds spent waiting for it."""
-        ticket, t0 = object(), time.monotonic()
-        with self._cond:
-            if self._closed:
-                raise AgentUnavailable("agent is shutting down")
-            if self._running is None and not self._waiting:
-                self._running = ticket
-            else:
-                if len(self._waiting) >= self.max_waiting:
-                    raise AgentBusy(f"job queue full ({self.max_waiting} waiting behind the running job)")
-                self._waiting.append(ticket)
-                try:
-                    while not (self._running is None and self._waiting[0] is ticket):
-                        if self._closed:
-                            raise AgentUnavailable("agent is shutting down")
-                        if cancel.is_set():
-                            raise Cancelled("cancelled while waiting in the queue")
-                        self._cond.wait(0.05)
-                finally:
-                    self._waiting.remove(ticket)
-                    self._cond.notify_all()
-                self._running = ticket
-        try:
-            yield time.monotonic() - t0
-        finally:
-            with self._cond:
-                self._running = None
-                self._cond.notify_all()
 
 
 class AgentService:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -330,3 +329,30 @@ def test_sigterm_drains_a_subprocess_agent(tmp_path):
     names = [e.get("event") for e in events]
     assert "serving" in names and "signal" in names and "stopped" in names
     agent.stop()
+
+
+def test_client_retries_unavailable_until_the_agent_comes_up(tmp_path):
+    import socket
+
+    from device_agent.daemon_config import AgentSettings
+    from device_agent.server import create_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with AgentClient(f"127.0.0.1:{port}", timeout=15, retries=8) as client:
+        with cf.ThreadPoolExecutor(1) as ex:
+            fut = ex.submit(client.describe)
+            time.sleep(0.5)
+            assert not fut.done()
+            server, bound = create_server(f"127.0.0.1:{port}",
+                                          config=AgentSettings(cache_dir=str(tmp_path / "c")))
+            assert bound == port
+            server.start()
+            try:
+                assert fut.result(15)["device_key"]
+            finally:
+                server.shutdown(grace_s=0)
+    with AgentClient(f"127.0.0.1:{port}", timeout=2, retries=1) as client:
+        with pytest.raises(errors.AgentUnavailable):
+            client.describe()
