@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PROTO_FILES = ("protos/hwnas/agent/v1/agent.proto",)
+PROTO_FILES = ("protos/hwnas/agent/v1/agent.proto", "protos/hwnas/registry/v1/registry.proto")
 
 
 def generate(out_dir: Path | str = REPO_ROOT) -> list[Path]:
