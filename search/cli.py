@@ -50,6 +50,8 @@ def _search(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None:
             overrides[name] = v
+    if "space" in overrides and overrides["space"] != cfg.space:
+        overrides["space_options"] = {}  # the options belonged to the other space
     if args.objective:
         overrides["objectives"] = tuple(args.objective)
     if args.constraint:

@@ -4,6 +4,7 @@ File format::
 
     [search]
     space = "menndl"            # menndl | nb201 | mobile
+    space_options = { max_layers = 6 }   # keyword arguments of the space (see its class)
     algorithm = "nsga2"         # nsga2 | random | regevo | optuna-nsga2 | optuna-tpe
     budget = 36                 # candidates proposed in total
     seed = 0
@@ -68,9 +69,16 @@ DEMO_MEASURE = MeasureConfig(warmup_s=0.1, min_iterations=50, min_duration_s=0.2
                              timeout_s=60.0, memory_limit_mb=2048)
 
 
+#: Bounds of the MENNDL-style space in the embedded default: small networks and learning rates
+#: that train on 8x8 digits in seconds, so a demo on two cores shows a real front.
+DEMO_SPACE_OPTIONS: dict[str, Any] = {"max_layers": 6, "max_filters": 48, "min_epochs": 3,
+                                      "max_epochs": 8, "lr_range": [0.002, 0.05]}
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     space: str = "menndl"
+    space_options: dict[str, Any] = field(default_factory=dict)
     algorithm: str = "nsga2"
     budget: int = 36
     seed: int = 0
@@ -101,6 +109,8 @@ class SearchConfig:
             raise ConfigError("budget must be at least 1")
         if self.train_workers < 1:
             raise ConfigError("train_workers must be at least 1")
+        if not isinstance(self.space_options, dict):
+            raise ConfigError("[search].space_options must be a table")
         if self.population_size < 2:
             raise ConfigError("population_size must be at least 2")
         try:
@@ -153,7 +163,7 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
 def load(path: str | Path | None) -> SearchConfig:
     """Read a TOML config (``None``: the embedded default)."""
     if path is None:
-        return SearchConfig().validate()
+        return SearchConfig(space_options=dict(DEMO_SPACE_OPTIONS)).validate()
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")

@@ -119,7 +119,10 @@ class SearchRunner:
         self.agent_addresses = list(agents if agents is not None else config.agents.addresses)
         self.progress = progress
         self.local_agent_args = local_agent_args
-        self.space: SearchSpace = get_space(config.space)
+        try:
+            self.space: SearchSpace = get_space(config.space, **config.space_options)
+        except (TypeError, ValueError) as exc:
+            raise SearchError(f"search space {config.space!r}: {exc}") from None
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._local_agent = None
         self.pool: AgentPool | None = None
