@@ -64,6 +64,10 @@ def _add_commands(sub: Any) -> None:
     s.add_argument("--tls-key", help="server private key (PEM)")
     s.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--register", metavar="SERVER:PORT",
+                   help="join the search whose registry listens here (hwnas search --registry-port)")
+    s.add_argument("--advertise", metavar="HOST:PORT",
+                   help="with --register: the address the search server dials (default: bound host:port)")
     s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("measure", help="measure an ONNX model on a running agent")
@@ -122,6 +126,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"agent: error: {exc}", file=sys.stderr)
         return 2
     try:
+        if getattr(args, "register", None):
+            from device_agent.registration import serve_registered
+
+            return serve_registered(settings, registry=args.register, advertise=args.advertise)
         return serve(settings)
     except RuntimeError as exc:  # cannot bind
         print(f"agent: error: {exc}", file=sys.stderr)

@@ -1,0 +1,149 @@
+"""An agent announces itself to a search server's registry and keeps heartbeating.
+
+Wire contract: ``protos/hwnas/registry/v1/registry.proto``. ``Registration(registry=...,
+address=..., agent_address=...)`` runs a thread: it asks the agent it belongs to (through its own
+``Describe``) for the device key and capabilities, calls ``Register`` (retrying with back-off
+while the search server is not there yet), then ``Heartbeat`` every interval the server asked for;
+when the server does not know it (restarted or dropped it) it registers again. ``stop()``
+deregisters. ``serve_registered(settings, registry=...)`` runs the agent daemon with one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+log = logging.getLogger("device_agent.registration")
+
+
+class Registration:
+    """Keeps one agent registered at one registry (see the module docstring)."""
+
+    def __init__(self, *, registry: str, address: str, agent_address: str | None = None,
+                 token: str | None = None, retry_s: float = 1.0) -> None:
+        self.registry = registry
+        self.address = address
+        self.agent_address = agent_address or address
+        self.token = token or None
+        self.retry_s = retry_s
+        self.agent_id: str | None = None
+        self.registered = threading.Event()
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="registration", daemon=True)
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        from device_agent.auth import bearer_metadata
+
+        return bearer_metadata(self.token)
+
+    def _describe(self) -> dict[str, Any]:
+        from device_agent.client import AgentClient
+
+        with AgentClient(self.agent_address, token=self.token, timeout=10.0) as client:
+            return client.describe()
+
+    def _register(self, stub: Any) -> float:
+        from protos.hwnas.registry.v1 import registry_pb2
+
+        info = self._describe()
+        reply = stub.Register(registry_pb2.RegisterRequest(
+            address=self.address, device_key=info["device_key"],
+            capabilities_json=json.dumps(info, default=str)), metadata=self._metadata(), timeout=30.0)
+        self.agent_id = reply.agent_id
+        self.registered.set()
+        log.info("registered", extra={"event": "registered", "registry": self.registry,
+                                      "agent_id": reply.agent_id})
+        return reply.heartbeat_interval_s or 2.0
+
+    def _run(self) -> None:
+        from protos.hwnas.registry.v1 import registry_pb2, registry_pb2_grpc
+
+        channel = grpc.insecure_channel(self.registry)
+        stub = registry_pb2_grpc.RegistryStub(channel)
+        interval = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if interval is None:
+                        interval = self._register(stub)
+                    elif not stub.Heartbeat(registry_pb2.HeartbeatRequest(agent_id=self.agent_id or ""),
+                                            metadata=self._metadata(), timeout=max(1.0, interval)).known:
+                        self.registered.clear()
+                        interval = self._register(stub)
+                    self.last_error = None
+                except Exception as exc:  # noqa: BLE001 - keep trying while the daemon runs
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    if isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                        log.error("registry refused the token: %s", exc.details())
+                    if interval is None or isinstance(exc, grpc.RpcError) and exc.code() in (
+                            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        self.registered.clear()
+                        interval = None  # the server may have restarted: register again
+                    self._stop.wait(self.retry_s)
+                    continue
+                self._stop.wait(interval)
+            if self.agent_id and self.registered.is_set():
+                try:
+                    stub.Deregister(registry_pb2.DeregisterRequest(agent_id=self.agent_id, reason="agent stopped"),
+                                    metadata=self._metadata(), timeout=5.0)
+                except grpc.RpcError:
+                    pass
+        finally:
+            channel.close()
+
+    def start(self) -> "Registration":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+
+def advertised_address(host: str, port: int, advertise: str | None = None) -> str:
+    """The address a search server should dial: ``advertise`` or the bound host (the machine's
+    name when bound to every interface)."""
+    if advertise:
+        return advertise
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def serve_registered(settings: Any, *, registry: str, advertise: str | None = None) -> int:
+    """Run the agent daemon (``device_agent.server.serve``) while registered at ``registry``."""
+    from device_agent.server import serve
+
+    tmp = None
+    if not settings.port_file:
+        tmp = tempfile.TemporaryDirectory(prefix="hwnas-reg-")
+        settings = replace(settings, port_file=str(Path(tmp.name) / "port"))
+    reg: dict[str, Registration] = {}
+
+    def announce() -> None:
+        port_file = Path(settings.port_file)
+        while not port_file.exists():
+            time.sleep(0.05)
+        port = int(port_file.read_text().strip())
+        local = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+        reg["r"] = Registration(registry=registry, address=advertised_address(settings.host, port, advertise),
+                                agent_address=f"{local}:{port}" if ":" not in local else f"[{local}]:{port}",
+                                token=settings.token).start()
+
+    threading.Thread(target=announce, name="announce", daemon=True).start()
+    try:
+        return serve(settings)
+    finally:
+        if "r" in reg:
+            reg["r"].stop()
+        if tmp is not None:
+            tmp.cleanup()
