@@ -122,18 +122,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
         settings.check_exposure()
-    except (ValueError, OSError) as exc:
-        print(f"agent: error: {exc}", file=sys.stderr)
-        return 2
-    try:
         if getattr(args, "register", None):
             from device_agent.registration import serve_registered
 
             return serve_registered(settings, registry=args.register, advertise=args.advertise)
         return serve(settings)
-    except RuntimeError as exc:  # cannot bind
+    except (ValueError, OSError, RuntimeError) as exc:  # bad settings, table or certs; cannot bind
         print(f"agent: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
 
 
 def _client(args: argparse.Namespace) -> Any:

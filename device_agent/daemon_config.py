@@ -97,6 +97,8 @@ class AgentSettings:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
         if self.backend == "table" and not self.table:
             raise ValueError("backend 'table' needs a table (CSV path)")
+        if self.table and "latency_ms" not in dict(self.metrics):
+            raise ValueError("a table needs the column of latency_ms (--metric latency_ms=COLUMN)")
 
     @property
     def max_model_bytes(self) -> int:

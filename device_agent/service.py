@@ -70,11 +70,15 @@ class AgentService:
         self._description: dict[str, Any] | None = None
         self._table_backend: Any = None
         self._idle: Any = None  # IdleBaseline, False (no sensor) or None (not looked yet)
+        if settings.table:
+            self._table()  # a missing file or column fails at start, not on the first call
         self.device_key = settings.device_key or self._default_device_key()
 
     # ---- describe
-    @staticmethod
-    def _default_device_key() -> str:
+    def _default_device_key(self) -> str:
+        """This machine's key; a table agent is named after its table column, not the host."""
+        if self.settings.backend == "table":
+            return f"table-{dict(self.settings.metrics)['latency_ms']}"
         from device_agent.provenance import default_device_key
 
         return default_device_key()

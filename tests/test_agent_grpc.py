@@ -277,7 +277,8 @@ def test_table_agent_answers_from_the_table(tmp_path):
         row = next(csv.DictReader(f))
     with running_agent(tmp_path, backend="table", table=str(NB201),
                        metrics=(("latency_ms", "lat_raspi4"),)) as (_, addr), AgentClient(addr) as client:
-        assert "table" in client.describe()["backends_available"]
+        info = client.describe()
+        assert "table" in info["backends_available"] and info["device_key"] == "table-lat_raspi4"
         r = client.measure(b"", job_id="tbl", arch_key=row["arch_str"], measure=FAST)
         assert r.ok and r.backend == "table"
         assert r.latency_ms.median == pytest.approx(float(row["lat_raspi4"]))
