@@ -70,8 +70,10 @@ def test_describe_and_measure_end_to_end(tmp_path):
 
         # the agent holds the sha256 now: the second measurement moves no model bytes
         assert client.has_model(r1.model_sha256)
-        r2 = client.measure(model, job_id="e2e-2", build=BuildConfig(), measure=FAST)
+        r2 = client.measure(model, job_id="e2e-2", build=BuildConfig(), measure=replace(FAST, profile_layers=True))
         assert client.last_upload_bytes == 0 and r2.ok, r2.error
+        assert r2.layers and {"name", "op_type", "mean_ms"} <= set(r2.layers[0])
+        assert any(layer["op_type"] == "Conv" for layer in r2.layers)
         assert r2.provenance["agent_job"]["model_bytes_received"] == 0
         assert client.total_upload_bytes == len(model)
 
