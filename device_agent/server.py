@@ -153,7 +153,12 @@ def serve(config: AgentSettings) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal received", extra={"event": "signal", "signal": signal.Signals(signum).name})
+        name = signal.Signals(signum).name
+        if stop.is_set():  # a second signal while draining: leave at once
+            log.warning("second signal, exiting without draining", extra={"event": "forced_exit",
+                                                                          "signal": name})
+            os._exit(128 + signum)
+        log.info("signal received", extra={"event": "signal", "signal": name})
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
