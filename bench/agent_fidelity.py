@@ -2,14 +2,16 @@
 
 For real architectures nobody here wrote (torchvision models built with ``weights=None`` and
 exported at a small resolution, and the ``onnx`` wheel's ``backend/test/data/light`` models), the
-median latency from the agent's job path (``device_agent.jobs.run_job``: child process, IOBinding,
-output check, timed loop) is compared with a plain ``InferenceSession.run`` timing loop in this
+median latency from a real local agent over gRPC (``device_agent.launcher``; ``--via job``: the
+same job path, ``device_agent.jobs.run_job``, without gRPC: child process, IOBinding, output
+check, timed loop) is compared with a plain ``InferenceSession.run`` timing loop in this
 process: same session options and thread count, rounds interleaved (agent, plain, agent, ...).
 Printed per model: the median of each loop's per-round medians, their ratio, and the median of
 the per-round paired ratios (``paired``, the figure checked against 0.95-1.05: pairing adjacent
-measurements cancels slow changes in machine load), with each loop's median CV.
+measurements cancels slow changes in machine load), ``best`` = ratio of the fastest round
+medians (the least-disturbed rounds on a shared machine), and each loop's median CV.
 
-    nice -n 10 .venv/bin/python -m bench.agent_fidelity [--threads 1] [--rounds 3] [--quick]
+    nice -n 10 .venv/bin/python -m bench.agent_fidelity [--via agent|job] [--threads 1] [--rounds 5] [--quick]
 """
 from __future__ import annotations
 
@@ -92,11 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--res", type=int, default=64, help="torchvision export resolution")
     ap.add_argument("--min-iters", type=int, default=30)
     ap.add_argument("--min-s", type=float, default=0.5)
+    ap.add_argument("--via", choices=["agent", "job"], default="agent",
+                    help="agent: a real local agent over gRPC; job: run_job in this process")
     ap.add_argument("--quick", action="store_true", help="4 torchvision + 4 light models")
     args = ap.parse_args(argv)
 
     from device_agent.config import BuildConfig, MeasureConfig
-    from device_agent.jobs import run_job
 
     tmp = tempfile.mkdtemp(prefix="hwnas-fidelity-")
     tv = TORCHVISION[:4] if args.quick else TORCHVISION
@@ -110,10 +113,38 @@ def main(argv: list[str] | None = None) -> int:
     # cv_threshold high: the re-measure pass only doubles the time; both loops use one pass.
     measure = MeasureConfig(warmup_s=0.3, min_iterations=args.min_iters, min_duration_s=args.min_s,
                             cv_threshold=1.0, energy=False, timeout_s=300)
-    print(f"agent path: device_agent.jobs.run_job (child process); plain: InferenceSession.run; "
+    agent, client = None, None
+    if args.via == "agent":
+        from device_agent.client import AgentClient
+        from device_agent.launcher import start_local_agent
+
+        agent = start_local_agent()
+        client = AgentClient(agent.address, token=agent.token)
+        blobs = {label: open(path, "rb").read() for label, path in models.items()}
+
+        def measure_agent(label: str, path: str, job_id: str):
+            return client.measure(blobs[label], job_id=job_id, build=build, measure=measure)
+        how = f"a local agent over gRPC at {agent.address} (device_agent.launcher)"
+    else:
+        from device_agent.jobs import run_job
+
+        def measure_agent(label: str, path: str, job_id: str):
+            return run_job(path, build, measure, job_id=job_id, device_key="fidelity")
+        how = "device_agent.jobs.run_job (child process)"
+    try:
+        return _compare(models, args, build, measure, measure_agent, how)
+    finally:
+        if client is not None:
+            client.close()
+        if agent is not None:
+            agent.stop()
+
+
+def _compare(models, args, build, measure, measure_agent, how) -> int:
+    print(f"agent path: {how}; plain: InferenceSession.run in this process; "
           f"threads={args.threads}, rounds={args.rounds}, >= {args.min_iters} it and >= {args.min_s} s each",
           flush=True)
-    head = f"{'model':28s} {'agent ms':>9s} {'plain ms':>9s} {'ratio':>6s} {'paired':>6s} {'agentCV':>8s} {'plainCV':>8s} {'out.chk':>8s}"
+    head = f"{'model':28s} {'agent ms':>9s} {'plain ms':>9s} {'ratio':>6s} {'paired':>6s} {'best':>6s} {'agentCV':>8s} {'plainCV':>8s} {'out.chk':>8s}"
     print(head, flush=True)
     rows = []
     for label, path in models.items():
@@ -127,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                     plain_m.append(med)
                     plain_cv.append(cv)
                     continue
-                res = run_job(path, build, measure, job_id=f"{label}-{r}", device_key="fidelity")
+                res = measure_agent(label, path, f"{label}-{r}")
                 if not res.ok:
                     err = f"{res.error_kind}: {res.error[:120]}"
                     break
@@ -142,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         a, p = statistics.median(agent_m), statistics.median(plain_m)
         paired = statistics.median(x / y for x, y in zip(agent_m, plain_m))
+        best = min(agent_m) / min(plain_m)
         rows.append((label, paired))
-        print(f"{label:28s} {a:9.3f} {p:9.3f} {a / p:6.3f} {paired:6.3f} {statistics.median(agent_cv):8.3f} "
+        print(f"{label:28s} {a:9.3f} {p:9.3f} {a / p:6.3f} {paired:6.3f} {best:6.3f} "
+              f"{statistics.median(agent_cv):8.3f} "
               f"{statistics.median(plain_cv):8.3f} {chk:>8s}", flush=True)
     ratios = [r for _, r in rows if r is not None]
     inside = sum(0.95 <= r <= 1.05 for r in ratios)
