@@ -128,10 +128,19 @@ def _limit(idx: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
 
 
 def _channel_stats(x: np.ndarray, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of ``x`` (N,C,H,W) after dividing by ``scale``."""
-    xf = x.astype(np.float64) / scale
-    mean = xf.mean(axis=(0, 2, 3))
-    std = xf.std(axis=(0, 2, 3))
+    """Per-channel mean and std of ``x`` (N,C,H,W) after dividing by ``scale``.
+
+    Accumulated in float64 over chunks so a large uint8 set is never copied whole as floats.
+    """
+    c = x.shape[1]
+    s1, s2, n = np.zeros(c), np.zeros(c), 0
+    for i in range(0, len(x), 4096):
+        chunk = x[i:i + 4096].astype(np.float64) / scale
+        s1 += chunk.sum(axis=(0, 2, 3))
+        s2 += np.square(chunk).sum(axis=(0, 2, 3))
+        n += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
+    mean = s1 / max(n, 1)
+    std = np.sqrt(np.maximum(s2 / max(n, 1) - mean**2, 0.0))
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(np.maximum(std, 1e-6), dtype=torch.float32)
 
 
