@@ -155,9 +155,10 @@ class AgentService:
 
     def _validation_error(self, sha256: str, path: Path) -> str | None:
         """Validate once per sha256 (remembered); the reason, or None when valid."""
-        if sha256 in self._validated:
-            self._validated.move_to_end(sha256)
-            return self._validated[sha256]
+        with self._lock:
+            if sha256 in self._validated:
+                self._validated.move_to_end(sha256)
+                return self._validated[sha256]
         from device_agent.validate import InvalidModel, validate_model
 
         try:

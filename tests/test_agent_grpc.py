@@ -359,3 +359,21 @@ def test_client_retries_unavailable_until_the_agent_comes_up(tmp_path):
     with AgentClient(f"127.0.0.1:{port}", timeout=2, retries=1) as client:
         with pytest.raises(errors.AgentUnavailable):
             client.describe()
+
+
+def test_cli_measure_prints_a_readable_summary(tmp_path, capsys):
+    from device_agent.cli import main
+
+    model_path = tmp_path / "m.onnx"
+    model_path.write_bytes(tiny_cnn_onnx())
+    (tmp_path / "token").write_text("tok\n")
+    with running_agent(tmp_path, token="tok") as (_, addr):
+        rc = main(["measure", "--agent", addr, str(model_path), "--token-file", str(tmp_path / "token"),
+                   "--iterations", "5", "--duration", "0", "--threads", "1"])
+        out = capsys.readouterr().out
+        assert rc == 0, out
+        assert "latency  median" in out and "memory" in out and "energy   n/a" not in out.splitlines()[0]
+        bad = tmp_path / "bad.onnx"
+        bad.write_bytes(b"not onnx at all")
+        assert main(["measure", "--agent", addr, str(bad), "--token", "tok"]) == 1
+        assert "FAILED [invalid_model]" in capsys.readouterr().out
