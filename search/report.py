@@ -71,7 +71,7 @@ def provenance(c: dict[str, Any], name: str) -> tuple[str, str]:
     value = (c.get("objectives") or {}).get(name, c.get(name) if metric in _EXTRA_COSTS else None)
     if metric == "accuracy":
         train = c.get("train") or {}
-        src = train.get("source") or "accuracy of the trained network on the held-out split"
+        src = train.get("source") or "as recorded in the run's results (no training record)"
         how = src + (f"; {train['epochs']} epochs" if train.get("epochs") else "")
         return ("measured" if value is not None else "unavailable"), how
     if metric == "params":

@@ -121,3 +121,13 @@ def test_report_without_pareto_flags_computes_them(tmp_path):
     assert sorted(int(x) for x in re.findall(r"<tr><td>#(\d+)</td>", section)) == [3, 5, 7, 8]
     with pytest.raises(ValueError):
         write_report(results, str(tmp_path), objectives=[])
+
+
+def test_report_of_a_run_with_nothing_finished(tmp_path):
+    results = [{"id": 0, "status": "failed", "error": "export failed: bad op", "genome": {}},
+               {"id": 1, "status": "pending", "genome": {}}]
+    index = write_report(results, str(tmp_path), objectives=OBJS)
+    text = open(index).read()
+    assert "No plottable candidates" in text and "export failed: bad op" in text
+    assert "pending: 1" in text and not list(tmp_path.glob("*.png"))
+    assert near_best(results, OBJS) == []
