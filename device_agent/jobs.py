@@ -198,12 +198,16 @@ def _child_main(conn: Connection, task: str, payload: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------ parent side
 def _run_child(task: str, payload: dict[str, Any], *, timeout_s: float,
                cancel: threading.Event | None) -> dict[str, Any]:
-    ctx = _context()
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(send, task, payload), daemon=True,
-                       name=f"hwnas-job-{payload.get('job_id', '')}")
-    proc.start()
-    send.close()
+    try:
+        ctx = _context()
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_child_main, args=(send, task, payload), daemon=True,
+                           name=f"hwnas-job-{payload.get('job_id', '')}")
+        proc.start()
+        send.close()
+    except Exception as exc:  # noqa: BLE001 - e.g. out of processes / file descriptors
+        return {"ok": False, "error_kind": "crash",
+                "error": f"could not start the job process: {type(exc).__name__}: {exc}"}
     deadline = time.monotonic() + timeout_s
     reply: dict[str, Any] | None = None
     killed_by_us = ""
