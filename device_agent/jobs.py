@@ -34,7 +34,7 @@ from device_agent.config import BuildConfig, MeasureConfig
 from device_agent.result import MEASURED, MeasureResult, Metric
 from device_agent.validate import DEFAULT_MAX_BYTES, DEFAULT_MAX_TENSOR_ELEMS
 
-PRELOAD = ["numpy", "onnx", "onnxruntime", "scipy.stats", "device_agent.jobs",
+PRELOAD = ["numpy", "onnx", "onnxruntime", "scipy.special", "device_agent.stats", "device_agent.jobs",
            "device_agent.measure", "device_agent.backends.onnxruntime_backend"]
 PEAK_MEMORY_METHOD = "peak RSS delta of the job process (ru_maxrss)"
 PROFILE_ITERATIONS = 20

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import binom
+from scipy.special import bdtr  # binomial CDF; lighter to import than scipy.stats
 
 from device_agent.result import LatencyStats
 
@@ -29,12 +29,16 @@ def median_ci_indices(n: int, level: float = 0.95) -> tuple[int, int]:
     if not 0.0 < level < 1.0:
         raise ValueError("level must be in (0, 1)")
     alpha2 = (1.0 - level) / 2.0
-    t = int(binom.ppf(alpha2, n, 0.5))
-    if binom.cdf(t, n, 0.5) > alpha2:
-        t -= 1
-    if t < 0:
+    lo, hi = -1, n // 2  # invariant: cdf(lo) <= alpha2 (cdf(-1) = 0), cdf(hi) > alpha2
+    while hi - lo > 1:  # the CDF is monotone: bisect for the largest t with cdf(t) <= alpha2
+        mid = (lo + hi) // 2
+        if bdtr(mid, n, 0.5) <= alpha2:
+            lo = mid
+        else:
+            hi = mid
+    if lo < 0:
         return 0, n - 1
-    return t, n - 1 - t
+    return lo, n - 1 - lo
 
 
 def median_ci(samples: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
