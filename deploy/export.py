@@ -130,7 +130,12 @@ def _build_artifact(client: Any, agent: str, model: bytes, build: Any, dest: Pat
     else:
         check = {"status": "not-checked", "method": f"a {fmt} artifact runs only on its device and the "
                  "agent's build reply carried no output check"}
-    return {"file": name, "format": fmt, "backend": backend, "sha256": sha256_bytes(data),
+    notes = ("ONNX Runtime's graph optimized (ORT_ENABLE_ALL) on the agent: it may hold fused, "
+             "hardware-specific operators, so load it with the same ONNX Runtime version and "
+             "execution provider" if fmt == "onnx" else
+             "a TensorRT plan runs only on the GPU model and TensorRT version that built it"
+             if fmt == "tensorrt-plan" else "artifact of unknown format, kept as built")
+    return {"file": name, "format": fmt, "backend": backend, "sha256": sha256_bytes(data), "notes": notes,
             "size_bytes": len(data), "agent": agent, "device_key": prov.get("device_key"),
             "from_cache": meta.get("from_cache"), "cache_key": meta.get("cache_key"),
             # the build the agent applied (its defaults filled in), else the one requested

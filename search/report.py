@@ -234,7 +234,7 @@ def _plot_front(done: list[dict], pareto: dict[int, bool], acc_o: Objective, cos
     ax.set_title(f"{title}: {acc_o.name} vs {cost.name}\n{len(pts)} candidates plotted,"
                  f" {int(member.sum())} Pareto members, {n_failed} failed (not plotted)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right" if acc_o.direction == "max" else "upper right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
