@@ -60,6 +60,8 @@ def _add_commands(sub: Any) -> None:
     s.add_argument("--max-model-mb", type=int, help="largest model accepted")
     s.add_argument("--device-key", help="override the detected device key")
     s.add_argument("--drain-grace-s", type=float, help="on SIGTERM, time the running job may finish")
+    s.add_argument("--max-job-timeout-s", type=float, help="largest job timeout a request may ask for")
+    s.add_argument("--max-job-memory-mb", type=int, help="largest job memory limit a request may ask for")
     s.add_argument("--tls-cert", help="server certificate (PEM): serve TLS")
     s.add_argument("--tls-key", help="server private key (PEM)")
     s.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
@@ -111,7 +113,8 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         insecure=args.insecure, backend=args.backend, table=args.table,
         table_key_column=args.table_key_column, metrics=metrics, cache_dir=args.cache_dir,
         cache_size_mb=args.cache_size_mb, queue_size=args.queue_size, max_model_mb=args.max_model_mb,
-        device_key=args.device_key, drain_grace_s=args.drain_grace_s, tls_cert=args.tls_cert,
+        device_key=args.device_key, drain_grace_s=args.drain_grace_s,
+        max_job_timeout_s=args.max_job_timeout_s, max_job_memory_mb=args.max_job_memory_mb, tls_cert=args.tls_cert,
         tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, log_level=args.log_level)
 
 

@@ -62,6 +62,8 @@ class AgentSettings:
     max_model_mb: largest model accepted (INVALID_ARGUMENT above it).
     cache_dir / cache_size_mb: content-addressed store of models and artifacts (LRU).
     drain_grace_s: on SIGTERM, how long the running job may finish before it is cancelled.
+    max_job_timeout_s / max_job_memory_mb: the largest limits a request may ask for (a remote
+      caller cannot lift the sandbox's time or memory limit beyond these).
     """
 
     host: str = "127.0.0.1"
@@ -79,6 +81,8 @@ class AgentSettings:
     max_model_mb: int = 512
     max_tensor_elems: int = 256 * 1024 * 1024
     build_timeout_s: float = 600.0
+    max_job_timeout_s: float = 1800.0
+    max_job_memory_mb: int = 32768
     drain_grace_s: float = 10.0
     device_key: str | None = None
     tls_cert: str | None = None

@@ -145,8 +145,23 @@ class AgentService:
             writer.abort()
         return writer.received, False
 
+    def check_measure_config(self, cfg: MeasureConfig) -> None:
+        """Reject settings that would lift the sandbox's limits or cannot be run."""
+        limits = self.settings
+        if not 0 < cfg.timeout_s <= limits.max_job_timeout_s:
+            raise InvalidRequest(f"timeout_s must be in (0, {limits.max_job_timeout_s:g}] on this agent")
+        if not 0 < cfg.memory_limit_mb <= limits.max_job_memory_mb:
+            raise InvalidRequest(f"memory_limit_mb must be in (0, {limits.max_job_memory_mb}] on this agent")
+        if cfg.batch_size < 1:
+            raise InvalidRequest("batch_size must be >= 1")
+        for name in ("min_iterations", "warmup_s", "min_duration_s", "max_duration_s",
+                     "target_precision", "cv_threshold"):
+            if getattr(cfg, name) < 0:
+                raise InvalidRequest(f"{name} must be >= 0")
+
     def receive_for_measure(self, req: MeasureRequest, chunks: Iterable[bytes]) -> int:
         """Receive the model of a ``Measure`` (none needed for a table look-up); bytes received."""
+        self.check_measure_config(req.measure)
         if req.model_size == 0 and self.effective_build(req.build).backend == "table":
             if next(iter(chunks), None) is not None:
                 raise InvalidRequest("model bytes sent for a model_size of 0")
@@ -295,7 +310,8 @@ class AgentService:
                 try:
                     data, provenance = build_artifact(
                         str(path), build, job_id=job_id or uuid.uuid4().hex,
-                        timeout_s=timeout_s or self.settings.build_timeout_s)
+                        timeout_s=min(timeout_s or self.settings.build_timeout_s,
+                                      self.settings.build_timeout_s))
                 except Exception as exc:  # noqa: BLE001 - a failed build is a value
                     kind = getattr(exc, "kind", None) or getattr(exc, "error_kind", None) or "build"
                     return BuiltArtifact(data=b"", meta={}, error=f"{type(exc).__name__}: {exc}",

@@ -106,6 +106,12 @@ def test_bad_settings_are_invalid_argument(tmp_path):
         with pytest.raises(grpc.RpcError) as ei:
             stub.Measure(iter([h, pb.MeasureRequest(chunk=model)]), timeout=10)
         assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for field, value in (("memory_limit_mb", 0), ("timeout_s", 1e9), ("batch_size", 0), ("warmup_s", -1.0)):
+            h = _header(model)
+            setattr(h.header.measure, field, value)
+            with pytest.raises(grpc.RpcError) as ei:  # a caller cannot lift the sandbox's limits
+                stub.Measure(iter([h, pb.MeasureRequest(chunk=model)]), timeout=10)
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in ei.value.details()
         with pytest.raises(grpc.RpcError) as ei:  # the header must come first
             stub.Measure(iter([pb.MeasureRequest(chunk=model)]), timeout=10)
         assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
