@@ -182,3 +182,13 @@ def test_build_artifact(models):
     with pytest.raises(JobFailed) as err:
         build_artifact(models["hang"], BuildConfig(execution_provider="no-such-ep"), job_id="x", timeout_s=60)
     assert err.value.kind == "unsupported"
+
+
+def test_unavailable_backend_is_unsupported(models):
+    from device_agent.backends import list_backends
+
+    ok, reason = list_backends()["tensorrt"]
+    if ok:
+        pytest.skip("TensorRT is available here; its own tests cover it")
+    r = run_job(models["cnn"], BuildConfig(backend="tensorrt"), FAST, job_id="trt", device_key="dev")
+    assert r.error_kind == "unsupported" and "tensorrt" in r.error.lower()
