@@ -48,6 +48,7 @@ BATCH_SIZES = (16, 32, 64, 128)
 WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 5e-4, 1e-3)
 OPTIMIZERS = ("sgd", "adam")
 POOL_KINDS = ("max", "avg")
+HEAD_GRIDS = (1, 2)
 
 
 def _is_int(v: Any) -> bool:
@@ -101,14 +102,19 @@ class PoolGene:
 
 @dataclass(frozen=True)
 class HeadGene:
-    """Global average pool -> [dropout -> dense(hidden) -> relu] -> dropout -> dense(classes)."""
+    """Average pool to a ``grid`` x ``grid`` map (1 = global) -> flatten -> [dropout ->
+    dense(hidden) -> relu] -> dropout -> dense(classes). A 2x2 grid keeps where a feature is,
+    which small inputs (8x8 digits) need; the global pool is the cheaper head. The grid applies
+    where it divides the final map's side, else the pool is global."""
 
     hidden: int = 0
     dropout: float = 0.0
+    grid: int = 1
 
     def __post_init__(self) -> None:
         _check(_is_int(self.hidden) and self.hidden >= 0, f"hidden={self.hidden!r}")
         _check(isinstance(self.dropout, float) and 0.0 <= self.dropout < 1.0, f"head dropout={self.dropout!r}")
+        _check(_is_int(self.grid) and self.grid in HEAD_GRIDS, f"head grid={self.grid!r} not in {HEAD_GRIDS}")
 
 
 Layer = Union[ConvGene, PoolGene]
@@ -274,7 +280,7 @@ class MenndlSpace(SearchSpace):
         )
 
     def _head(self, rng: random.Random) -> HeadGene:
-        return HeadGene(hidden=rng.choice(self.hidden), dropout=rng.choice(DROPOUTS))
+        return HeadGene(hidden=rng.choice(self.hidden), dropout=rng.choice(DROPOUTS), grid=rng.choice(HEAD_GRIDS))
 
     def _add_skips(self, layers: list[Layer], rng: random.Random) -> list[Layer]:
         for i, layer in enumerate(layers):
@@ -396,8 +402,11 @@ class MenndlSpace(SearchSpace):
             return replace(g, hparams=self._mutate_hparams(g.hparams, rng))
         else:
             head = g.head
-            if rng.random() < 0.5:
+            r = rng.random()
+            if r < 0.4:
                 head = replace(head, hidden=rng.choice([h for h in self.hidden if h != head.hidden] or [head.hidden]))
+            elif r < 0.7:
+                head = replace(head, grid=next(g for g in HEAD_GRIDS if g != head.grid))
             else:
                 head = replace(head, dropout=rng.choice([d for d in DROPOUTS if d != head.dropout]))
             return replace(g, head=head)
@@ -448,7 +457,7 @@ class MenndlSpace(SearchSpace):
         hp = genome.hparams
         return {
             "layers": layers,
-            "head": {"hidden": genome.head.hidden, "dropout": genome.head.dropout},
+            "head": {"hidden": genome.head.hidden, "dropout": genome.head.dropout, "grid": genome.head.grid},
             "hparams": {"learning_rate": hp.learning_rate, "batch_size": hp.batch_size, "epochs": hp.epochs,
                         "weight_decay": hp.weight_decay, "optimizer": hp.optimizer},
         }
@@ -466,7 +475,8 @@ class MenndlSpace(SearchSpace):
                     layers.append(PoolGene(**d))
                 else:
                     raise ValueError(f"unknown layer type {kind!r}")
-            head = HeadGene(hidden=data["head"]["hidden"], dropout=_as_float(data["head"]["dropout"]))
+            head = HeadGene(hidden=data["head"]["hidden"], dropout=_as_float(data["head"]["dropout"]),
+                            grid=data["head"].get("grid", 1))
             h = data["hparams"]
             hp = TrainHParams(learning_rate=_as_float(h["learning_rate"]), batch_size=_as_int(h["batch_size"]),
                               epochs=_as_int(h["epochs"]), weight_decay=_as_float(h["weight_decay"]),
@@ -488,7 +498,7 @@ class MenndlSpace(SearchSpace):
             else:
                 s = f"{layer.kind}pool{layer.kernel}s{layer.stride}"
             parts.append(s)
-        parts.append(f"head{genome.head.hidden}.d{genome.head.dropout:g}")
+        parts.append(f"head{genome.head.hidden}.d{genome.head.dropout:g}" + (f".g{genome.head.grid}" if genome.head.grid != 1 else ""))
         return "|".join(parts)
 
     def key(self, genome: MenndlGenome) -> str:
@@ -564,8 +574,10 @@ def _net_class() -> type:
                     self.projections.append(nn.Identity())
                     channels.append(c_in)
             self.final_size = size
-            head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-            width = channels[-1]
+            # ONNX AveragePool needs the grid to divide the map (the exporter refuses otherwise)
+            grid = genome.head.grid if size >= genome.head.grid and size % genome.head.grid == 0 else 1
+            head: list[nn.Module] = [nn.AdaptiveAvgPool2d(grid), nn.Flatten()]
+            width = channels[-1] * grid * grid
             if genome.head.hidden:
                 if genome.head.dropout > 0:
                     head.append(nn.Dropout(genome.head.dropout))
