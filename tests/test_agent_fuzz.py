@@ -23,7 +23,7 @@ from onnx import numpy_helper as nh
 from device_agent import errors
 from device_agent.client import AgentClient
 from device_agent.config import MeasureConfig
-from tests._agent_util import running_agent
+from _agent_util import running_agent
 
 pytestmark = pytest.mark.timeout(300)
 

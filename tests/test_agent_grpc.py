@@ -21,7 +21,7 @@ from device_agent.config import BuildConfig
 from device_agent.daemon_config import MAX_CHUNK_BYTES
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 from protos.hwnas.agent.v1 import agent_pb2_grpc as pb_grpc
-from tests._agent_util import FAST, external_data_onnx, hang_onnx, running_agent, tiny_cnn_onnx
+from _agent_util import FAST, external_data_onnx, hang_onnx, running_agent, tiny_cnn_onnx
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -16,7 +16,7 @@ from device_agent.daemon_config import AgentSettings, load_settings
 from device_agent.server import create_server
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 from protos.hwnas.agent.v1 import agent_pb2_grpc as pb_grpc
-from tests._agent_util import running_agent, tiny_cnn_onnx
+from _agent_util import running_agent, tiny_cnn_onnx
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "correct-horse-battery-staple"
