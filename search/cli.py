@@ -62,7 +62,8 @@ def _search(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, **overrides).validate()
     agents = args.agent or None
     runner = SearchRunner(config=cfg, run_dir=run_dir, resume=bool(args.resume), agents=agents,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, registry_port=args.registry_port,
+                          registry_host=args.registry_host)
     summary = runner.run()
     print(json.dumps(summary, indent=2))
     return 0
@@ -148,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--agent", action="append", metavar="HOST:PORT",
                    help="device agent to measure on (repeatable); none: start one on loopback")
     s.add_argument("--token", help="token the agents expect")
+    s.add_argument("--registry-port", type=int, metavar="P",
+                   help="serve the agent registry here (0 = any free port): agents join with --register")
+    s.add_argument("--registry-host", default="127.0.0.1", help="registry bind address (default 127.0.0.1)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_search)
 

@@ -63,6 +63,9 @@ class AgentState:
     lost: int = 0
     last_seen: float = field(default_factory=time.time)
     removed: bool = False
+    current: MeasureJob | None = None
+    #: jobs taken back from this agent (it was dropped) while it held them
+    given_back: set[str] = field(default_factory=set)
 
 
 class AgentPool:
@@ -103,14 +106,22 @@ class AgentPool:
         self.completed = 0
 
     # -- agents -----------------------------------------------------------------------------
-    def add_agent(self, address: str, *, timeout: float = 15.0) -> AgentState:
-        """Connect to an agent, ask its device key and start its worker."""
+    def add_agent(self, address: str, *, expect_key: str | None = None) -> AgentState:
+        """Connect to an agent, ask its device key and start its worker.
+
+        ``expect_key``: the key the agent announced (registry); ``ValueError`` when its
+        ``Describe`` reports another one. An agent that was removed may be added again.
+        """
         client = self._client_factory(address, token=self.token)
         try:
             info = client.describe()
         except Exception:
             client.close()
             raise
+        if expect_key is not None and info.get("device_key") != expect_key:
+            client.close()
+            raise ValueError(f"agent {address} announced device key {expect_key!r} but describes "
+                             f"itself as {info.get('device_key')!r}")
         state = AgentState(address=address, device_key=info["device_key"], info=info)
         with self._cv:
             if self._stop.is_set():
@@ -122,17 +133,30 @@ class AgentPool:
             self.agents[address] = state
             t = threading.Thread(target=self._worker, args=(state, client), name=f"agent-{address}",
                                  daemon=True)
-            self._threads[address] = t
+            self._threads[f"{address}#{len(self._threads)}"] = t
         self.store.event("agent_joined", agent=address, detail={"device_key": state.device_key})
         t.start()
         return state
 
-    def remove_agent(self, address: str) -> None:
+    def remove_agent(self, address: str, *, reason: str = "removed") -> None:
+        """Stop dispatching to an agent; a job it holds goes back to the queue now (first result
+        wins if the agent still answers it: the store accepts one result per job)."""
         with self._cv:
             st = self.agents.get(address)
-            if st:
-                st.removed = True
+            if st is None or st.removed:
+                return
+            st.removed = True
+            st.healthy = False
+            job = st.current
+            if job is not None:
+                st.given_back.add(job.job_id)
             self._cv.notify_all()
+        self.store.event("agent_removed", agent=address, detail={"reason": reason,
+                                                                 "job": job.job_id if job else None})
+        if job is not None:
+            self.retries += 1
+            self.store.requeue_job(job.job_id, reason=f"agent {address} {reason}", agent=address)
+            self._requeue_front(job)
 
     def device_keys(self) -> set[str]:
         return {a.device_key for a in self.agents.values() if not a.removed}
@@ -175,19 +199,42 @@ class AgentPool:
                     break
                 if not self.store.lease_job(job.job_id, state.address, time.time() + self.lease_s):
                     continue  # failed or taken meanwhile
-                state.busy_with = job.job_id
+                with self._cv:
+                    if state.removed:  # dropped between taking and leasing the job
+                        state.given_back.add(job.job_id)
+                        removed_now = True
+                    else:
+                        state.busy_with, state.current = job.job_id, job
+                        removed_now = False
+                if removed_now:
+                    self.store.requeue_job(job.job_id, reason="agent removed", agent=state.address)
+                    self._requeue_front(job)
+                    break
                 try:
                     result = self._send(client, job)
-                except agent_errors.AgentBusy:
-                    self.store.requeue_job(job.job_id, reason="agent busy", agent=state.address)
-                    self._requeue_front(job)
-                    time.sleep(0.2)
-                    continue
-                except (agent_errors.AgentError, OSError) as exc:
-                    self._agent_lost(state, job, f"{type(exc).__name__}: {exc}")
-                    continue
+                except Exception as exc:  # noqa: BLE001 - sorted below
+                    if job.job_id in state.given_back:  # already back in the queue
+                        log.info("dropped agent %s failed job %s: %s", state.address, job.job_id, exc)
+                        break
+                    if isinstance(exc, agent_errors.AgentBusy):
+                        self.store.requeue_job(job.job_id, reason="agent busy", agent=state.address)
+                        self._requeue_front(job)
+                        time.sleep(0.2)
+                        continue
+                    if isinstance(exc, (agent_errors.AgentError, OSError)):
+                        self._agent_lost(state, job, f"{type(exc).__name__}: {exc}")
+                        continue
+                    raise
                 finally:
-                    state.busy_with = None
+                    with self._cv:
+                        state.busy_with, state.current = None, None
+                if job.job_id in state.given_back:
+                    # a late answer of a dropped agent: counts if nobody else answered first
+                    if result.get("error") is None and self.store.record_measurement(
+                            job.job_id, agent=state.address, result=result):
+                        state.done += 1
+                        self._finish(job, result, None)
+                    break
                 state.last_seen = time.time()
                 self._handle_result(state, job, result)
         finally:

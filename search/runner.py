@@ -98,6 +98,10 @@ class SearchRunner:
         agents: list[str] | None = None,
         progress: bool = True,
         local_agent_args: tuple[str, ...] = (),
+        registry_port: int | None = None,
+        registry_host: str = "127.0.0.1",
+        heartbeat_s: float = 2.0,
+        wait_agents_s: float = 120.0,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.resume = resume
@@ -119,6 +123,10 @@ class SearchRunner:
         self.agent_addresses = list(agents if agents is not None else config.agents.addresses)
         self.progress = progress
         self.local_agent_args = local_agent_args
+        # registry (search/registry.py): agents join by themselves when a port is given
+        self.registry_port, self.registry_host = registry_port, registry_host
+        self.heartbeat_s, self.wait_agents_s = heartbeat_s, wait_agents_s
+        self.registry = None
         try:
             self.space: SearchSpace = get_space(config.space, **config.space_options)
         except (TypeError, ValueError) as exc:
@@ -140,6 +148,23 @@ class SearchRunner:
             token=token, lease_s=self.config.agents.lease_s,
             max_attempts=self.config.agents.max_attempts, max_crashes=self.config.agents.max_crashes,
         )
+        if self.registry_port is not None:
+            import sys
+
+            from search.registry import RegistryServer
+
+            self.registry = RegistryServer(pool=self.pool, host=self.registry_host, port=self.registry_port,
+                                           token=token, heartbeat_s=self.heartbeat_s).start()
+            self.store.set_meta("registry", {"address": self.registry.address, "heartbeat_s": self.heartbeat_s})
+            self.store.event("registry_started", detail={"address": self.registry.address})
+            print(f"hwnas: registry listening on {self.registry.address}", file=sys.stderr, flush=True)
+        if not self.agent_addresses and self.registry is not None:
+            end = time.monotonic() + self.wait_agents_s
+            while not self.pool.agents and time.monotonic() < end:
+                time.sleep(0.1)
+            if not self.pool.agents:
+                raise SearchError(f"no agent registered at {self.registry.address} in {self.wait_agents_s:g}s")
+            return next(iter(self.pool.agents.values())).device_key
         if not self.agent_addresses:
             from device_agent.launcher import start_local_agent
 
@@ -169,6 +194,10 @@ class SearchRunner:
             if metric in DEVICE_METRICS:
                 keys.add(key)
         missing = keys - self.pool.device_keys()
+        end = time.monotonic() + self.wait_agents_s
+        while missing and self.registry is not None and time.monotonic() < end:
+            time.sleep(0.1)  # agents of the other keys may still be registering
+            missing = keys - self.pool.device_keys()
         if missing:
             raise SearchError(f"objectives need device keys {sorted(missing)}, but the agents are "
                               f"{sorted(self.pool.device_keys())}")
@@ -349,9 +378,9 @@ class SearchRunner:
         proposed = len(self.store.candidates())
         bar = self._progress_bar(total=cfg.budget, initial=proposed - len(pending_train) - len(waiting_measure))
         # keep the trainers busy, but not so far ahead that measurements pile up
-        max_backlog = max(2, 2 * len(self.pool.agents))
         try:
             while True:
+                max_backlog = max(2, 2 * len(self.pool.agents))  # agents join and leave
                 while (len(pending_train) < cfg.train_workers and proposed < cfg.budget
                        and len(waiting_measure) <= max_backlog):
                     trial = algo.ask()
@@ -443,6 +472,8 @@ class SearchRunner:
         if self._closed.is_set():
             return
         self._closed.set()
+        if self.registry is not None:
+            self.registry.stop()
         if self.pool is not None:
             self.pool.close()
         if self._local_agent is not None:

@@ -197,3 +197,76 @@ def test_server_sigkilled_mid_run_resumes_without_redoing_work(tmp_path):
     new = [m for mid, m in after_m.items() if mid not in before_m]
     assert not [m for m in new if m["job_id"] in final]
     assert json.loads([r for r in db_rows(run_dir, "SELECT * FROM events WHERE kind='resumed'")][0]["detail"])
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_registry_agents_join_heartbeat_leave_and_are_dropped(tmp_path):
+    """Agents started with --register join a search that has none; a hung agent (SIGSTOP: no
+    heartbeats, its job in flight) is dropped and its job re-issued; SIGTERM deregisters; a
+    wrong token is refused."""
+    from device_agent.registration import Registration
+
+    token = "fleet-secret"
+    run_dir = tmp_path / "run"
+    budget = 150
+    runner = SearchRunner(config=fleet_config(budget, token=token, lease_s=30.0), run_dir=run_dir, agents=[],
+                          progress=False, registry_port=0, heartbeat_s=2.0, wait_agents_s=60)
+    summary: dict = {}
+    thread = threading.Thread(target=lambda: summary.update(runner.run()), daemon=True)
+    thread.start()
+    agents = []
+    try:
+        _wait(lambda: runner.registry is not None, 30, "the registry")
+        reg = runner.registry.address
+        agents = [start_local_agent(token=token, extra_args=[
+            "--backend", "table", "--table", TABLE, "--metric", "latency_ms=lat_raspi4",
+            "--device-key", "raspi", "--register", reg]) for _ in range(3)]
+        bad = Registration(registry=reg, address=agents[0].address, token="wrong", retry_s=0.2).start()
+        _wait(lambda: len(runner.pool.agents) == 3, 30, "three registered agents")
+        _wait(lambda: bad.last_error is not None and "UNAUTHENTICATED" in bad.last_error, 10,
+              "the wrong token to be refused")
+        assert not bad.registered.is_set()
+        bad.stop()
+        _wait(lambda: db_rows(run_dir, "SELECT COUNT(*) AS n FROM candidates WHERE status='done'")[0]["n"] >= 5,
+              60, "progress")
+        # a graceful stop (SIGTERM) deregisters before the agent drains
+        agents[1].process.send_signal(signal.SIGTERM)
+        _wait(lambda: runner.pool.agents[agents[1].address].removed, 20, "deregistration")
+        # hang one agent while the search runs: heartbeats stop, it must be dropped
+        hung = agents[0]
+        hung.process.send_signal(signal.SIGSTOP)
+        # a new agent joins mid-run and carries the rest
+        agents.append(start_local_agent(token=token, extra_args=[
+            "--backend", "table", "--table", TABLE, "--metric", "latency_ms=lat_raspi4",
+            "--device-key", "raspi", "--register", reg]))
+        assert thread.is_alive(), "the search ended before the late agent started: make it longer"
+        _wait(lambda: runner.pool.agents[hung.address].removed, 30, "the hung agent to be dropped")
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "search did not finish"
+    finally:
+        runner.close()
+        for a in agents:
+            if a.alive():
+                a.process.send_signal(signal.SIGKILL)
+            a.stop(timeout=5)
+    assert summary["candidates"] == budget
+    check_consistent(run_dir, budget)
+    removed = {e["agent"]: json.loads(e["detail"])["reason"]
+               for e in db_rows(run_dir, "SELECT * FROM events WHERE kind='agent_removed'")}
+    assert removed[agents[0].address].startswith("no heartbeat")
+    assert removed[agents[1].address].startswith("deregistered")
+    registered = {e["agent"] for e in db_rows(run_dir, "SELECT * FROM events WHERE kind='agent_registered'")}
+    assert registered == {a.address for a in agents}
+    assert not runner.pool.agents[agents[-1].address].removed
+    # the job the hung agent held went back to the queue and was measured by another agent
+    hung_jobs = [json.loads(e["detail"])["job"] for e in db_rows(
+        run_dir, "SELECT * FROM events WHERE kind='agent_removed' AND agent=?", (agents[0].address,))]
+    for job in filter(None, hung_jobs):
+        (m,) = db_rows(run_dir, "SELECT agent FROM measurements WHERE ok=1 AND job_id=?", (job,))
+        assert m["agent"] != agents[0].address

@@ -1,0 +1,132 @@
+"""The search server's registry: device agents join (and leave) a running search by themselves.
+
+Wire contract: ``protos/hwnas/registry/v1/registry.proto``. An agent started with
+``--register SERVER:PORT`` calls ``Register(address, device_key, capabilities)``; the registry
+checks the agent with ``Describe`` (through :meth:`search.pool.AgentPool.add_agent`), refuses it
+when the device key it announced is not the one it reports, and answers with the heartbeat
+interval. A monitor thread drops an agent after ``missed_heartbeats`` intervals without a
+heartbeat (``pool.remove_agent``: its leased job goes back to the queue at once). ``Deregister``
+drops it immediately. Calls need ``authorization: Bearer <token>`` when the search has a token
+(the same token as the agents').
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from protos.hwnas.registry.v1 import registry_pb2, registry_pb2_grpc
+
+log = logging.getLogger("hwnas.registry")
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServicer):
+    """Register/Heartbeat/Deregister against an :class:`~search.pool.AgentPool`."""
+
+    def __init__(self, *, pool: Any, heartbeat_s: float, missed: int) -> None:
+        self.pool = pool
+        self.heartbeat_s = heartbeat_s
+        self.missed = missed
+        self._lock = threading.Lock()
+        self.last_beat: dict[str, float] = {}
+
+    def Register(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC name
+        address = request.address.strip()
+        if not address or ":" not in address:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"address must be HOST:PORT, got {address!r}")
+        try:
+            state = self.pool.add_agent(address, expect_key=request.device_key or None)
+        except ValueError as exc:  # announced key differs from the described one
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the agent could not be reached from here
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"the search server cannot reach {address}: {type(exc).__name__}: {exc}")
+        with self._lock:
+            self.last_beat[address] = time.monotonic()
+        self.pool.store.event("agent_registered", agent=address,
+                              detail={"device_key": state.device_key, "heartbeat_s": self.heartbeat_s,
+                                      "capabilities": _short(request.capabilities_json)})
+        return registry_pb2.RegisterReply(agent_id=address, heartbeat_interval_s=self.heartbeat_s,
+                                          missed_heartbeats=self.missed)
+
+    def Heartbeat(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        with self._lock:
+            known = request.agent_id in self.last_beat
+            if known:
+                self.last_beat[request.agent_id] = time.monotonic()
+        return registry_pb2.HeartbeatReply(known=known, heartbeat_interval_s=self.heartbeat_s)
+
+    def Deregister(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        with self._lock:
+            known = self.last_beat.pop(request.agent_id, None) is not None
+        if known:
+            self.pool.remove_agent(request.agent_id, reason=f"deregistered: {request.reason or 'agent left'}")
+        return registry_pb2.DeregisterReply(known=known)
+
+    def expire(self) -> list[str]:
+        """Drop agents whose heartbeats stopped; returns their ids."""
+        limit = time.monotonic() - self.missed * self.heartbeat_s
+        with self._lock:
+            gone = [a for a, t in self.last_beat.items() if t < limit]
+            for a in gone:
+                del self.last_beat[a]
+        for a in gone:
+            self.pool.remove_agent(a, reason=f"no heartbeat for {self.missed} x {self.heartbeat_s:g}s")
+        return gone
+
+
+def _short(capabilities_json: str) -> dict[str, Any]:
+    try:
+        caps = json.loads(capabilities_json) if capabilities_json else {}
+    except ValueError:
+        return {}
+    return {k: caps.get(k) for k in ("agent_version", "default_backend", "backends_available",
+                                     "sensors_available") if k in caps}
+
+
+class RegistryServer:
+    """The gRPC registry service of one search (``start()``, ``address``, ``stop()``)."""
+
+    def __init__(self, *, pool: Any, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+                 heartbeat_s: float = 2.0, missed: int = 3) -> None:
+        from device_agent.auth import TokenAuthInterceptor
+
+        if heartbeat_s <= 0 or missed < 1:
+            raise ValueError("heartbeat_s must be > 0 and missed >= 1")
+        if not token and host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"registry on {host} without a token: anyone who reaches it could add agents "
+                             "(set [agents] token / --token, or bind 127.0.0.1)")
+        self.servicer = RegistryServicer(pool=pool, heartbeat_s=heartbeat_s, missed=missed)
+        interceptors = [TokenAuthInterceptor(token=token)] if token else []
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="registry"),
+                                   interceptors=interceptors)
+        registry_pb2_grpc.add_RegistryServicer_to_server(self.servicer, self._server)
+        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.port = self._server.add_insecure_port(bind)
+        if not self.port:
+            raise RuntimeError(f"registry cannot bind {bind}")
+        self.address = f"{host}:{self.port}"
+        self._stop = threading.Event()
+        self._monitor = threading.Thread(target=self._watch, name="registry-monitor", daemon=True)
+
+    def start(self) -> "RegistryServer":
+        self._server.start()
+        self._monitor.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self.servicer.heartbeat_s / 2)):
+            try:
+                for a in self.servicer.expire():
+                    log.warning("agent %s missed its heartbeats; dropped", a)
+            except Exception:  # noqa: BLE001 - the monitor must outlive a store hiccup
+                log.exception("registry monitor")
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._stop.set()
+        self._server.stop(grace).wait(grace + 1)
