@@ -1,0 +1,124 @@
+"""Dispatcher throughput: the search server against 1, 4, 16, 64 agents whose measurements are instant.
+
+The agents are real gRPC agent servers on loopback (``device_agent.server.create_server``) with
+the table backend over the shared NAS-Bench-201 table (a measurement is a dict look-up), several
+servers per worker process so 64 agents fit on a small machine. The server side is the real
+:class:`search.runner.SearchRunner` (NSGA-II on the ``nb201`` space, accuracy from the table, a
+real SQLite store in a temporary folder, no ONNX export because every agent is table-backed).
+
+For each fleet size it prints evaluations per second (candidates finished / wall time of
+``SearchRunner.run``) and server CPU time per evaluation (``time.process_time()`` of this process
+over the run / candidates; the agents run in other processes and are not counted). Set-up (agent
+start) is outside both; the run includes the store creation and the accuracy-table load.
+
+Run:  ``python -m bench.fleet [--agents 1 4 16 64] [--budget 400] [--profile FILE]``
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TABLE = "/work/shared/data/nb201/nb201_tables.csv.gz"
+
+
+def _agent_process(n: int, conn: "mp.connection.Connection", table: str) -> None:
+    """Serve ``n`` table-backed agents in this process; send their ports; serve until told to stop."""
+    from device_agent.daemon_config import AgentSettings
+    from device_agent.server import create_server
+
+    cache = tempfile.mkdtemp(prefix="hwnas-fleet-")
+    servers = []
+    for i in range(n):
+        settings = AgentSettings(host="127.0.0.1", port=0, backend="table", table=table,
+                                 metrics=(("latency_ms", "lat_raspi4"),), device_key="bench-table",
+                                 cache_dir=f"{cache}/{i}", log_level="error")
+        server, port = create_server("127.0.0.1:0", config=settings)
+        server.start()
+        servers.append((server, port))
+    conn.send([p for _, p in servers])
+    conn.recv()  # stop
+    for server, _ in servers:
+        server.shutdown(grace_s=0.5)
+
+
+def start_fleet(n_agents: int, *, processes: int, table: str = TABLE) -> tuple[list[str], list]:
+    """Start ``n_agents`` agent servers spread over ``processes`` worker processes."""
+    ctx = mp.get_context("spawn")
+    procs, addresses = [], []
+    per = [n_agents // processes + (1 if i < n_agents % processes else 0) for i in range(processes)]
+    for n in filter(None, per):
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=_agent_process, args=(n, child, table), daemon=True)
+        p.start()
+        procs.append((p, parent))
+    for _, parent in procs:
+        addresses += [f"127.0.0.1:{port}" for port in parent.recv()]
+    return addresses, procs
+
+
+def stop_fleet(procs: list) -> None:
+    for p, parent in procs:
+        parent.send("stop")
+    for p, _ in procs:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+
+
+def run_once(addresses: list[str], budget: int, *, seed: int = 0, profile: str | None = None) -> dict:
+    """One search against the fleet; returns its throughput figures."""
+    from search import config as cfgmod
+    from search.runner import SearchRunner
+
+    cfg = dataclasses.replace(
+        cfgmod.SearchConfig(), space="nb201", budget=budget, population_size=32, seed=seed,
+        accuracy_table=f"{TABLE}:c10_test_200ep", objectives=("accuracy", "latency_ms"),
+    ).validate()
+    with tempfile.TemporaryDirectory(prefix="hwnas-fleet-run-") as d:
+        runner = SearchRunner(config=cfg, run_dir=Path(d) / "run", agents=addresses, progress=False)
+        prof = None
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+        c0, t0 = time.process_time(), time.perf_counter()
+        summary = runner.run()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(profile)
+    n = summary["done"] + summary["failed"]
+    return {"agents": len(addresses), "evaluations": n, "failed": summary["failed"], "wall_s": wall,
+            "evals_per_s": n / wall, "cpu_ms_per_eval": 1000 * cpu / n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--agents", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--budget", type=int, default=400, help="candidates per run")
+    ap.add_argument("--processes", type=int, default=4, help="agent worker processes (at most)")
+    ap.add_argument("--profile", help="write a cProfile of the server side of the last run here")
+    args = ap.parse_args(argv)
+    if not Path(TABLE).is_file():
+        print(f"fleet: the NB201 table {TABLE} is not here", file=sys.stderr)
+        return 2
+    print(f"{'agents':>6} {'evals':>6} {'failed':>6} {'wall s':>7} {'evals/s':>8} {'server CPU ms/eval':>19}")
+    for n in args.agents:
+        addresses, procs = start_fleet(n, processes=min(n, args.processes))
+        try:
+            r = run_once(addresses, args.budget, profile=args.profile if n == args.agents[-1] else None)
+        finally:
+            stop_fleet(procs)
+        print(f"{r['agents']:>6} {r['evaluations']:>6} {r['failed']:>6} {r['wall_s']:>7.2f} "
+              f"{r['evals_per_s']:>8.1f} {r['cpu_ms_per_eval']:>19.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
