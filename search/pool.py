@@ -97,7 +97,11 @@ class AgentPool:
 
             client_factory = AgentClient
         self._client_factory = client_factory
-        self._cv = threading.Condition()
+        self._lock = threading.RLock()
+        self._cv = threading.Condition(self._lock)
+        # one condition per device key on the same lock: a submitted job wakes one worker of
+        # its key, not every worker of the fleet (no thundering herd with many agents)
+        self._key_cvs: dict[str, threading.Condition] = {}
         self._queues: dict[str, collections.deque[MeasureJob]] = collections.defaultdict(collections.deque)
         self.agents: dict[str, AgentState] = {}
         self._threads: dict[str, threading.Thread] = {}
@@ -138,6 +142,22 @@ class AgentPool:
         t.start()
         return state
 
+    def add_agents(self, addresses: list[str]) -> dict[str, str]:
+        """Add several agents at once (their ``Describe`` calls in parallel); returns
+        ``{address: error}`` for those that could not be added."""
+        import concurrent.futures as cf
+
+        errors: dict[str, str] = {}
+        if not addresses:
+            return errors
+        with cf.ThreadPoolExecutor(max_workers=min(16, len(addresses)), thread_name_prefix="add-agent") as ex:
+            futs = {ex.submit(self.add_agent, a): a for a in addresses}
+            for fut in cf.as_completed(futs):
+                exc = fut.exception()
+                if exc is not None:
+                    errors[futs[fut]] = f"{type(exc).__name__}: {exc}"
+        return errors
+
     def remove_agent(self, address: str, *, reason: str = "removed") -> None:
         """Stop dispatching to an agent; a job it holds goes back to the queue now (first result
         wins if the agent still answers it: the store accepts one result per job)."""
@@ -150,7 +170,7 @@ class AgentPool:
             job = st.current
             if job is not None:
                 st.given_back.add(job.job_id)
-            self._cv.notify_all()
+        self._wake_all()
         self.store.event("agent_removed", agent=address, detail={"reason": reason,
                                                                  "job": job.job_id if job else None})
         if job is not None:
@@ -162,28 +182,44 @@ class AgentPool:
         return {a.device_key for a in self.agents.values() if not a.removed}
 
     # -- jobs -------------------------------------------------------------------------------
-    def submit(self, job: MeasureJob) -> None:
-        with self._cv:
-            self._queues[job.device_key].append(job)
+    def _key_cv(self, key: str) -> threading.Condition:
+        cv = self._key_cvs.get(key)
+        if cv is None:
+            cv = self._key_cvs.setdefault(key, threading.Condition(self._lock))
+        return cv
+
+    def _wake_all(self) -> None:
+        with self._lock:
             self._cv.notify_all()
+            for cv in list(self._key_cvs.values()):
+                cv.notify_all()
+
+    def submit(self, job: MeasureJob) -> None:
+        """Queue a job for an agent of its device key."""
+        with self._lock:
+            self._queues[job.device_key].append(job)
+            self._key_cv(job.device_key).notify()
 
     def queue_depth(self) -> dict[str, int]:
         with self._cv:
             return {k: len(q) for k, q in self._queues.items() if q}
 
     def _next_job(self, key: str, state: AgentState) -> MeasureJob | None:
-        with self._cv:
+        cv = self._key_cv(key)
+        with self._lock:
             while not self._stop.is_set() and not state.removed:
                 q = self._queues.get(key)
                 if q:
                     return q.popleft()
-                self._cv.wait(timeout=0.5)
+                cv.wait(timeout=0.5)
+            if self._queues.get(key):
+                cv.notify()  # pass a wake-up meant for this (removed) worker on
         return None
 
     def _requeue_front(self, job: MeasureJob) -> None:
-        with self._cv:
+        with self._lock:
             self._queues[job.device_key].appendleft(job)
-            self._cv.notify_all()
+            self._key_cv(job.device_key).notify()
 
     # -- the worker -------------------------------------------------------------------------
     def _worker(self, state: AgentState, client: Any) -> None:
@@ -315,8 +351,8 @@ class AgentPool:
     # -- lifecycle --------------------------------------------------------------------------
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        with self._cv:
-            self._cv.notify_all()
+        self._wake_all()
+        with self._lock:
             threads = list(self._threads.values())
         for t in threads:
             t.join(timeout=timeout)

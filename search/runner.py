@@ -171,17 +171,13 @@ class SearchRunner:
             self._local_agent = start_local_agent(token=token, extra_args=self.local_agent_args)
             self.agent_addresses = [self._local_agent.address]
             self.store.event("local_agent_started", agent=self._local_agent.address)
-        errors = []
-        for addr in self.agent_addresses:
-            try:
-                self.pool.add_agent(addr)
-            except Exception as exc:  # noqa: BLE001 - reported below with every address
-                errors.append(f"{addr}: {exc}")
+        errors = [f"{a}: {e}" for a, e in self.pool.add_agents(self.agent_addresses).items()]
         if not self.pool.agents:
             raise SearchError("no agent could be reached: " + "; ".join(errors))
         for e in errors:
             log.warning("agent not reachable, continuing without it: %s", e)
-        return next(iter(self.pool.agents.values())).device_key
+        # the first listed agent that answered gives the default key (agents are added in parallel)
+        return next(self.pool.agents[a].device_key for a in self.agent_addresses if a in self.pool.agents)
 
     def _bind_objectives(self, default_key: str) -> None:
         self.objectives = [dataclasses.replace(o, name=bind(o.name, default_key))
@@ -461,8 +457,10 @@ class SearchRunner:
         self._refresh(bar)
 
     def _refresh(self, bar) -> None:
-        if bar is None:
+        # rate-limited: the Pareto set over all done candidates is not recomputed per event
+        if bar is None or time.monotonic() - getattr(self, "_last_refresh", 0.0) < 0.5:
             return
+        self._last_refresh = time.monotonic()
         counts = self.store.count()
         bar.set_postfix(done=counts.get("done", 0), failed=counts.get("failed", 0),
                         front=len(self._pareto_ids()), queue=sum(self.pool.queue_depth().values()),

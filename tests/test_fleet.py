@@ -13,6 +13,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -210,29 +211,46 @@ def test_registry_agents_join_heartbeat_leave_and_are_dropped(tmp_path):
     """Agents started with --register join a search that has none; a hung agent (SIGSTOP: no
     heartbeats, its job in flight) is dropped and its job re-issued; SIGTERM deregisters; a
     wrong token is refused."""
-    from device_agent.registration import Registration
+    import grpc
+
+    from protos.hwnas.registry.v1 import registry_pb2, registry_pb2_grpc
 
     token = "fleet-secret"
     run_dir = tmp_path / "run"
     budget = 150
+    with socket.socket() as sock:  # a free port for the registry, so agents can start first
+        sock.bind(("127.0.0.1", 0))
+        reg = f"127.0.0.1:{sock.getsockname()[1]}"
+    # agents retry registering until the search's registry is up
+    agents = [start_local_agent(token=token, extra_args=[
+        "--backend", "table", "--table", TABLE, "--metric", "latency_ms=lat_raspi4",
+        "--device-key", "raspi", "--register", reg]) for _ in range(3)]
     runner = SearchRunner(config=fleet_config(budget, token=token, lease_s=30.0), run_dir=run_dir, agents=[],
-                          progress=False, registry_port=0, heartbeat_s=2.0, wait_agents_s=60)
+                          progress=False, registry_port=int(reg.rsplit(":", 1)[1]), heartbeat_s=2.0,
+                          wait_agents_s=60)
     summary: dict = {}
     thread = threading.Thread(target=lambda: summary.update(runner.run()), daemon=True)
     thread.start()
-    agents = []
     try:
         _wait(lambda: runner.registry is not None, 30, "the registry")
-        reg = runner.registry.address
-        agents = [start_local_agent(token=token, extra_args=[
-            "--backend", "table", "--table", TABLE, "--metric", "latency_ms=lat_raspi4",
-            "--device-key", "raspi", "--register", reg]) for _ in range(3)]
-        bad = Registration(registry=reg, address=agents[0].address, token="wrong", retry_s=0.2).start()
-        _wait(lambda: len(runner.pool.agents) == 3, 30, "three registered agents")
-        _wait(lambda: bad.last_error is not None and "UNAUTHENTICATED" in bad.last_error, 10,
-              "the wrong token to be refused")
-        assert not bad.registered.is_set()
-        bad.stop()
+        assert runner.registry.address == reg
+        try:
+            _wait(lambda: len(runner.pool.agents) == 3, 60, "three registered agents")
+        except AssertionError:
+            raise AssertionError(f"{runner.pool.snapshot()}\n" + "\n".join(a.log_tail(1500) for a in agents)) from None
+        # the registry wants the fleet's token
+        with grpc.insecure_channel(reg) as channel:
+            stub = registry_pb2_grpc.RegistryStub(channel)
+            request = registry_pb2.RegisterRequest(address=agents[0].address, device_key="raspi")
+            for metadata in ((), (("authorization", "Bearer wrong"),)):
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Register(request, metadata=metadata, timeout=10)
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # an agent that announces a key it does not report is refused
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Register(registry_pb2.RegisterRequest(address=agents[0].address, device_key="jetson"),
+                              metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         _wait(lambda: db_rows(run_dir, "SELECT COUNT(*) AS n FROM candidates WHERE status='done'")[0]["n"] >= 5,
               60, "progress")
         # a graceful stop (SIGTERM) deregisters before the agent drains
