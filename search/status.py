@@ -23,8 +23,16 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         for ev in st.events():
             a = ev["agent"]
             if ev["kind"] == "agent_joined":
+                prev = agents.get(a, {})
                 agents[a] = {"address": a, "device_key": ev["detail"].get("device_key"), "health": "ok",
-                             "lost": 0, "measured": 0, "since": ev["time"]}
+                             "lost": prev.get("lost", 0), "measured": 0, "since": ev["time"],
+                             "registered": prev.get("registered", False), "left": None}
+            elif ev["kind"] == "agent_registered" and a in agents:
+                agents[a]["registered"] = True
+            elif ev["kind"] == "agent_removed" and a in agents:
+                reason = ev["detail"].get("reason") or "removed"
+                agents[a]["health"] = "left" if reason.startswith("deregistered") else "dropped"
+                agents[a]["left"] = reason
             elif ev["kind"] == "agent_lost" and a in agents:
                 agents[a]["health"] = "lost"
                 agents[a]["lost"] += 1
@@ -44,6 +52,7 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
             if j["state"] in ("queued", "leased"):
                 queue[f"{j['device_key']}:{j['state']}"] = queue.get(f"{j['device_key']}:{j['state']}", 0) + 1
         finished_events = st.events("search_finished")
+        failed_jobs = sum(1 for j in jobs if j["state"] == "failed")
         return {
             "run_dir": str(run_dir),
             "candidates": counts,
@@ -51,6 +60,9 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
             "queue": queue,
             "retries": retries,
             "quarantined": len(st.events("model_quarantined")),
+            "failed_jobs": failed_jobs,
+            "late_results_ignored": len(st.events("late_result_ignored")),
+            "registry": st.get_meta("registry"),
             "throughput_per_min": (60.0 * len(finished) / span) if span > 0 else None,
             "failures": [{"id": c["id"], "error": c["error"]} for c in cands if c["status"] == "failed"],
             "finished": bool(finished_events),
@@ -65,11 +77,15 @@ def format_status(s: dict[str, Any]) -> str:
     c = s["candidates"]
     lines.append("candidates: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) +
                  (f"; {s['throughput_per_min']:.1f}/min" if s["throughput_per_min"] else ""))
-    lines.append(f"retries {s['retries']}, quarantined {s['quarantined']}, queue {s['queue'] or 'empty'}")
+    lines.append(f"retries {s['retries']}, quarantined {s['quarantined']}, failed jobs {s['failed_jobs']}, "
+                 f"late results ignored {s['late_results_ignored']}, queue {s['queue'] or 'empty'}")
+    if s.get("registry"):
+        lines.append(f"registry {s['registry']['address']} (heartbeat {s['registry']['heartbeat_s']:g} s)")
     lines.append("agents:")
     for a in s["agents"]:
-        lines.append(f"  {a['address']:24s} {a['device_key']:32s} {a['health']:5s} measured {a['measured']}"
-                     f" lost {a['lost']}")
+        lines.append(f"  {a['address']:24s} {a['device_key']:32s} {a['health']:7s} measured {a['measured']}"
+                     f" lost {a['lost']}" + (" registered" if a.get("registered") else "")
+                     + (f" ({a['left']})" if a.get("left") else ""))
     if s["failures"]:
         lines.append("failures:")
         for f in s["failures"][:20]:

@@ -288,3 +288,43 @@ def test_registry_agents_join_heartbeat_leave_and_are_dropped(tmp_path):
     for job in filter(None, hung_jobs):
         (m,) = db_rows(run_dir, "SELECT agent FROM measurements WHERE ok=1 AND job_id=?", (job,))
         assert m["agent"] != agents[0].address
+    # hwnas status shows the registry and what became of each agent
+    from search.status import format_status, run_status
+
+    status = run_status(run_dir)
+    health = {a["address"]: a["health"] for a in status["agents"]}
+    assert health[agents[0].address] == "dropped" and health[agents[1].address] == "left"
+    assert status["registry"]["address"] == reg and status["queue"] == {}
+    assert f"registry {reg}" in format_status(status)
+
+
+def test_two_device_classes_in_one_search(tmp_path):
+    """Objectives bound to two device keys: every candidate is measured once on each key, the
+    two agents of one key share its load, and each value is the one of that key's table column."""
+    import csv
+    import gzip
+
+    group_a = [table_agent("edge-a", "lat_raspi4") for _ in range(2)]
+    group_b = [table_agent("edge-b", "lat_pixel3")]
+    budget = 40
+    try:
+        summary = SearchRunner(
+            config=fleet_config(budget, objectives=("accuracy", "latency_ms@edge-a", "latency_ms@edge-b")),
+            run_dir=tmp_path / "run", agents=[a.address for a in group_a + group_b], progress=False).run()
+    finally:
+        for a in group_a + group_b:
+            a.stop(timeout=5)
+    assert summary["candidates"] == budget
+    counts = check_consistent(tmp_path / "run", budget)
+    assert counts["done"] == budget and counts["ok_measurements"] == 2 * budget
+    with gzip.open(TABLE, "rt", newline="") as fh:
+        table = {r["arch_str"]: r for r in csv.DictReader(fh)}
+    for c in db_rows(tmp_path / "run", "SELECT * FROM candidates"):
+        obj = json.loads(c["objectives"])
+        assert obj["latency_ms@edge-a"] == pytest.approx(float(table[c["arch_key"]]["lat_raspi4"]))
+        assert obj["latency_ms@edge-b"] == pytest.approx(float(table[c["arch_key"]]["lat_pixel3"]))
+    per_agent = {r["agent"]: r["n"] for r in db_rows(
+        tmp_path / "run", "SELECT agent, COUNT(*) AS n FROM measurements WHERE ok=1 GROUP BY agent")}
+    assert per_agent[group_b[0].address] == budget
+    assert all(per_agent.get(a.address, 0) > 0 for a in group_a), per_agent
+    assert sum(per_agent.get(a.address, 0) for a in group_a) == budget
