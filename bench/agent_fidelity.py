@@ -9,7 +9,9 @@ process: same session options and thread count, rounds interleaved (agent, plain
 Printed per model: the median of each loop's per-round medians, their ratio, and the median of
 the per-round paired ratios (``paired``, the figure checked against 0.95-1.05: pairing adjacent
 measurements cancels slow changes in machine load), ``best`` = ratio of the fastest round
-medians (the least-disturbed rounds on a shared machine), and each loop's median CV.
+medians (the least-disturbed rounds on a shared machine), and each loop's median CV. A first
+table compares the agent's runner with the plain session alternated iteration by iteration in
+one process (``--ab-only``: just that), which isolates the runner from machine-load drift.
 
     nice -n 10 .venv/bin/python -m bench.agent_fidelity [--via agent|job] [--threads 1] [--rounds 5] [--quick]
 """
@@ -87,6 +89,47 @@ def plain_median(path: str, threads: int, *, warmup_s: float, min_iters: int, mi
     return float(np.median(arr)), float(arr.std(ddof=1) / arr.mean()), len(arr)
 
 
+def ab_runner_vs_plain(path: str, threads: int, *, min_pairs: int, min_s: float) -> tuple[float, float, float, int]:
+    """The agent's own runner (``OrtRunner.timed_run``) and a plain ``sess.run``, alternated
+    iteration by iteration in one process, so load changes hit both equally.
+
+    Returns (runner median ms, plain median ms, median of per-pair ratios, pairs).
+    """
+    import onnxruntime as ort
+
+    from device_agent.backends import get_backend
+    from device_agent.backends.onnxruntime_backend import session_options
+    from device_agent.config import BuildConfig
+    from device_agent.measure import make_inputs
+
+    build = BuildConfig(intra_op_threads=threads)
+    with tempfile.TemporaryDirectory() as wd:
+        runner = get_backend("onnxruntime")().build(path, build, workdir=wd)
+        feeds = make_inputs(runner.input_specs, 0)
+        runner.prepare(feeds)
+        sess = ort.InferenceSession(path, sess_options=session_options(build),
+                                    providers=["CPUExecutionProvider"])
+        for _ in range(3):
+            runner.run()
+            sess.run(None, feeds)
+        a: list[int] = []
+        b: list[int] = []
+        clock = time.perf_counter_ns
+        start = clock()
+        while len(a) < min_pairs or clock() - start < min_s * 1e9:
+            first_runner = len(a) % 2 == 0  # alternate the order: no cache/turbo order bias
+            t0 = clock()
+            runner.timed_run() if first_runner else sess.run(None, feeds)
+            t1 = clock()
+            sess.run(None, feeds) if first_runner else runner.timed_run()
+            t2 = clock()
+            a.append(t1 - t0 if first_runner else t2 - t1)
+            b.append(t2 - t1 if first_runner else t1 - t0)
+        runner.close()
+    pa, pb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.median(pa)) / 1e6, float(np.median(pb)) / 1e6, float(np.median(pa / pb)), len(a)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads for both loops")
@@ -96,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-s", type=float, default=0.5)
     ap.add_argument("--via", choices=["agent", "job"], default="agent",
                     help="agent: a real local agent over gRPC; job: run_job in this process")
+    ap.add_argument("--ab-only", action="store_true",
+                    help="only the in-process runner-vs-plain A/B table (fast, noise-robust)")
     ap.add_argument("--quick", action="store_true", help="4 torchvision + 4 light models")
     args = ap.parse_args(argv)
 
@@ -108,6 +153,20 @@ def main(argv: list[str] | None = None) -> int:
         models[f"tv_{name}@{args.res}"] = export_torchvision(name, tmp, args.res)
     light = light_models()
     models.update(dict(list(light.items())[:4]) if args.quick else light)
+
+    print(f"A/B in one process, the agent's OrtRunner vs plain sess.run alternated per iteration "
+          f"(threads={args.threads}):", flush=True)
+    print(f"{'model':28s} {'runner ms':>9s} {'plain ms':>9s} {'ratio':>6s} {'paired':>6s} {'pairs':>6s}",
+          flush=True)
+    ab = []
+    for label, path in models.items():
+        a, p, paired, n = ab_runner_vs_plain(path, args.threads, min_pairs=40, min_s=args.min_s * 4)
+        ab.append(paired)
+        print(f"{label:28s} {a:9.3f} {p:9.3f} {a / p:6.3f} {paired:6.3f} {n:6d}", flush=True)
+    print(f"A/B: {sum(0.95 <= r <= 1.05 for r in ab)}/{len(ab)} paired ratios within 0.95-1.05; "
+          f"median {statistics.median(ab):.3f}\n", flush=True)
+    if args.ab_only:
+        return 0 if all(0.95 <= r <= 1.05 for r in ab) else 1
 
     build = BuildConfig(intra_op_threads=args.threads)
     # cv_threshold high: the re-measure pass only doubles the time; both loops use one pass.
