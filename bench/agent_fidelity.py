@@ -89,7 +89,8 @@ def plain_median(path: str, threads: int, *, warmup_s: float, min_iters: int, mi
     return float(np.median(arr)), float(arr.std(ddof=1) / arr.mean()), len(arr)
 
 
-def ab_runner_vs_plain(path: str, threads: int, *, min_pairs: int, min_s: float) -> tuple[float, float, float, int]:
+def ab_runner_vs_plain(path: str, threads: int, *, min_pairs: int,
+                       min_s: float) -> tuple[float, float, float, int]:
     """The agent's own runner (``OrtRunner.timed_run``) and a plain ``sess.run``, alternated
     iteration by iteration in one process, so load changes hit both equally.
 
@@ -203,7 +204,8 @@ def _compare(models, args, build, measure, measure_agent, how) -> int:
     print(f"agent path: {how}; plain: InferenceSession.run in this process; "
           f"threads={args.threads}, rounds={args.rounds}, >= {args.min_iters} it and >= {args.min_s} s each",
           flush=True)
-    head = f"{'model':28s} {'agent ms':>9s} {'plain ms':>9s} {'ratio':>6s} {'paired':>6s} {'best':>6s} {'agentCV':>8s} {'plainCV':>8s} {'out.chk':>8s}"
+    head = (f"{'model':28s} {'agent ms':>9s} {'plain ms':>9s} {'ratio':>6s} {'paired':>6s} "
+            f"{'best':>6s} {'agentCV':>8s} {'plainCV':>8s} {'out.chk':>8s}")
     print(head, flush=True)
     rows = []
     for label, path in models.items():

@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from device_agent.config import BuildConfig, MeasureConfig
-from device_agent.result import MEASURED, MeasureResult, Metric
+from device_agent.result import MEASURED, Energy, LatencyStats, MeasureResult, Metric
 from device_agent.validate import DEFAULT_MAX_BYTES, DEFAULT_MAX_TENSOR_ELEMS
 
 PRELOAD = ["numpy", "onnx", "onnxruntime", "scipy.special", "device_agent.stats", "device_agent.jobs",
@@ -263,7 +263,8 @@ def run_job(model_path: str, build: BuildConfig, measure: MeasureConfig, *, job_
     ``table`` (a configured ``TableBackend``) answers ``build.backend == "table"`` jobs in
     process from ``arch_key``. ``reference_model_path`` overrides the output check's reference
     model (tests). ``idle_power_w`` (the agent's idle baseline, with ``idle_method``) gives the
-    net energy where a power sensor exists. The result carries ``build``/``measure`` and the device's provenance.
+    net energy where a power sensor exists. The result carries ``build``/``measure`` and the
+    device's provenance.
     """
     if device_key is None:
         from device_agent.provenance import default_device_key
@@ -292,8 +293,6 @@ def run_job(model_path: str, build: BuildConfig, measure: MeasureConfig, *, job_
     if not r["ok"]:
         return MeasureResult.failure(**base, error=r["error"], error_kind=r["error_kind"],
                                      output_check=r.get("details"))
-    from device_agent.result import Energy, LatencyStats
-
     return MeasureResult(
         **base, latency_ms=LatencyStats(**r["latency_ms"]), flags=r["flags"],
         peak_memory_mb=Metric(r["peak_memory_mb"], MEASURED, PEAK_MEMORY_METHOD, "MB"),
@@ -302,7 +301,8 @@ def run_job(model_path: str, build: BuildConfig, measure: MeasureConfig, *, job_
 
 
 def build_artifact(model_path: str, build: BuildConfig, *, job_id: str, timeout_s: float = 600.0,
-                   device_key: str | None = None, memory_limit_mb: int = 8192) -> tuple[bytes, dict[str, Any]]:
+                   device_key: str | None = None,
+                   memory_limit_mb: int = 8192) -> tuple[bytes, dict[str, Any]]:
     """Build the deployable artifact (ORT-optimized ONNX, TensorRT plan) in a child process.
 
     Returns ``(artifact bytes, provenance)``; raises :class:`JobFailed` with an ``error_kind``.
