@@ -19,6 +19,7 @@ with the final result dict (``None`` when the job failed without one, reason in 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -46,6 +47,8 @@ class MeasureJob:
     model_sha256: str | None
     arch_key: str | None = None
     space: str | None = None
+    #: a straggler's job measured a second time by an idle agent (not leased in the store)
+    duplicate: bool = False
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -82,6 +85,7 @@ class AgentPool:
         lease_s: float = 300.0,
         max_attempts: int = 3,
         max_crashes: int = 2,
+        straggler_s: float | None = 120.0,
         client_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.store = store
@@ -92,6 +96,11 @@ class AgentPool:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.max_crashes = max_crashes
+        self.straggler_s = straggler_s
+        #: job id -> (job, agent address, monotonic start) of every job on an agent now
+        self._inflight: dict[str, tuple[MeasureJob, str, float]] = {}
+        self._reissued: set[str] = set()
+        self.reissued = 0
         if client_factory is None:
             from device_agent.client import AgentClient
 
@@ -211,9 +220,26 @@ class AgentPool:
                 q = self._queues.get(key)
                 if q:
                     return q.popleft()
+                dup = self._straggler(key, state)
+                if dup is not None:
+                    return dup
                 cv.wait(timeout=0.5)
             if self._queues.get(key):
                 cv.notify()  # pass a wake-up meant for this (removed) worker on
+        return None
+
+    def _straggler(self, key: str, state: AgentState) -> MeasureJob | None:
+        """With the lock held and nothing queued for ``key``: a job of the key that another agent
+        has held for longer than ``straggler_s``, to be measured a second time here (first result
+        wins; the store keeps one ok measurement per job and records the other as ignored)."""
+        if self.straggler_s is None:
+            return None
+        limit = time.monotonic() - self.straggler_s
+        for job_id, (job, agent, t0) in self._inflight.items():
+            if job.device_key == key and agent != state.address and t0 < limit and job_id not in self._reissued:
+                self._reissued.add(job_id)
+                self.reissued += 1
+                return dataclasses.replace(job, duplicate=True)
         return None
 
     def _requeue_front(self, job: MeasureJob) -> None:
@@ -233,6 +259,9 @@ class AgentPool:
                 job = self._next_job(state.device_key, state)
                 if job is None:
                     break
+                if job.duplicate:
+                    self._measure_duplicate(state, client, job)
+                    continue
                 if not self.store.lease_job(job.job_id, state.address, time.time() + self.lease_s):
                     continue  # failed or taken meanwhile
                 with self._cv:
@@ -241,6 +270,7 @@ class AgentPool:
                         removed_now = True
                     else:
                         state.busy_with, state.current = job.job_id, job
+                        self._inflight[job.job_id] = (job, state.address, time.monotonic())
                         removed_now = False
                 if removed_now:
                     self.store.requeue_job(job.job_id, reason="agent removed", agent=state.address)
@@ -264,6 +294,7 @@ class AgentPool:
                 finally:
                     with self._cv:
                         state.busy_with, state.current = None, None
+                        self._inflight.pop(job.job_id, None)
                 if job.job_id in state.given_back:
                     # a late answer of a dropped agent: counts if nobody else answered first
                     if result.get("error") is None and self.store.record_measurement(
@@ -278,6 +309,19 @@ class AgentPool:
                 client.close()
             except Exception:  # noqa: BLE001 - closing a broken channel must not kill the pool
                 pass
+
+    def _measure_duplicate(self, state: AgentState, client: Any, job: MeasureJob) -> None:
+        """Measure a straggler's job here; record it if the straggler has not answered yet."""
+        self.store.event("job_reissued", agent=state.address, detail={"job": job.job_id})
+        try:
+            result = self._send(client, job)
+        except Exception as exc:  # noqa: BLE001 - the original holder still has the job
+            log.info("re-issued job %s failed on %s: %s", job.job_id, state.address, exc)
+            return
+        if result.get("error") is None and self.store.record_measurement(
+                job.job_id, agent=state.address, result=result):
+            state.done += 1
+            self._finish(job, result, None)
 
     def _send(self, client: Any, job: MeasureJob) -> dict[str, Any]:
         model = job.model_path.read_bytes() if job.model_path is not None else b""

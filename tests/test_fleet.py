@@ -217,7 +217,7 @@ def test_registry_agents_join_heartbeat_leave_and_are_dropped(tmp_path):
 
     token = "fleet-secret"
     run_dir = tmp_path / "run"
-    budget = 150
+    budget = 400
     with socket.socket() as sock:  # a free port for the registry, so agents can start first
         sock.bind(("127.0.0.1", 0))
         reg = f"127.0.0.1:{sock.getsockname()[1]}"
@@ -253,17 +253,24 @@ def test_registry_agents_join_heartbeat_leave_and_are_dropped(tmp_path):
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         _wait(lambda: db_rows(run_dir, "SELECT COUNT(*) AS n FROM candidates WHERE status='done'")[0]["n"] >= 5,
               60, "progress")
-        # a graceful stop (SIGTERM) deregisters before the agent drains
-        agents[1].process.send_signal(signal.SIGTERM)
-        _wait(lambda: runner.pool.agents[agents[1].address].removed, 20, "deregistration")
         # hang one agent while the search runs: heartbeats stop, it must be dropped
         hung = agents[0]
-        hung.process.send_signal(signal.SIGSTOP)
+        hung_state = runner.pool.agents[hung.address]
+        for _ in range(200):  # freeze it while it holds a job, so the search cannot end without it
+            hung.process.send_signal(signal.SIGSTOP)
+            time.sleep(0.1)
+            if hung_state.busy_with is not None:
+                break
+            hung.process.send_signal(signal.SIGCONT)
+        assert hung_state.busy_with is not None, "the agent to hang never held a job"
         # a new agent joins mid-run and carries the rest
         agents.append(start_local_agent(token=token, extra_args=[
             "--backend", "table", "--table", TABLE, "--metric", "latency_ms=lat_raspi4",
             "--device-key", "raspi", "--register", reg]))
         assert thread.is_alive(), "the search ended before the late agent started: make it longer"
+        # a graceful stop (SIGTERM) deregisters before the agent drains
+        agents[1].process.send_signal(signal.SIGTERM)
+        _wait(lambda: runner.pool.agents[agents[1].address].removed, 20, "deregistration")
         _wait(lambda: runner.pool.agents[hung.address].removed, 30, "the hung agent to be dropped")
         thread.join(timeout=120)
         assert not thread.is_alive(), "search did not finish"
