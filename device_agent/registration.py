@@ -12,11 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import tempfile
 import threading
-import time
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -120,30 +116,29 @@ def advertised_address(host: str, port: int, advertise: str | None = None) -> st
 
 
 def serve_registered(settings: Any, *, registry: str, advertise: str | None = None) -> int:
-    """Run the agent daemon (``device_agent.server.serve``) while registered at ``registry``."""
-    from device_agent.server import serve
+    """Run the agent daemon registered at ``registry`` until SIGTERM/SIGINT; on the signal it
+    deregisters first (the search stops sending work), then drains like ``serve``."""
+    import signal
 
-    tmp = None
-    if not settings.port_file:
-        tmp = tempfile.TemporaryDirectory(prefix="hwnas-reg-")
-        settings = replace(settings, port_file=str(Path(tmp.name) / "port"))
-    reg: dict[str, Registration] = {}
+    from device_agent.server import _write_port_file, configure_logging, create_server
 
-    def announce() -> None:
-        port_file = Path(settings.port_file)
-        while not port_file.exists():
-            time.sleep(0.05)
-        port = int(port_file.read_text().strip())
-        local = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
-        reg["r"] = Registration(registry=registry, address=advertised_address(settings.host, port, advertise),
-                                agent_address=f"{local}:{port}" if ":" not in local else f"[{local}]:{port}",
-                                token=settings.token).start()
-
-    threading.Thread(target=announce, name="announce", daemon=True).start()
-    try:
-        return serve(settings)
-    finally:
-        if "r" in reg:
-            reg["r"].stop()
-        if tmp is not None:
-            tmp.cleanup()
+    configure_logging(settings.log_level)
+    host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+    server, port = create_server(f"{host}:{settings.port}", config=settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    if settings.port_file:
+        _write_port_file(settings.port_file, port)
+    local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    reg = Registration(registry=registry, address=advertised_address(settings.host, port, advertise),
+                       agent_address=f"[{local}]:{port}" if ":" in local else f"{local}:{port}",
+                       token=settings.token).start()
+    log.info("serving", extra={"event": "serving", "port": port, "registry": registry,
+                               "device_key": server.service.device_key})
+    while not stop.wait(0.5):
+        pass
+    reg.stop()
+    server.shutdown()
+    return 0
