@@ -8,6 +8,13 @@ Deb et al.'s NSGA-II, run one individual at a time so it never waits for a gener
   tournaments by (constrained rank, crowding distance), the space's ``crossover`` with
   probability ``crossover_prob``, then the space's ``mutate`` with probability
   ``mutation_prob`` (a child identical to a parent is always mutated).
+- Pareto local search: with probability ``local_search_prob`` a proposal is instead a
+  ``mutate`` of a member drawn uniformly from the archive of all feasible results no other
+  feasible result dominates (unbounded, unlike the population). The small population keeps
+  only a spread-out subset of the front, so crowded stretches of the front would otherwise
+  never be explored; on the NAS-Bench-201 benchmark (``bench/nb201_search.py``) this raised
+  the share of true Pareto members found in 1,000 evaluations (e.g. raspi4 0.45 -> 0.49,
+  fpga 0.44 -> 0.56, median of 10 seeds) without hurting the hypervolume at 300.
 - Every told result joins the population, which is truncated back to ``population_size``
   (mu + 1 survival: drop the member of the worst front with the smallest crowding distance).
   Failed candidates (``None``, or a NaN/infinite objective) never join.
@@ -19,6 +26,8 @@ Deb et al.'s NSGA-II, run one individual at a time so it never waits for a gener
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from search.algorithms.base import Algorithm, Evaluated, register_algorithm
 from search.objectives import Constraint, Objective
@@ -72,23 +81,28 @@ class NSGA2(Algorithm):
         population_size: int = 20,
         crossover_prob: float = 0.9,
         mutation_prob: float = 1.0,
+        local_search_prob: float = 0.5,
         max_retries: int = 20,
     ) -> None:
         super().__init__(space=space, objectives=objectives, constraints=constraints, seed=seed)
         if population_size < 2:
             raise ValueError("population_size must be >= 2")
-        for label, p in (("crossover_prob", crossover_prob), ("mutation_prob", mutation_prob)):
+        for label, p in (("crossover_prob", crossover_prob), ("mutation_prob", mutation_prob),
+                         ("local_search_prob", local_search_prob)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{label} must be in [0, 1], got {p}")
         self.population_size = population_size
         self.crossover_prob = crossover_prob
         self.mutation_prob = mutation_prob
+        self.local_search_prob = local_search_prob
         self.max_retries = max_retries
         self.population: list[Evaluated] = []
         self._F: list[list[float]] = []  # minimised objectives of the population members
         self._cv: list[float] = []  # their total constraint violation
         self._rank: list[int] = []
         self._crowd_cache: dict[int, list[float]] = {}
+        self.archive: list[Evaluated] = []  # feasible results no other feasible result dominates
+        self._archive_F: list[list[float]] = []
         self.keys = KeyTracker(self)
         self._n_ok = 0  # results that joined the population at some point
 
@@ -116,6 +130,10 @@ class NSGA2(Algorithm):
         return i if ci > cj else j
 
     def _breed(self) -> tuple[Genome, tuple[int, ...], str]:
+        if self.archive and self.local_search_prob > 0 and self.rng.random() < self.local_search_prob:
+            # Pareto local search step: a neighbour of a uniformly chosen archive member.
+            a = self.archive[self.rng.randrange(len(self.archive))]
+            return self.space.mutate(a.trial.genome, self.rng), (a.trial.number,), "mutate"
         a = self.population[self._tournament()]
         if len(self.population) > 1 and self.rng.random() < self.crossover_prob:
             b = self.population[self._tournament()]
@@ -135,6 +153,7 @@ class NSGA2(Algorithm):
         if not usable(self, ev):
             return
         self._n_ok += 1
+        self._update_archive(ev)
         self.population.append(ev)
         self._F.append(self.minimized(ev))
         self._cv.append(ev.violation)
@@ -149,6 +168,20 @@ class NSGA2(Algorithm):
             for seq in (self.population, self._F, self._cv, self._rank):
                 del seq[front[worst]]
             self._crowd_cache = {}
+
+    def _update_archive(self, ev: Evaluated) -> None:
+        if ev.violation != 0:
+            return
+        f = np.asarray(self.minimized(ev))
+        if self._archive_F:
+            A = np.asarray(self._archive_F)
+            if np.any(np.all(A <= f, axis=1) & np.any(A < f, axis=1)):
+                return
+            keep = ~(np.all(f <= A, axis=1) & np.any(f < A, axis=1))
+            self.archive = [e for e, k in zip(self.archive, keep) if k]
+            self._archive_F = [row for row, k in zip(self._archive_F, keep) if k]
+        self.archive.append(ev)
+        self._archive_F.append(f.tolist())
 
     def _front_crowding(self, rank: int) -> list[float]:
         """Crowding distances of the members with ``rank``, in population order (cached)."""
