@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TABLE = "/work/shared/data/nb201/nb201_tables.csv.gz"
+TABLE = str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nb201" / "nb201_tables.csv.gz")
 
 
 def _agent_process(n: int, conn: "mp.connection.Connection", table: str) -> None:

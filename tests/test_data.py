@@ -10,9 +10,7 @@ import torch
 
 from search.data import ArrayDataset, DatasetError, known_datasets, load_dataset
 
-CIFAR_TAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10" / "CIFAR-10-images.tar"
-if not CIFAR_TAR.exists():
-    CIFAR_TAR = Path("/work/shared/data/cifar10/CIFAR-10-images.tar")
+from _shared import CIFAR10_TAR as CIFAR_TAR
 
 
 def test_digits_splits_are_disjoint_normalised_and_seeded():

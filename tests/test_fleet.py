@@ -28,7 +28,9 @@ from search import config as cfgmod
 from search.objectives import DEVICE_METRICS, split_metric
 from search.runner import SearchRunner
 
-TABLE = "/work/shared/data/nb201/nb201_tables.csv.gz"
+from _shared import NB201_TABLE
+
+TABLE = str(NB201_TABLE)
 pytestmark = pytest.mark.skipif(not Path(TABLE).is_file(), reason=f"shared NB201 table {TABLE} not here")
 
 
@@ -103,14 +105,25 @@ def check_consistent(run_dir: Path, budget: int) -> dict[str, int]:
     return {"done": n_done, "failed": n_failed, "ok_measurements": len(ok)}
 
 
+class PacedRunner(SearchRunner):
+    """A table search whose "training" takes a fixed time, as real training does, so that the
+    agents can be killed and joined while it runs whatever the machine's speed."""
+
+    pace_s = 0.15
+
+    def _train_and_export(self, cid, genome):
+        time.sleep(self.pace_s)
+        return super()._train_and_export(cid, genome)
+
+
 def test_agents_killed_and_joining_during_a_search(tmp_path):
     """SIGKILL agents at seeded random moments, start new ones that join the running search."""
     rng = random.Random(4)
     agents = [table_agent() for _ in range(3)]
     spares = [table_agent() for _ in range(4)]  # started now, join the search later
     budget = 48
-    runner = SearchRunner(config=fleet_config(budget, lease_s=20.0, max_attempts=4), run_dir=tmp_path / "run",
-                          agents=[a.address for a in agents], progress=False)
+    runner = PacedRunner(config=fleet_config(budget, lease_s=20.0, max_attempts=4), run_dir=tmp_path / "run",
+                         agents=[a.address for a in agents], progress=False)
     summary: dict = {}
     thread = threading.Thread(target=lambda: summary.update(runner.run()), daemon=True)
     killed, joined = [], []
@@ -122,7 +135,10 @@ def test_agents_killed_and_joining_during_a_search(tmp_path):
             time.sleep(rng.uniform(0.3, 1.2))
             new = spares.pop()
             agents.append(new)
-            runner.pool.add_agent(new.address)  # joins the running search
+            try:
+                runner.pool.add_agent(new.address)  # joins the running search
+            except RuntimeError:  # the search ended meanwhile: the assertion below says so
+                break
             joined.append(new.address)
             victim = rng.choice([a for a in agents if a.alive() and a.address not in killed])
             victim.process.send_signal(signal.SIGKILL)

@@ -17,7 +17,9 @@ from device_agent.launcher import start_local_agent
 from search.pool import AgentPool, MeasureJob
 from search.store import Store
 
-TABLE = "/work/shared/data/nb201/nb201_tables.csv.gz"
+from _shared import NB201_TABLE
+
+TABLE = str(NB201_TABLE)
 pytestmark = pytest.mark.skipif(not Path(TABLE).is_file(), reason=f"shared NB201 table {TABLE} not here")
 
 

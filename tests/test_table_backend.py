@@ -14,9 +14,9 @@ from device_agent.config import BuildConfig, MeasureConfig
 from device_agent.describe import describe_device
 from device_agent.jobs import run_job
 
-NB201 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nb201", "nb201_tables.csv.gz")
-if not os.path.exists(NB201):
-    NB201 = "/work/shared/data/nb201/nb201_tables.csv.gz"
+from _shared import NB201_TABLE
+
+NB201 = str(NB201_TABLE)
 
 ROWS = [("a|b", "1.5", "10.0", "3"), ("c|d", "2.25", "", "4"), ("e|f", "", "7.0", "")]
 
