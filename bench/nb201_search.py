@@ -216,15 +216,17 @@ def report(runs, table, algorithms, devices, seeds, budgets) -> None:
             cells = []
             for b in budgets:
                 rs = [runs[f"{a}|{d}|{s}"][:b] for s in range(seeds) if len(runs.get(f"{a}|{d}|{s}", [])) >= b]
-                if len(rs) < seeds:
+                if not rs:
                     cells.append(f" | {'-':>12s} {'-':>11s}")
                     continue
                 r = statistics.median(sc.regret(x) for x in rs)
                 f = statistics.median(sc.found(x) for x in rs)
                 med[(a, d, b)] = (r, f)
-                cells.append(f" | {r:12.4f} {f:11.2f}")
+                mark = " " if len(rs) == seeds else "*"  # * = fewer seeds than asked
+                cells.append(f" | {r:12.4f}{mark}{f:10.2f} ")
             print(f"{a:14s}" + "".join(cells))
 
+    print("\n(* = median over fewer seeds than asked: the run was cut short; '-' = not run)")
     print("\n== summary: median over devices of the per-device medians ==")
     print(f"{'algorithm':14s}" + "".join(f" | regret@{b:<5d} found@{b:<5d}" for b in budgets))
     for a in algorithms:

@@ -12,9 +12,11 @@ Deb et al.'s NSGA-II, run one individual at a time so it never waits for a gener
   ``mutate`` of a member drawn uniformly from the archive of all feasible results no other
   feasible result dominates (unbounded, unlike the population). The small population keeps
   only a spread-out subset of the front, so crowded stretches of the front would otherwise
-  never be explored; on the NAS-Bench-201 benchmark (``bench/nb201_search.py``) this raised
-  the share of true Pareto members found in 1,000 evaluations (e.g. raspi4 0.45 -> 0.49,
-  fpga 0.44 -> 0.56, median of 10 seeds) without hurting the hypervolume at 300.
+  never be explored. On the NAS-Bench-201 benchmark (``bench/nb201_search.py``, 9 devices,
+  10 seeds) it raised the median share of true Pareto members found in 1,000 evaluations
+  from 0.53 to 0.68 (raspi4 0.45 -> 0.49, fpga 0.44 -> 0.56) and halved the median
+  hypervolume regret at 300 (0.012 -> 0.006). On the continuous ZDT1 (30 variables) it slows
+  convergence instead; pass ``local_search_prob=0`` for classic NSGA-II there.
 - Every told result joins the population, which is truncated back to ``population_size``
   (mu + 1 survival: drop the member of the worst front with the smallest crowding distance).
   Failed candidates (``None``, or a NaN/infinite objective) never join.
