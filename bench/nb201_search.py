@@ -41,7 +41,8 @@ from search.algorithms.base import get_algorithm  # noqa: E402
 from search.objectives import Objective  # noqa: E402
 from search.pareto import hypervolume, normalize, pareto_mask  # noqa: E402
 
-DEFAULT_TABLE = ROOT.parent / "shared" / "data" / "nb201" / "nb201_tables.csv.gz"
+#: ``$HWNAS_SHARED_DATA`` or ``../shared/data`` beside the project root.
+DEFAULT_TABLE = Path(os.environ.get("HWNAS_SHARED_DATA") or ROOT.parent / "shared" / "data") / "nb201" / "nb201_tables.csv.gz"
 ALGORITHMS = ["nsga2", "random", "regevo", "optuna-nsga2", "optuna-tpe"]
 BUDGETS = [100, 300, 1000]
 ACC = "c10_test_200ep"
