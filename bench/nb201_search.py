@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="3 seeds, 3 devices: a smoke run")
     p.add_argument("--save", default=None, help="write every run's evaluated rows to this JSON file")
     p.add_argument("--load", default=None, help="score runs saved by --save (and run only the missing ones)")
+    p.add_argument("--report-only", action="store_true", help="with --load: score, run nothing")
     p.add_argument("--cap", nargs="*", default=[], metavar="ALGO=N",
                    help="run ALGO only to N evaluations (e.g. optuna-tpe=300: its cost grows with N)")
     args = p.parse_args(argv)
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [(a, d, s, min(budget, caps.get(a, budget)), args.table, args.space) for a in args.algorithms
              for d in devices for s in range(seeds)
              if len(runs.get(f"{a}|{d}|{s}", [])) < min(budget, caps.get(a, budget))]
+    if args.report_only:
+        tasks = []
     t0 = time.time()
     if tasks:
         with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
