@@ -7,23 +7,35 @@ servers per worker process so 64 agents fit on a small machine. The server side 
 real SQLite store in a temporary folder, no ONNX export because every agent is table-backed).
 
 For each fleet size it prints evaluations per second (candidates finished / wall time of
-``SearchRunner.run``) and server CPU time per evaluation (``time.process_time()`` of this process
-over the run / candidates; the agents run in other processes and are not counted). Set-up (agent
-start) is outside both; the run includes the store creation and the accuracy-table load.
+``SearchRunner.run``), server CPU time per evaluation (``time.process_time()`` of this process
+over the run / candidates: the search loop, the pool's agent threads and gRPC's own threads)
+and, for comparison, the agent processes' CPU time per evaluation (``psutil`` user + system
+time of the worker processes over the run; they share the machine with the server). Set-up
+(agent start, imports) is outside all of them; the run includes the store creation and the
+accuracy-table load. ``--repeat N`` runs each fleet size N times and prints every run.
 
-Run:  ``python -m bench.fleet [--agents 1 4 16 64] [--budget 400] [--profile FILE]``
+The NB201 table is ``$HWNAS_SHARED_DATA/nb201/nb201_tables.csv.gz`` or ``../shared/data/...``
+beside the project root.
+
+Run:  ``python -m bench.fleet [--agents 1 4 16 64] [--budget 400] [--repeat 1] [--profile FILE]``
+(``--profile`` writes a cProfile of every thread of the server side of the last run.)
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import multiprocessing as mp
+import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-TABLE = str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nb201" / "nb201_tables.csv.gz")
+ROOT = Path(__file__).resolve().parents[1]
+#: ``$HWNAS_SHARED_DATA`` or ``../shared/data`` beside the project root.
+TABLE = str(Path(os.environ.get("HWNAS_SHARED_DATA") or ROOT.parent / "shared" / "data")
+            / "nb201" / "nb201_tables.csv.gz")
 
 
 def _agent_process(n: int, conn: "mp.connection.Connection", table: str) -> None:
@@ -70,7 +82,54 @@ def stop_fleet(procs: list) -> None:
             p.kill()
 
 
-def run_once(addresses: list[str], budget: int, *, seed: int = 0, profile: str | None = None) -> dict:
+class _AllThreadsProfile:
+    """cProfile of the calling thread and of every thread started while it is on (``cProfile``
+    alone sees one thread; the pool's agent threads do much of the server's work). Times are
+    each thread's CPU time (``time.thread_time``), so waiting on a lock or a reply costs nothing."""
+
+    def __init__(self) -> None:
+        import cProfile
+
+        self._new = cProfile.Profile
+        self.profiles: list = []
+
+    def _hook(self, *_args) -> None:
+        prof = self._new(time.thread_time)
+        self.profiles.append(prof)
+        prof.enable()  # replaces this hook in the new thread
+
+    def __enter__(self) -> "_AllThreadsProfile":
+        threading.setprofile(self._hook)
+        self._hook()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        threading.setprofile(None)
+        self.profiles[0].disable()
+
+    def dump(self, path: str) -> None:
+        import pstats
+
+        stats = pstats.Stats(self.profiles[0])
+        for prof in self.profiles[1:]:
+            prof.create_stats()
+            stats.add(prof)
+        stats.dump_stats(path)
+
+
+def _cpu_s(procs: list) -> float:
+    """User + system CPU seconds of the agent worker processes so far."""
+    import psutil
+
+    total = 0.0
+    for p, _ in procs:
+        t = psutil.Process(p.pid).cpu_times()
+        total += t.user + t.system
+    return total
+
+
+def run_once(addresses: list[str], budget: int, *, procs: list = (), seed: int = 0,
+             profile: str | None = None) -> dict:
     """One search against the fleet; returns its throughput figures."""
     from search import config as cfgmod
     from search.runner import SearchRunner
@@ -81,42 +140,53 @@ def run_once(addresses: list[str], budget: int, *, seed: int = 0, profile: str |
     ).validate()
     with tempfile.TemporaryDirectory(prefix="hwnas-fleet-run-") as d:
         runner = SearchRunner(config=cfg, run_dir=Path(d) / "run", agents=addresses, progress=False)
-        prof = None
-        if profile:
-            import cProfile
-
-            prof = cProfile.Profile()
-            prof.enable()
+        prof = _AllThreadsProfile() if profile else None
+        a0 = _cpu_s(procs)
         c0, t0 = time.process_time(), time.perf_counter()
-        summary = runner.run()
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         if prof is not None:
-            prof.disable()
-            prof.dump_stats(profile)
+            with prof:
+                summary = runner.run()
+        else:
+            summary = runner.run()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        agent_cpu = _cpu_s(procs) - a0
+        if prof is not None:
+            prof.dump(profile)
     n = summary["done"] + summary["failed"]
     return {"agents": len(addresses), "evaluations": n, "failed": summary["failed"], "wall_s": wall,
-            "evals_per_s": n / wall, "cpu_ms_per_eval": 1000 * cpu / n}
+            "evals_per_s": n / wall, "cpu_ms_per_eval": 1000 * cpu / n,
+            "agent_cpu_ms_per_eval": 1000 * agent_cpu / n}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--budget", type=int, default=400, help="candidates per run")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per fleet size")
     ap.add_argument("--processes", type=int, default=4, help="agent worker processes (at most)")
-    ap.add_argument("--profile", help="write a cProfile of the server side of the last run here")
+    ap.add_argument("--profile", help="write a cProfile (all server threads) of the last run here")
     args = ap.parse_args(argv)
     if not Path(TABLE).is_file():
-        print(f"fleet: the NB201 table {TABLE} is not here", file=sys.stderr)
+        print(f"fleet: the NB201 table {TABLE} is not here (set $HWNAS_SHARED_DATA)", file=sys.stderr)
         return 2
-    print(f"{'agents':>6} {'evals':>6} {'failed':>6} {'wall s':>7} {'evals/s':>8} {'server CPU ms/eval':>19}")
+    print(f"fleet: NSGA-II on nb201, {args.budget} candidates per run against table-backed loopback agents "
+          f"(instant measurements, {args.processes} agent processes at most, {os.cpu_count()} CPUs); "
+          "evals/s = candidates / wall time of SearchRunner.run; CPU ms/eval = process CPU time / "
+          "candidates, server (this process, all threads) and agents (their processes)", flush=True)
+    print(f"{'agents':>6} {'evals':>6} {'failed':>6} {'wall s':>7} {'evals/s':>8} {'server CPU ms/eval':>19} "
+          f"{'agent CPU ms/eval':>18}")
     for n in args.agents:
         addresses, procs = start_fleet(n, processes=min(n, args.processes))
         try:
-            r = run_once(addresses, args.budget, profile=args.profile if n == args.agents[-1] else None)
+            for i in range(args.repeat):
+                last = n == args.agents[-1] and i == args.repeat - 1
+                r = run_once(addresses, args.budget, procs=procs, seed=i,
+                             profile=args.profile if last else None)
+                print(f"{r['agents']:>6} {r['evaluations']:>6} {r['failed']:>6} {r['wall_s']:>7.2f} "
+                      f"{r['evals_per_s']:>8.1f} {r['cpu_ms_per_eval']:>19.2f} "
+                      f"{r['agent_cpu_ms_per_eval']:>18.2f}", flush=True)
         finally:
             stop_fleet(procs)
-        print(f"{r['agents']:>6} {r['evaluations']:>6} {r['failed']:>6} {r['wall_s']:>7.2f} "
-              f"{r['evals_per_s']:>8.1f} {r['cpu_ms_per_eval']:>19.2f}", flush=True)
     return 0
 
 
