@@ -3,7 +3,9 @@
 Every function takes ``F`` with one row per point and one column per objective, all to be
 *minimised* (use :func:`minimization_matrix` to turn value dicts and :class:`Objective` s into
 one). Non-dominated sorting, the non-dominated mask and the hypervolume come from ``moocore``;
-the crowding distance from ``pymoo`` (Deb et al. 2002). Constraint domination (Deb 2000:
+the crowding distance (Deb et al. 2002) is pymoo's ``calc_crowding_distance`` rewritten here in
+numpy, tested bit-for-bit equal to it (``tests/test_pareto.py``), because importing pymoo costs
+the search server about 0.35 s of CPU. Constraint domination (Deb 2000:
 a feasible point beats an infeasible one, two infeasible points compare by total violation)
 is built on top in :func:`constrained_ranks`.
 """
@@ -48,14 +50,36 @@ def pareto_mask(F: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
 def crowding_distance(F: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     """NSGA-II crowding distance of every row, computed over all rows given (pass one front).
 
-    Boundary points and sets of at most two points get ``inf``.
+    Boundary points and sets of at most two points get ``inf``. Each objective's gap between
+    the two neighbours is normalised by the objective's range (an objective where all rows are
+    equal adds 0) and the sum is divided by the number of objectives, as pymoo does.
+
+    The same arithmetic as pymoo 0.6's ``calc_crowding_distance`` in the same order, so the
+    result is equal to the last bit (``tests/test_pareto.py`` checks it against pymoo on random
+    fronts with ties and constant columns). Measured on this project's shared 2-CPU machine
+    (``timeit``, best of 7 x 2,000 calls on a 32 x 2 front given as a list, as NSGA-II does):
+    45 us per call instead of 63 us through pymoo, and no pymoo import (0.33 s of CPU once per
+    server process, which the dispatcher benchmark ``bench/fleet.py`` saw inside its run).
     """
     arr = _as_matrix(F)
-    if len(arr) <= 2:
-        return np.full(len(arr), np.inf)
-    from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
-
-    return np.asarray(calc_crowding_distance(arr), dtype=float)
+    n, m = arr.shape
+    if n <= 2:
+        return np.full(n, np.inf)
+    order = np.argsort(arr, axis=0, kind="mergesort")
+    cols = np.arange(m)
+    S = arr[order, cols]  # every column sorted
+    norm = np.max(S, axis=0) - np.min(S, axis=0)
+    norm[norm == 0] = np.nan  # a constant objective: its gaps become NaN, then 0
+    gap = np.empty((n + 1, m))
+    gap[0] = np.inf
+    gap[n] = np.inf
+    np.subtract(S[1:], S[:-1], out=gap[1:n])
+    to_last, to_next = gap[:-1] / norm, gap[1:] / norm
+    to_last[np.isnan(to_last)] = 0.0
+    to_next[np.isnan(to_next)] = 0.0
+    both = np.empty((n, m))
+    both[order, cols] = to_last + to_next  # back to the rows' order
+    return np.sum(both, axis=1) / m
 
 
 def constrained_ranks(

@@ -149,3 +149,25 @@ def test_ranks_are_permutation_invariant():
     for a, b in itertools.combinations(range(25), 2):
         if dominates(F[a], F[b]):
             assert nondominated_ranks(F)[a] < nondominated_ranks(F)[b]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_crowding_distance_equals_pymoo_to_the_last_bit(seed):
+    """search.pareto's numpy crowding replaces pymoo's on the hot path: it must give the same
+    floats (NSGA-II's tournaments and survival compare them), ties, duplicates and constant
+    objectives included."""
+    from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
+
+    rng = np.random.default_rng(seed)
+    for trial in range(300):
+        n, m = int(rng.integers(3, 50)), int(rng.integers(1, 5))
+        if trial % 3 == 0:
+            F = rng.integers(0, 4, size=(n, m)).astype(float)  # many ties and duplicate rows
+        else:
+            F = rng.normal(size=(n, m)) * 10.0 ** rng.integers(-3, 4)
+        if trial % 7 == 0:
+            F[:, rng.integers(m)] = 0.5  # a constant objective
+        ours = crowding_distance(F)
+        ref = calc_crowding_distance(F.copy())
+        assert np.array_equal(ours, ref), (F, ours, ref)
+        assert np.array_equal(crowding_distance(F.tolist()), ref)
