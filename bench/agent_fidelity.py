@@ -4,8 +4,10 @@ For real architectures nobody here wrote (torchvision models built with ``weight
 exported at a small resolution, and the ``onnx`` wheel's ``backend/test/data/light`` models), the
 median latency from a real local agent over gRPC (``device_agent.launcher``; ``--via job``: the
 same job path, ``device_agent.jobs.run_job``, without gRPC: child process, IOBinding, output
-check, timed loop) is compared with a plain ``InferenceSession.run`` timing loop in this
-process: same session options and thread count, rounds interleaved (agent, plain, agent, ...).
+check, timed loop) is compared with a plain ``InferenceSession.run`` timing loop (by default in a
+fresh Python process that imports only numpy and onnxruntime, as ``onnxruntime_perf_test`` is a
+process of its own; ``--plain-in bench`` runs it in this process, which has torch loaded): same
+session options and thread count, rounds interleaved (agent, plain, agent, ...).
 Printed per model: the median of each loop's per-round medians, their ratio, and the median of
 the per-round paired ratios (``paired``, the figure checked against 0.95-1.05: pairing adjacent
 measurements cancels slow changes in machine load), ``best`` = ratio of the fastest round
@@ -89,6 +91,27 @@ def plain_median(path: str, threads: int, *, warmup_s: float, min_iters: int, mi
     return float(np.median(arr)), float(arr.std(ddof=1) / arr.mean()), len(arr)
 
 
+_PLAIN_CHILD = (
+    "import json, sys; sys.path.insert(0, sys.argv[1]); "
+    "from bench.agent_fidelity import plain_median; "
+    "print(json.dumps(plain_median(sys.argv[2], int(sys.argv[3]), warmup_s=float(sys.argv[4]), "
+    "min_iters=int(sys.argv[5]), min_s=float(sys.argv[6]))))"
+)
+
+
+def plain_median_child(path: str, threads: int, *, warmup_s: float, min_iters: int,
+                       min_s: float) -> tuple[float, float, int]:
+    """:func:`plain_median` in a fresh interpreter that imports only numpy and onnxruntime."""
+    import json
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _PLAIN_CHILD, root, path, str(threads), str(warmup_s),
+                          str(min_iters), str(min_s)], capture_output=True, text=True, check=True)
+    med, cv, n = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(med), float(cv), int(n)
+
+
 def ab_runner_vs_plain(path: str, threads: int, *, min_pairs: int,
                        min_s: float) -> tuple[float, float, float, int]:
     """The agent's own runner (``OrtRunner.timed_run``) and a plain ``sess.run``, alternated
@@ -142,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="agent: a real local agent over gRPC; job: run_job in this process")
     ap.add_argument("--ab-only", action="store_true",
                     help="only the in-process runner-vs-plain A/B table (fast, noise-robust)")
+    ap.add_argument("--plain-in", choices=["child", "bench"], default="child",
+                    help="child: the plain loop in a fresh interpreter (numpy + onnxruntime only); "
+                         "bench: in this process (torch loaded)")
     ap.add_argument("--quick", action="store_true", help="4 torchvision + 4 light models")
     args = ap.parse_args(argv)
 
@@ -201,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compare(models, args, build, measure, measure_agent, how) -> int:
-    print(f"agent path: {how}; plain: InferenceSession.run in this process; "
+    plain_fn = plain_median_child if args.plain_in == "child" else plain_median
+    where = "a fresh interpreter" if args.plain_in == "child" else "this process"
+    print(f"agent path: {how}; plain: InferenceSession.run in {where}; "
           f"threads={args.threads}, rounds={args.rounds}, >= {args.min_iters} it and >= {args.min_s} s each",
           flush=True)
     head = (f"{'model':28s} {'agent ms':>9s} {'plain ms':>9s} {'ratio':>6s} {'paired':>6s} "
@@ -214,7 +242,7 @@ def _compare(models, args, build, measure, measure_agent, how) -> int:
             # alternate which loop goes first so a slow drift in machine load cancels out
             for which in (("agent", "plain") if r % 2 == 0 else ("plain", "agent")):
                 if which == "plain":
-                    med, cv, _ = plain_median(path, args.threads, warmup_s=measure.warmup_s,
+                    med, cv, _ = plain_fn(path, args.threads, warmup_s=measure.warmup_s,
                                               min_iters=args.min_iters, min_s=args.min_s)
                     plain_m.append(med)
                     plain_cv.append(cv)
