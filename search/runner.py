@@ -30,6 +30,14 @@ from search.store import Store
 log = logging.getLogger("hwnas.runner")
 
 
+#: the candidate row's fields the loop uses after training (see ``SearchRunner._cands``)
+_CAND_FIELDS = ("arch_key", "model_sha256", "train", "params", "size_mb")
+
+
+def _job_id(cid: int, device_key: str) -> str:
+    return f"c{cid}-{device_key}"
+
+
 class SearchError(RuntimeError):
     """The search cannot start or go on (no agent, bad dataset, ...)."""
 
@@ -71,10 +79,12 @@ class AccuracyTable:
             raise SearchError(f"accuracy table {path} does not exist")
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rt", newline="") as fh:
-            reader = csv.DictReader(fh)
-            if column not in (reader.fieldnames or []) or key_column not in (reader.fieldnames or []):
-                raise SearchError(f"{path}: needs columns {key_column!r} and {column!r}; has {reader.fieldnames}")
-            self.values = {row[key_column]: float(row[column]) for row in reader if row[column] not in ("", None)}
+            reader = csv.reader(fh)  # plain rows: a third of DictReader's time on NAS-Bench-201
+            header = next(reader, [])
+            if column not in header or key_column not in header:
+                raise SearchError(f"{path}: needs columns {key_column!r} and {column!r}; has {header}")
+            k, c = header.index(key_column), header.index(column)
+            self.values = {row[k]: float(row[c]) for row in reader if len(row) > max(k, c) and row[c] != ""}
         self.source = f"table:{Path(path).name}:{column}"
         # percentages (NAS-Bench-201 reports 0..100) become fractions like a trained accuracy
         self.scale = 0.01 if max(self.values.values(), default=0) > 1.0 else 1.0
@@ -137,6 +147,9 @@ class SearchRunner:
         self._job_results: dict[int, dict[str, dict | None]] = {}
         self._job_errors: dict[int, str] = {}
         self._jobs_per_candidate: dict[int, set[str]] = {}
+        #: what the loop needs of each unfinished candidate's row (arch_key, model_sha256, train,
+        #: params, size_mb), kept here so that it is not read back from the store per job
+        self._cands: dict[int, dict[str, Any]] = {}
         self._closed = threading.Event()
 
     # -- set-up -----------------------------------------------------------------------------
@@ -217,19 +230,22 @@ class SearchRunner:
 
     # -- the candidate's work (runs in a training thread) -------------------------------------
     def _train_and_export(self, cid: int, genome: Any) -> dict[str, Any]:
-        import torch
-
-        from search.exporting import count_params, export_onnx, sha256
-
-        torch.set_num_threads(self.config.torch_threads)
         key = self.space.key(genome)
         t0 = time.perf_counter()
+        model = None
         if self.accuracy_table is not None:
             train = {"accuracy": self.accuracy_table.lookup(key), "source": self.accuracy_table.source}
-            model = self.space.build(genome, self.task) if self.export_models else None
+            if self.export_models:
+                import torch  # only when a model is built: the import costs seconds of CPU
+
+                torch.set_num_threads(self.config.torch_threads)
+                model = self.space.build(genome, self.task)
         else:
+            import torch
+
             from search.train import train_candidate
 
+            torch.set_num_threads(self.config.torch_threads)
             model = self.space.build(genome, self.task)
             hp = self.space.hparams(genome) or TrainHParams()
             res = train_candidate(model, self.splits, hp, max_epochs=self.config.train.max_epochs,
@@ -244,6 +260,8 @@ class SearchRunner:
         out: dict[str, Any] = {"train": train, "params": None, "size_mb": None, "model_sha256": None,
                                "t_train": t_train}
         if model is not None:
+            from search.exporting import count_params, export_onnx, sha256
+
             t1 = time.perf_counter()
             out["params"] = count_params(model)
             data = export_onnx(model, self.space.input_shape(genome, self.task),
@@ -298,13 +316,24 @@ class SearchRunner:
                 algo.observe(genome, None, number=c["id"], parents=tuple(c["parents"]))
             else:
                 algo.reserve(c["id"], genome, tuple(c["parents"]))
+                self._cands[c["id"]] = {k: c[k] for k in _CAND_FIELDS}
                 (to_measure if c["status"] == "trained" else to_train).append(c["id"])
         return to_train, to_measure
 
-    def _queue_jobs(self, cid: int) -> None:
-        cand = self.store.candidate(cid)
+    def _queue_jobs(self, cid: int, *, fresh: bool = False) -> None:
+        """Submit the candidate's unfinished jobs. ``fresh``: its jobs were queued just now (all
+        ``queued``, ids as :meth:`_loop` made them), so the store is not read back."""
+        cand = self._cands[cid]
         self._jobs_per_candidate[cid] = set()
         self._job_results.setdefault(cid, {})
+        path = self.store.model_path(cand["model_sha256"]) if cand["model_sha256"] else None
+        if fresh:
+            for key in self.device_keys:
+                self._jobs_per_candidate[cid].add(key)
+                self.pool.submit(MeasureJob(job_id=_job_id(cid, key), candidate_id=cid, device_key=key,
+                                            model_path=path, model_sha256=cand["model_sha256"],
+                                            arch_key=cand["arch_key"], space=self.space.name))
+            return
         for j in self.store.jobs(candidate_id=cid):
             if j["state"] == "done":
                 ok = [m for m in self.store.measurements(cid, ok_only=True) if m["job_id"] == j["id"]]
@@ -316,7 +345,6 @@ class SearchRunner:
             if j["state"] == "leased":  # in flight when the server stopped: issue again
                 self.store.requeue_job(j["id"], reason="server restarted")
             self._jobs_per_candidate[cid].add(j["device_key"])
-            path = self.store.model_path(cand["model_sha256"]) if cand["model_sha256"] else None
             self.pool.submit(MeasureJob(job_id=j["id"], candidate_id=cid, device_key=j["device_key"],
                                         model_path=path, model_sha256=cand["model_sha256"],
                                         arch_key=cand["arch_key"], space=self.space.name))
@@ -328,8 +356,9 @@ class SearchRunner:
             err = self._job_errors.pop(cid)
             self.store.fail_candidate(cid, err)
             algo.tell(cid, None)
+            self._cands.pop(cid, None)
             return True
-        cand = self.store.candidate(cid)
+        cand = self._cands.pop(cid)
         values: dict[str, float] = {}
         for item in [*self.objectives, *self.constraints]:
             metric, key = split_metric(item.name)
@@ -380,9 +409,11 @@ class SearchRunner:
                 while (len(pending_train) < cfg.train_workers and proposed < cfg.budget
                        and len(waiting_measure) <= max_backlog):
                     trial = algo.ask()
-                    self.store.add_candidate(id=trial.number, arch_key=self.space.key(trial.genome),
+                    arch_key = self.space.key(trial.genome)
+                    self.store.add_candidate(id=trial.number, arch_key=arch_key,
                                              genome=self.space.to_json(trial.genome),
                                              parents=trial.parents, origin=trial.origin)
+                    self._cands[trial.number] = {"arch_key": arch_key}
                     proposed += 1
                     submit_train(trial.number, trial.genome)
                 if not pending_train and not waiting_measure:
@@ -401,14 +432,16 @@ class SearchRunner:
                         msg = f"{type(exc).__name__}: {exc}"
                         self.store.fail_candidate(cid, f"build/train failed: {msg}")
                         algo.tell(cid, None)
+                        self._cands.pop(cid, None)
                         self._advance(bar)
                         continue
                     timings["train"] += out["t_train"]
                     timings["export"] += out.get("t_export", 0.0)
-                    jobs = [(f"c{cid}-{k}", k) for k in self.device_keys]
+                    jobs = [(_job_id(cid, k), k) for k in self.device_keys]
                     self.store.set_trained(cid, train=out["train"], model_sha256=out["model_sha256"],
                                            params=out["params"], size_mb=out["size_mb"], jobs=jobs)
-                    self._queue_jobs(cid)
+                    self._cands[cid].update({k: out[k] for k in _CAND_FIELDS if k != "arch_key"})
+                    self._queue_jobs(cid, fresh=True)
                     waiting_measure.add(cid)
                     if self._maybe_finish(cid, algo):
                         waiting_measure.discard(cid)
