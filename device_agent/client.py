@@ -173,7 +173,8 @@ class AgentClient:
         if timeout is None:
             timeout = self.timeout + measure.timeout_s
         end = time.monotonic() + timeout
-        send = not self.has_model(sha, timeout=min(self.timeout, timeout))
+        # no bytes to send (a table-backed agent measures by arch_key): no HasModel round trip
+        send = bool(model) and not self.has_model(sha, timeout=min(self.timeout, timeout))
 
         def once(send_bytes: bool) -> pb.MeasureReply:
             def requests() -> Iterator[pb.MeasureRequest]:

@@ -84,3 +84,26 @@ def test_straggler_is_reissued_to_idle_agent_and_first_result_wins(tmp_path):
     assert [e["detail"]["job"] for e in store.events("job_reissued")] == [jobs[0].job_id]
     assert all(j["state"] == "done" for j in store.jobs())
     store.close()
+
+
+def test_result_dict_equals_measure_result_to_dict():
+    """The pool's shallow conversion of a wire result must store exactly what ``to_dict`` would."""
+    from device_agent import wire
+    from device_agent.result import MEASURED, Energy, LatencyStats, MeasureResult, Metric
+    from search.pool import _result_dict
+
+    full = MeasureResult(
+        job_id="c1-k", device_key="k", backend="onnxruntime", model_sha256="ab" * 32,
+        latency_ms=LatencyStats(median=1.5, mean=1.6, min=1.2, max=2.0, p90=1.9, p95=1.95, p99=2.0, std=0.1,
+                                cv=0.06, count=50, ci_low=1.45, ci_high=1.55, method="timed"),
+        peak_memory_mb=Metric(12.5, MEASURED, "rss delta", "MB"),
+        energy=Energy(status=MEASURED, method="rail", value_mj=3.0, net_value_mj=2.0, rails={"vdd": 1.5}),
+        flags=["warm"], output_check={"max_abs": 0.0}, layers=[{"name": "conv", "ms": 0.2}],
+        build_config={"backend": "onnxruntime"}, measure_config={"iterations": 50},
+        provenance={"host": {"cpu": "x"}, "list": [1, 2]})
+    failed = MeasureResult.failure(job_id="c2-k", device_key="k", backend="table", model_sha256="",
+                                   error="not in table", error_kind="unsupported")
+    for res in (full, failed):
+        decoded = wire.result_from_pb(wire.result_to_pb(res))
+        assert _result_dict(decoded) == decoded.to_dict() == res.to_dict()
+    assert _result_dict({"a": 1}) == {"a": 1}
