@@ -1,0 +1,98 @@
+"""A whole NAS-Bench-201-shaped search on table data, end to end, through a real agent process.
+
+The table is written here (every one of the 15,625 cells, an accuracy column in percent as
+NAS-Bench-201 reports it and a latency column made from per-op costs), so this runs without the
+shared data: ``hwnas agent serve --backend table`` answers the measurements, ``hwnas search
+--accuracy-table`` replaces training, then ``hwnas results --json``, ``hwnas status`` and
+``hwnas report`` read the store. Every number in the results must be the table's, with the
+table's provenance, and the Pareto flags must be the front of what was evaluated.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device_agent.launcher import REPO_ROOT, start_local_agent
+from search.pareto import pareto_mask
+from search.spaces.nb201 import OPS
+
+COST = {"none": 0.0, "skip_connect": 0.01, "nor_conv_1x1": 0.3, "avg_pool_3x3": 0.12, "nor_conv_3x3": 1.1}
+
+
+def arch_str(ops: tuple[str, ...]) -> str:
+    return f"|{ops[0]}~0|+|{ops[1]}~0|{ops[2]}~1|+|{ops[3]}~0|{ops[4]}~1|{ops[5]}~2|"
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> tuple[Path, dict[str, tuple[float, float]]]:
+    """``synth.csv.gz``: arch_str, acc (percent), lat_synth (ms) for all 15,625 cells."""
+    rng = np.random.default_rng(7)
+    rows = {}
+    for ops in itertools.product(OPS, repeat=6):
+        cost = sum(COST[o] for o in ops)
+        acc = 60.0 + 30.0 * (1 - np.exp(-cost)) + rng.normal(0, 1.5)  # slower cells tend to be better
+        rows[arch_str(ops)] = (round(float(acc), 4), round(0.5 + 3 * cost + float(rng.uniform(0, 0.05)), 6))
+    path = tmp_path_factory.mktemp("table") / "synth.csv.gz"
+    with gzip.open(path, "wt", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["arch_str", "acc", "lat_synth"])
+        for a, (acc, lat) in rows.items():
+            w.writerow([a, acc, lat])
+    return path, rows
+
+
+def hwnas(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_table_search_through_a_real_agent(table, tmp_path):
+    path, rows = table
+    agent = start_local_agent(extra_args=["--backend", "table", "--table", str(path),
+                                          "--metric", "latency_ms=lat_synth", "--device-key", "synth"])
+    try:
+        out = tmp_path / "run"
+        proc = hwnas("search", "--out", str(out), "--space", "nb201", "--accuracy-table", f"{path}:acc",
+                     "--agent", agent.address, *(["--token", agent.token] if agent.token else []),
+                     "--budget", "60", "--seed", "5", "--no-progress", "--objective", "accuracy", "--objective", "latency_ms")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        agent.stop()
+
+    res = hwnas("results", str(out), "--json")
+    assert res.returncode == 0, res.stderr
+    cands = json.loads(res.stdout)
+    assert len(cands) == 60
+    assert all(c["status"] == "done" for c in cands), [c["error"] for c in cands if c["status"] != "done"]
+    assert len({c["arch_key"] for c in cands}) == 60, "a cell was proposed twice"
+    for c in cands:
+        acc, lat = rows[c["arch_key"]]
+        assert c["objectives"]["accuracy"] == pytest.approx(acc / 100)  # percent -> fraction
+        assert c["objectives"]["latency_ms@synth"] == pytest.approx(lat)
+        (m,) = c["measurements"]
+        assert m["ok"] and m["device_key"] == "synth" and m["backend"] == "table"
+        assert m["latency_ms"]["method"].startswith("table:synth.csv.gz:lat_synth"), m["latency_ms"]["method"]
+    # the flags are the front of what was evaluated (accuracy max, latency min)
+    F = np.array([[-c["objectives"]["accuracy"], c["objectives"]["latency_ms@synth"]] for c in cands])
+    assert [c["pareto"] for c in cands] == pareto_mask(F).tolist()
+    # the search did better than its random start: the front holds bred candidates
+    assert any(c["origin"] != "sample" for c in cands if c["pareto"])
+
+    st = hwnas("status", str(out), "--json")
+    assert st.returncode == 0, st.stderr
+    status = json.loads(st.stdout)
+    assert status["candidates"] == {"done": 60} and status["finished"]
+    (a,) = status["agents"]
+    assert a["device_key"] == "synth" and a["measured"] == 60 and a["health"] == "ok"
+
+    rep = hwnas("report", str(out), "--out", str(tmp_path / "report"))
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert (tmp_path / "report" / "index.html").is_file()
