@@ -11,13 +11,17 @@ For each fleet size it prints evaluations per second (candidates finished / wall
 over the run / candidates: the search loop, the pool's agent threads and gRPC's own threads)
 and, for comparison, the agent processes' CPU time per evaluation (``psutil`` user + system
 time of the worker processes over the run; they share the machine with the server). Set-up
-(agent start, imports) is outside all of them; the run includes the store creation and the
+is outside all of them: agent start and, unless ``--no-warmup``, one short untimed search per
+fleet size (max(64, 4 x agents) candidates: first-call imports and start-up of the agents and
+of this process, gRPC thread pools), so the figures are the steady state of a long search;
+each timed run still includes its own store creation, connections to the agents and
 accuracy-table load. ``--repeat N`` runs each fleet size N times and prints every run.
 
 The NB201 table is ``$HWNAS_SHARED_DATA/nb201/nb201_tables.csv.gz`` or ``../shared/data/...``
 beside the project root.
 
-Run:  ``python -m bench.fleet [--agents 1 4 16 64] [--budget 400] [--repeat 1] [--profile FILE]``
+Run:  ``python -m bench.fleet [--agents 1 4 16 64] [--budget 400] [--repeat 1] [--no-warmup]
+[--profile FILE]``
 (``--profile`` writes a cProfile of every thread of the server side of the last run.)
 """
 from __future__ import annotations
@@ -163,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--agents", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--budget", type=int, default=400, help="candidates per run")
     ap.add_argument("--repeat", type=int, default=1, help="runs per fleet size")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false",
+                    help="time the first search against a fresh fleet too")
     ap.add_argument("--processes", type=int, default=4, help="agent worker processes (at most)")
     ap.add_argument("--profile", help="write a cProfile (all server threads) of the last run here")
     args = ap.parse_args(argv)
@@ -170,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fleet: the NB201 table {TABLE} is not here (set $HWNAS_SHARED_DATA)", file=sys.stderr)
         return 2
     print(f"fleet: NSGA-II on nb201, {args.budget} candidates per run against table-backed loopback agents "
-          f"(instant measurements, {args.processes} agent processes at most, {os.cpu_count()} CPUs); "
+          f"(instant measurements, {args.processes} agent processes at most, {os.cpu_count()} CPUs, "
+          f"{'after an untimed warm-up search' if args.warmup else 'no warm-up'}); "
           "evals/s = candidates / wall time of SearchRunner.run; CPU ms/eval = process CPU time / "
           "candidates, server (this process, all threads) and agents (their processes)", flush=True)
     print(f"{'agents':>6} {'evals':>6} {'failed':>6} {'wall s':>7} {'evals/s':>8} {'server CPU ms/eval':>19} "
@@ -178,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.agents:
         addresses, procs = start_fleet(n, processes=min(n, args.processes))
         try:
+            if args.warmup:  # untimed: imports, agents' thread pools and first calls
+                run_once(addresses, max(64, 4 * n), procs=procs, seed=1000)
             for i in range(args.repeat):
                 last = n == args.agents[-1] and i == args.repeat - 1
                 r = run_once(addresses, args.budget, procs=procs, seed=i,
