@@ -34,6 +34,10 @@ log = logging.getLogger("hwnas.runner")
 _CAND_FIELDS = ("arch_key", "model_sha256", "train", "params", "size_mb")
 
 
+#: most events handled in one store transaction of the loop (keeps the agents' threads' wait short)
+_ROUND_EVENTS = 32
+
+
 def _job_id(cid: int, device_key: str) -> str:
     return f"c{cid}-{device_key}"
 
@@ -239,7 +243,7 @@ class SearchRunner:
         model = None
         if self.accuracy_table is not None:
             train = {"accuracy": self.accuracy_table.lookup(key), "source": self.accuracy_table.source}
-            if self.export_models:
+            if self.build_models:
                 import torch  # only when a model is built: the import costs seconds of CPU
 
                 torch.set_num_threads(self.config.torch_threads)
@@ -268,6 +272,7 @@ class SearchRunner:
 
             t1 = time.perf_counter()
             out["params"] = count_params(model)
+        if model is not None and self.export_models:
             data = export_onnx(model, self.space.input_shape(genome, self.task),
                                metadata={"hwnas.space": self.space.name, "hwnas.arch_key": key,
                                          "hwnas.candidate": str(cid)})
@@ -301,9 +306,14 @@ class SearchRunner:
         try:
             default_key = self._start_agents()
             self._bind_objectives(default_key)
-            # a table-backed fleet measures by architecture key and needs no ONNX file
-            self.export_models = not all(a.info.get("default_backend", a.info.get("backend")) == "table"
-                                         for a in self.pool.agents.values())
+            # a table-backed fleet measures by architecture key and needs no ONNX file, unless
+            # an objective or constraint is the ONNX size; the parameter count needs the model
+            # built (not exported)
+            server_metrics = {split_metric(i.name)[0] for i in [*self.objectives, *self.constraints]}
+            self.export_models = ("size_mb" in server_metrics or not all(
+                a.info.get("default_backend", a.info.get("backend")) == "table"
+                for a in self.pool.agents.values()))
+            self.build_models = self.export_models or "params" in server_metrics
             algo = self._make_algorithm()
             return self._loop(algo, t_start)
         finally:
@@ -390,7 +400,7 @@ class SearchRunner:
 
         # accuracy from a table and nothing to build: "training" is a dict look-up, done here
         # rather than in a training thread (two thread hand-overs per candidate saved)
-        inline = self.accuracy_table is not None and not self.export_models
+        inline = self.accuracy_table is not None and not self.build_models
 
         def submit_train(cid: int, genome: Any) -> None:
             pending_train.add(cid)
@@ -418,61 +428,81 @@ class SearchRunner:
 
         proposed = len(self.store.candidates())
         bar = self._progress_bar(total=cfg.budget, initial=proposed - len(pending_train) - len(waiting_measure))
-        # keep the trainers busy, but not so far ahead that measurements pile up
+
+        def handle(kind: str, payload: Any) -> None:
+            if kind == "trained":
+                cid, fut = payload
+                pending_train.discard(cid)
+                try:
+                    out = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a failed candidate is a value
+                    msg = f"{type(exc).__name__}: {exc}"
+                    self.store.fail_candidate(cid, f"build/train failed: {msg}")
+                    algo.tell(cid, None)
+                    self._cands.pop(cid, None)
+                    self._advance(bar)
+                    return
+                timings["train"] += out["t_train"]
+                timings["export"] += out.get("t_export", 0.0)
+                jobs = [(_job_id(cid, k), k) for k in self.device_keys]
+                self.store.set_trained(cid, train=out["train"], model_sha256=out["model_sha256"],
+                                       params=out["params"], size_mb=out["size_mb"], jobs=jobs)
+                self._cands[cid].update({k: out[k] for k in _CAND_FIELDS if k != "arch_key"})
+                self._queue_jobs(cid, fresh=True)
+                waiting_measure.add(cid)
+                if self._maybe_finish(cid, algo):
+                    waiting_measure.discard(cid)
+                    self._advance(bar)
+            elif kind == "measured":
+                job, res, err = payload
+                cid = job.candidate_id
+                self._jobs_per_candidate.get(cid, set()).discard(job.device_key)
+                if err is not None or res is None:
+                    self._job_errors[cid] = f"measurement on {job.device_key} failed: {err}"
+                else:
+                    self._job_results.setdefault(cid, {})[job.device_key] = res
+                if cid in waiting_measure and self._maybe_finish(cid, algo):
+                    waiting_measure.discard(cid)
+                    self._advance(bar)
+
+        waiting: list[tuple[str, Any]] = []  # an event taken while blocking, handled next round
         try:
             while True:
-                max_backlog = max(2, 2 * len(self.pool.agents))  # agents join and leave
-                while (len(pending_train) < cfg.train_workers and proposed < cfg.budget
-                       and len(waiting_measure) <= max_backlog):
-                    trial = algo.ask()
-                    arch_key = self.space.key(trial.genome)
-                    self.store.add_candidate(id=trial.number, arch_key=arch_key,
-                                             genome=self.space.to_json(trial.genome),
-                                             parents=trial.parents, origin=trial.origin)
-                    self._cands[trial.number] = {"arch_key": arch_key}
-                    proposed += 1
-                    submit_train(trial.number, trial.genome)
-                if not pending_train and not waiting_measure:
+                # One round = one transaction (Store.batch, group commit): the proposals, and the
+                # events that are there now. It never blocks, since the agents' threads wait for
+                # the store while it runs; the wait for the next event is outside it.
+                handled = 0
+                with self.store.batch():
+                    # keep the trainers busy, but not so far ahead that measurements pile up
+                    max_backlog = max(2, 2 * len(self.pool.agents))  # agents join and leave
+                    while (len(pending_train) < cfg.train_workers and proposed < cfg.budget
+                           and len(waiting_measure) <= max_backlog):
+                        trial = algo.ask()
+                        arch_key = self.space.key(trial.genome)
+                        self.store.add_candidate(id=trial.number, arch_key=arch_key,
+                                                 genome=self.space.to_json(trial.genome),
+                                                 parents=trial.parents, origin=trial.origin)
+                        self._cands[trial.number] = {"arch_key": arch_key}
+                        proposed += 1
+                        submit_train(trial.number, trial.genome)
+                    finished = not pending_train and not waiting_measure
+                    while not finished and handled < _ROUND_EVENTS:
+                        if waiting:
+                            event = waiting.pop()
+                        else:
+                            try:
+                                event = self._events.get_nowait()
+                            except queue.Empty:
+                                break
+                        handle(*event)
+                        handled += 1
+                if finished:
                     break
-                try:
-                    kind, payload = self._events.get(timeout=1.0)
-                except queue.Empty:
-                    self._refresh(bar)
-                    continue
-                if kind == "trained":
-                    cid, fut = payload
-                    pending_train.discard(cid)
+                if not handled:
                     try:
-                        out = fut.result()
-                    except Exception as exc:  # noqa: BLE001 - a failed candidate is a value
-                        msg = f"{type(exc).__name__}: {exc}"
-                        self.store.fail_candidate(cid, f"build/train failed: {msg}")
-                        algo.tell(cid, None)
-                        self._cands.pop(cid, None)
-                        self._advance(bar)
-                        continue
-                    timings["train"] += out["t_train"]
-                    timings["export"] += out.get("t_export", 0.0)
-                    jobs = [(_job_id(cid, k), k) for k in self.device_keys]
-                    self.store.set_trained(cid, train=out["train"], model_sha256=out["model_sha256"],
-                                           params=out["params"], size_mb=out["size_mb"], jobs=jobs)
-                    self._cands[cid].update({k: out[k] for k in _CAND_FIELDS if k != "arch_key"})
-                    self._queue_jobs(cid, fresh=True)
-                    waiting_measure.add(cid)
-                    if self._maybe_finish(cid, algo):
-                        waiting_measure.discard(cid)
-                        self._advance(bar)
-                elif kind == "measured":
-                    job, res, err = payload
-                    cid = job.candidate_id
-                    self._jobs_per_candidate.get(cid, set()).discard(job.device_key)
-                    if err is not None or res is None:
-                        self._job_errors[cid] = f"measurement on {job.device_key} failed: {err}"
-                    else:
-                        self._job_results.setdefault(cid, {})[job.device_key] = res
-                    if cid in waiting_measure and self._maybe_finish(cid, algo):
-                        waiting_measure.discard(cid)
-                        self._advance(bar)
+                        waiting.append(self._events.get(timeout=1.0))
+                    except queue.Empty:
+                        self._refresh(bar)
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
             if bar is not None:

@@ -233,7 +233,7 @@ def test_registry_agents_join_heartbeat_leave_and_are_dropped(tmp_path):
 
     token = "fleet-secret"
     run_dir = tmp_path / "run"
-    budget = 400
+    budget = 2000  # long enough (several seconds at ~200 evals/s) for the three agents to register
     with socket.socket() as sock:  # a free port for the registry, so agents can start first
         sock.bind(("127.0.0.1", 0))
         reg = f"127.0.0.1:{sock.getsockname()[1]}"

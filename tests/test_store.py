@@ -73,3 +73,90 @@ def test_fail_candidate_fails_its_open_jobs(tmp_path):
 def test_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="no run store"):
         Store(tmp_path / "nope")
+
+
+def _other_connection_count(tmp_path, sql: str) -> int:
+    con = sqlite3.connect(f"file:{tmp_path / 'run.sqlite'}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute(sql).fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_batch_commits_together_and_rolls_back_together(tmp_path):
+    st = Store(tmp_path, create=True)
+    with st.batch():
+        _cand(st, 0)
+        _cand(st, 1)
+        with st.batch():  # nested: joins the outer transaction
+            _cand(st, 2)
+        # not committed yet: another connection does not see the rows
+        assert _other_connection_count(tmp_path, "SELECT COUNT(*) FROM candidates") == 0
+    assert _other_connection_count(tmp_path, "SELECT COUNT(*) FROM candidates") == 3
+
+    with pytest.raises(RuntimeError):
+        with st.batch():
+            _cand(st, 3)
+            raise RuntimeError("boom")
+    assert [c["id"] for c in st.candidates()] == [0, 1, 2], "a failed batch leaves nothing behind"
+
+    # a write that fails inside a batch undoes only itself (savepoint); the batch goes on
+    with st.batch():
+        _cand(st, 4)
+        with pytest.raises(sqlite3.IntegrityError):
+            _cand(st, 0)  # duplicate id
+        _cand(st, 5)
+    assert [c["id"] for c in st.candidates()] == [0, 1, 2, 4, 5]
+    assert len(st.events("candidate_proposed")) == 5
+
+
+def test_batch_blocks_other_threads_writes_until_it_ends(tmp_path):
+    import threading
+
+    st = Store(tmp_path, create=True)
+    order: list[str] = []
+    with st.batch():
+        _cand(st, 0)
+        t = threading.Thread(target=lambda: (st.event("other_thread"), order.append("other")))
+        t.start()
+        t.join(0.3)
+        assert t.is_alive(), "another thread's write must wait for the batch"
+        order.append("batch")
+    t.join(5)
+    assert order == ["batch", "other"]
+    assert len(st.events("other_thread")) == 1
+
+
+def test_kill_9_keeps_committed_writes_and_drops_an_open_batch(tmp_path):
+    """A real SIGKILL: what was committed (alone or as a batch) survives; an open batch is gone
+    and the file is consistent."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from search.store import Store
+st = Store({str(tmp_path)!r}, create=True)
+st.add_candidate(id=0, arch_key="k0", genome={{}})
+with st.batch():
+    st.add_candidate(id=1, arch_key="k1", genome={{}})
+    st.add_candidate(id=2, arch_key="k2", genome={{}})
+with st.batch():
+    st.add_candidate(id=3, arch_key="k3", genome={{}})
+    print("inside", flush=True)
+    time.sleep(60)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "inside"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    st = Store(tmp_path)
+    assert [c["id"] for c in st.candidates()] == [0, 1, 2]
+    assert st._query("PRAGMA integrity_check")[0][0] == "ok"

@@ -96,3 +96,34 @@ def test_table_search_through_a_real_agent(table, tmp_path):
     rep = hwnas("report", str(out), "--out", str(tmp_path / "report"))
     assert rep.returncode == 0, rep.stderr[-2000:]
     assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_default_objectives_on_a_table_count_the_built_models_parameters(table, tmp_path):
+    """The default objectives include ``params``: with table accuracy and a table agent the
+    server still builds each cell (no ONNX export, no training) to count its parameters."""
+    from search.exporting import count_params
+    from search.spaces.base import TaskSpec, get_space
+
+    path, rows = table
+    agent = start_local_agent(extra_args=["--backend", "table", "--table", str(path),
+                                          "--metric", "latency_ms=lat_synth", "--device-key", "synth"])
+    try:
+        out = tmp_path / "run"
+        proc = hwnas("search", "--out", str(out), "--space", "nb201", "--accuracy-table", f"{path}:acc",
+                     "--agent", agent.address, *(["--token", agent.token] if agent.token else []),
+                     "--budget", "12", "--seed", "3", "--no-progress")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        agent.stop()
+    res = hwnas("results", str(out), "--json")
+    assert res.returncode == 0, res.stderr
+    cands = json.loads(res.stdout)
+    assert len(cands) == 12
+    assert all(c["status"] == "done" for c in cands), [c["error"] for c in cands if c["status"] != "done"]
+    space = get_space("nb201")
+    task = TaskSpec(in_channels=3, image_size=32, num_classes=10)
+    for c in cands[:4]:
+        assert "params" in c["objectives"]
+        built = count_params(space.build(space.from_json(c["genome"]), task))
+        assert c["objectives"]["params"] == built
+    assert not any((out / "models").iterdir()), "no ONNX file is needed when nothing measures one"
