@@ -145,13 +145,16 @@ def _build_artifact(client: Any, agent: str, model: bytes, build: Any, dest: Pat
 
 def export_candidates(results: list[dict[str, Any]], run_dir: str, out_dir: str, *,
                       only_pareto: bool = True, agent: str | None = None, token: str | None = None,
-                      build: Any | None = None, ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+                      build: Any | None = None, ids: Sequence[int] | None = None,
+                      tls: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Export the chosen candidates of a run (see the module docstring); return the index entries.
 
     only_pareto: export the Pareto members only (else every finished candidate with a model).
     ids: export exactly these candidate ids (overrides ``only_pareto``).
     agent / token / build: build the deployable artifact on that agent with ``build``
-    (a :class:`device_agent.config.BuildConfig`; the agent's default when ``None``).
+    (a :class:`device_agent.config.BuildConfig`; the agent's default when ``None``); ``tls``: the
+    TLS keyword arguments of :class:`device_agent.client.AgentClient` (``tls_ca``, ``tls_cert``,
+    ``tls_key``, ``tls_server_name``).
     A candidate that cannot be exported gets an entry with ``error``; the others go on.
     """
     run = Path(run_dir)
@@ -169,7 +172,7 @@ def export_candidates(results: list[dict[str, Any]], run_dir: str, out_dir: str,
     if agent is not None:
         from device_agent.client import AgentClient
 
-        client = AgentClient(agent, token=token)
+        client = AgentClient(agent, token=token, **(tls or {}))
     entries: list[dict[str, Any]] = []
     try:
         for c in chosen:

@@ -1,9 +1,10 @@
 """``hwnas``: the command line of the search server, its results, and the device agent.
 
     hwnas search [--config FILE.toml] [--out DIR] [--budget N] [--agent HOST:PORT ...] [--resume DIR]
+                 [--token T] [--agent-tls-ca PEM [--agent-tls-cert PEM --agent-tls-key PEM]]
     hwnas results DIR [--json]
     hwnas report DIR [--out DIR]
-    hwnas export DIR [--out DIR] [--all] [--agent HOST:PORT] [--token T]
+    hwnas export DIR [--out DIR] [--all] [--agent HOST:PORT] [--token T] [--tls-ca PEM ...]
     hwnas status DIR [--json]
     hwnas agent serve|measure ...
 """
@@ -56,8 +57,11 @@ def _search(args: argparse.Namespace) -> int:
         overrides["objectives"] = tuple(args.objective)
     if args.constraint:
         overrides["constraints"] = tuple(args.constraint)
-    if args.token is not None:
-        overrides["agents"] = dataclasses.replace(cfg.agents, token=args.token)
+    agent_overrides = {k: v for k, v in (("token", args.token), ("tls_ca", args.agent_tls_ca),
+                                         ("tls_cert", args.agent_tls_cert), ("tls_key", args.agent_tls_key),
+                                         ("tls_server_name", args.agent_tls_server_name)) if v is not None}
+    if agent_overrides:
+        overrides["agents"] = dataclasses.replace(cfg.agents, **agent_overrides)
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides).validate()
     agents = args.agent or None
@@ -108,7 +112,9 @@ def _export(args: argparse.Namespace) -> int:
     results = collect(args.run_dir)
     out = args.out or str(Path(args.run_dir) / "export")
     exported = export_candidates(results, args.run_dir, out, only_pareto=not args.all,
-                                 agent=args.agent, token=args.token)
+                                 agent=args.agent, token=args.token,
+                                 tls={k: v for k in ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
+                                      if (v := getattr(args, k))})
     for e in exported:
         print(json.dumps(e, default=str))
     print(f"{len(exported)} candidate(s) exported to {out}")
@@ -149,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--agent", action="append", metavar="HOST:PORT",
                    help="device agent to measure on (repeatable); none: start one on loopback")
     s.add_argument("--token", help="token the agents expect")
+    s.add_argument("--agent-tls-ca", metavar="PEM", help="CA bundle that verifies the agents (enables TLS)")
+    s.add_argument("--agent-tls-cert", metavar="PEM", help="client certificate for the agents (mutual TLS)")
+    s.add_argument("--agent-tls-key", metavar="PEM", help="its private key (mutual TLS)")
+    s.add_argument("--agent-tls-server-name", metavar="NAME", help="name in the agents' certificates, if not the host")
     s.add_argument("--registry-port", type=int, metavar="P",
                    help="serve the agent registry here (0 = any free port): agents join with --register")
     s.add_argument("--registry-host", default="127.0.0.1", help="registry bind address (default 127.0.0.1)")
@@ -171,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--all", action="store_true", help="every finished candidate, not only the Pareto set")
     e.add_argument("--agent", metavar="HOST:PORT", help="build the engine on this device agent")
     e.add_argument("--token")
+    e.add_argument("--tls-ca", metavar="PEM", help="CA bundle that verifies the agent (enables TLS)")
+    e.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
+    e.add_argument("--tls-key", metavar="PEM", help="its private key")
+    e.add_argument("--tls-server-name", metavar="NAME", help="name in the agent's certificate, if not the host")
     e.set_defaults(func=_export)
 
     st = sub.add_parser("status", help="agents, queue and progress of a run")

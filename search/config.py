@@ -28,6 +28,11 @@ File format::
     lease_s = 300.0                  # a leased job not answered by then goes back to the queue
     max_attempts = 3                 # agent losses a job survives before it fails
     max_crashes = 2                  # crashes/hangs before a model is quarantined
+    straggler_s = 120.0              # a job held this long is also given to an idle agent of its key (0: never)
+    tls_ca = ""                      # CA bundle that verifies the agents (enables TLS)
+    tls_cert = ""                    # this server's client certificate (mutual TLS) ...
+    tls_key = ""                     # ... and its private key
+    tls_server_name = ""             # name in the agents' certificates, if not their host
 
     [build]    # device_agent.config.BuildConfig fields
     [measure]  # device_agent.config.MeasureConfig fields
@@ -61,6 +66,17 @@ class AgentSettings:
     lease_s: float = 300.0
     max_attempts: int = 3
     max_crashes: int = 2
+    straggler_s: float = 120.0
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_server_name: str = ""
+
+    def client_tls(self) -> dict[str, str]:
+        """The TLS keyword arguments of :class:`device_agent.client.AgentClient` that are set."""
+        opts = {"tls_ca": self.tls_ca, "tls_cert": self.tls_cert, "tls_key": self.tls_key,
+                "tls_server_name": self.tls_server_name}
+        return {k: v for k, v in opts.items() if v}
 
 
 #: The measurement settings of the embedded default: short windows so a demo of ~40
@@ -111,6 +127,14 @@ class SearchConfig:
             raise ConfigError("train_workers must be at least 1")
         if not isinstance(self.space_options, dict):
             raise ConfigError("[search].space_options must be a table")
+        a = self.agents
+        if bool(a.tls_cert) != bool(a.tls_key):
+            raise ConfigError("[agents]: tls_cert and tls_key go together (mutual TLS)")
+        for name in ("tls_ca", "tls_cert", "tls_key"):
+            if getattr(a, name) and not Path(getattr(a, name)).is_file():
+                raise ConfigError(f"[agents].{name}: no file {getattr(a, name)!r}")
+        if a.straggler_s < 0 or a.lease_s <= 0:
+            raise ConfigError("[agents]: lease_s must be > 0 and straggler_s >= 0")
         if self.population_size < 2:
             raise ConfigError("population_size must be at least 2")
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 import os
@@ -162,12 +163,19 @@ class SearchRunner:
 
     # -- set-up -----------------------------------------------------------------------------
     def _start_agents(self) -> str:
-        token = self.config.agents.token or None
+        settings = self.config.agents
+        token = settings.token or None
+        factory = None
+        if settings.client_tls():  # TLS / mutual TLS to the agents
+            from device_agent.client import AgentClient
+
+            factory = functools.partial(AgentClient, **settings.client_tls())
         self.pool = AgentPool(
             store=self.store, build=self.config.build, measure=self.config.measure,
             on_done=lambda job, res, err: self._events.put(("measured", (job, res, err))),
-            token=token, lease_s=self.config.agents.lease_s,
-            max_attempts=self.config.agents.max_attempts, max_crashes=self.config.agents.max_crashes,
+            token=token, lease_s=settings.lease_s,
+            max_attempts=settings.max_attempts, max_crashes=settings.max_crashes,
+            straggler_s=settings.straggler_s or None, client_factory=factory,
         )
         if self.registry_port is not None:
             import sys

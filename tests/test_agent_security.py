@@ -194,3 +194,47 @@ def test_settings_from_toml_flags_and_token_file(tmp_path, monkeypatch):
     bad.write_text("colour = 'blue'\n")
     with pytest.raises(ValueError, match="unknown agent settings"):
         load_settings(bad)
+
+
+# ------------------------------------------------------------------------------ the search's side
+def test_search_and_export_reach_a_mutual_tls_agent(tmp_path, pki):
+    """``hwnas search --agent-tls-*`` measures on an agent that serves mutual TLS with a token
+    (a table agent, so no training); without the client certificate the search stops with a
+    clear error and nothing is measured."""
+    import json
+    import subprocess
+    import sys
+
+    from _agent_util import write_nb201_table
+    from device_agent.launcher import REPO_ROOT
+
+    table = tmp_path / "synth.csv.gz"
+    write_nb201_table(table)
+
+    def hwnas(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=180)
+
+    settings = dict(token=TOKEN, tls_cert=pki["srv_cert"], tls_key=pki["srv_key"], tls_client_ca=pki["ca"],
+                    backend="table", table=str(table), metrics={"latency_ms": "lat_synth"}, device_key="synth")
+    common = ["--space", "nb201", "--accuracy-table", f"{table}:acc", "--budget", "8", "--seed", "1",
+              "--no-progress", "--objective", "accuracy", "--objective", "latency_ms", "--token", TOKEN]
+    with running_agent(tmp_path, **settings) as (_, addr):
+        port = addr.rsplit(":", 1)[1]
+        ok = hwnas("search", "--out", str(tmp_path / "ok"), "--agent", f"localhost:{port}", *common,
+                   "--agent-tls-ca", pki["ca"], "--agent-tls-cert", pki["cli_cert"],
+                   "--agent-tls-key", pki["cli_key"])
+        assert ok.returncode == 0, ok.stderr[-3000:]
+        # no client certificate: the handshake fails, the search says so and stops
+        bad = hwnas("search", "--out", str(tmp_path / "bad"), "--agent", f"localhost:{port}", *common,
+                    "--agent-tls-ca", pki["ca"])
+        assert bad.returncode != 0
+        assert "localhost:" + port in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+        # half a client identity is a configuration error before anything starts
+        half = hwnas("search", "--out", str(tmp_path / "half"), "--agent", f"localhost:{port}", *common,
+                     "--agent-tls-ca", pki["ca"], "--agent-tls-cert", pki["cli_cert"])
+        assert half.returncode != 0 and "tls_cert and tls_key go together" in half.stderr, half.stderr
+    res = hwnas("results", str(tmp_path / "ok"), "--json")
+    cands = json.loads(res.stdout)
+    assert len(cands) == 8 and all(c["status"] == "done" for c in cands), [c.get("error") for c in cands]
+    assert all(c["measurements"][0]["device_key"] == "synth" for c in cands)

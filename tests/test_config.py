@@ -31,6 +31,9 @@ def test_toml_round_trip(tmp_path):
     ("[search]\nconstraints = ['latency_ms ~ 3']\n", "cannot parse"),
     ("[measure]\nbogus = 1\n", "bogus"),
     ("not toml [", "not valid TOML"),
+    ("[agents]\ntls_cert = 'c.pem'\n", "tls_cert and tls_key go together"),
+    ("[agents]\ntls_ca = '/nonexistent/ca.pem'\n", "no file"),
+    ("[agents]\nstraggler_s = -1\n", "straggler_s"),
 ])
 def test_broken_config_gets_clear_message(tmp_path, text, match):
     p = tmp_path / "bad.toml"
@@ -48,3 +51,14 @@ def test_objective_binding_and_violation():
     assert c.violation(None) == float("inf")
     with pytest.raises(ObjectiveError):
         Objective.parse("latency_ms@")
+
+
+def test_agent_tls_settings_reach_the_client_options(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here: the handshake test is in test_agent_security.py")
+    p = tmp_path / "c.toml"
+    p.write_text(f"[agents]\ntls_ca = '{ca}'\ntls_server_name = 'agent.lab'\nstraggler_s = 0\n")
+    cfg = cfgmod.load(p)
+    assert cfg.agents.client_tls() == {"tls_ca": str(ca), "tls_server_name": "agent.lab"}
+    assert cfgmod.load(None).agents.client_tls() == {}, "no TLS unless asked"
+    assert cfgmod.restore(cfg.to_dict()) == cfg

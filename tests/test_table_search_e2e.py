@@ -9,9 +9,6 @@ table's provenance, and the Pareto flags must be the front of what was evaluated
 """
 from __future__ import annotations
 
-import csv
-import gzip
-import itertools
 import json
 import subprocess
 import sys
@@ -20,33 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _agent_util import write_nb201_table
 from device_agent.launcher import REPO_ROOT, start_local_agent
 from search.pareto import pareto_mask
-from search.spaces.nb201 import OPS
-
-COST = {"none": 0.0, "skip_connect": 0.01, "nor_conv_1x1": 0.3, "avg_pool_3x3": 0.12, "nor_conv_3x3": 1.1}
-
-
-def arch_str(ops: tuple[str, ...]) -> str:
-    return f"|{ops[0]}~0|+|{ops[1]}~0|{ops[2]}~1|+|{ops[3]}~0|{ops[4]}~1|{ops[5]}~2|"
 
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory) -> tuple[Path, dict[str, tuple[float, float]]]:
     """``synth.csv.gz``: arch_str, acc (percent), lat_synth (ms) for all 15,625 cells."""
-    rng = np.random.default_rng(7)
-    rows = {}
-    for ops in itertools.product(OPS, repeat=6):
-        cost = sum(COST[o] for o in ops)
-        acc = 60.0 + 30.0 * (1 - np.exp(-cost)) + rng.normal(0, 1.5)  # slower cells tend to be better
-        rows[arch_str(ops)] = (round(float(acc), 4), round(0.5 + 3 * cost + float(rng.uniform(0, 0.05)), 6))
     path = tmp_path_factory.mktemp("table") / "synth.csv.gz"
-    with gzip.open(path, "wt", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["arch_str", "acc", "lat_synth"])
-        for a, (acc, lat) in rows.items():
-            w.writerow([a, acc, lat])
-    return path, rows
+    return path, write_nb201_table(path)
 
 
 def hwnas(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
