@@ -20,8 +20,10 @@ one process (``--ab-only``: just that), which isolates the runner from machine-l
 from __future__ import annotations
 
 import argparse
+import atexit
 import glob
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     from device_agent.config import BuildConfig, MeasureConfig
 
     tmp = tempfile.mkdtemp(prefix="hwnas-fidelity-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # the exported models
     tv = TORCHVISION[:4] if args.quick else TORCHVISION
     models: dict[str, str] = {}
     for name in tv:

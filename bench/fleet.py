@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -60,6 +61,7 @@ def _agent_process(n: int, conn: "mp.connection.Connection", table: str) -> None
     conn.recv()  # stop
     for server, _ in servers:
         server.shutdown(grace_s=0.5)
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 def start_fleet(n_agents: int, *, processes: int, table: str = TABLE) -> tuple[list[str], list]:

@@ -70,6 +70,11 @@ def _add_commands(sub: Any) -> None:
                    help="join the search whose registry listens here (hwnas search --registry-port)")
     s.add_argument("--advertise", metavar="HOST:PORT",
                    help="with --register: the address the search server dials (default: bound host:port)")
+    s.add_argument("--register-tls-ca", metavar="PEM", help="with --register: CA that verifies the registry (enables TLS)")
+    s.add_argument("--register-tls-cert", metavar="PEM", help="with --register: client certificate (mutual TLS)")
+    s.add_argument("--register-tls-key", metavar="PEM", help="with --register: its private key")
+    s.add_argument("--register-tls-server-name", metavar="NAME",
+                   help="with --register: name in the registry's certificate, if not its host")
     s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("measure", help="measure an ONNX model on a running agent")
@@ -128,7 +133,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if getattr(args, "register", None):
             from device_agent.registration import serve_registered
 
-            return serve_registered(settings, registry=args.register, advertise=args.advertise)
+            tls = {k: getattr(args, f"register_tls_{k}", None) for k in ("ca", "cert", "key", "server_name")}
+            if bool(tls["cert"]) != bool(tls["key"]):
+                raise ValueError("--register-tls-cert and --register-tls-key go together")
+            return serve_registered(settings, registry=args.register, advertise=args.advertise, registry_tls=tls)
         return serve(settings)
     except (ValueError, OSError, RuntimeError) as exc:  # bad settings, table or certs; cannot bind
         print(f"agent: error: {exc}", file=sys.stderr)

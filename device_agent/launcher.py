@@ -69,11 +69,12 @@ class LocalAgent:
 
 def start_local_agent(*, token: str | None = None, extra_args: Sequence[str] = (),
                       env: Mapping[str, str] | None = None, timeout: float = 60.0,
-                      python: str | None = None) -> LocalAgent:
+                      python: str | None = None, client_tls: Mapping[str, str] | None = None) -> LocalAgent:
     """Start an agent on 127.0.0.1 (free port) and wait until it is SERVING.
 
     extra_args: more ``serve`` flags (``--cache-dir``, ``--backend table --table ...``); without
-    ``--cache-dir`` the agent uses a cache folder that is removed on ``stop()``.
+    ``--cache-dir`` the agent uses a cache folder that is removed on ``stop()``. client_tls: the
+    TLS options of the readiness probe's :class:`AgentClient` for an agent that serves TLS.
     Raises ``AgentUnavailable`` (with the agent's log tail) when it exits or is not ready in time.
     """
     from device_agent.client import AgentClient
@@ -109,7 +110,7 @@ def start_local_agent(*, token: str | None = None, extra_args: Sequence[str] = (
                 raise AgentUnavailable(f"local agent did not start in {timeout}s:\n{agent.log_tail()}")
             time.sleep(0.05)
         agent.address = f"127.0.0.1:{int(port_file.read_text().strip())}"
-        with AgentClient(agent.address, token=token, timeout=5.0) as client:
+        with AgentClient(agent.address, token=token, timeout=5.0, **dict(client_tls or {})) as client:
             client.wait_ready(max(1.0, end - time.monotonic()))
     except BaseException:
         agent.stop(timeout=5.0)

@@ -13,7 +13,7 @@ import json
 import logging
 import socket
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 
@@ -24,12 +24,23 @@ class Registration:
     """Keeps one agent registered at one registry (see the module docstring)."""
 
     def __init__(self, *, registry: str, address: str, agent_address: str | None = None,
-                 token: str | None = None, retry_s: float = 1.0) -> None:
+                 token: str | None = None, retry_s: float = 1.0,
+                 describe: Callable[[], dict[str, Any]] | None = None,
+                 registry_tls: dict[str, str] | None = None) -> None:
+        """describe: the agent's own description, in process (``serve_registered`` passes its
+        service's, so an agent serving TLS needs no client credentials for itself); without it,
+        ``Describe`` is called at ``agent_address`` (plaintext). registry_tls: ``ca`` (verifies the
+        registry; enables TLS), ``cert``/``key`` (mutual TLS), ``server_name``."""
         self.registry = registry
         self.address = address
         self.agent_address = agent_address or address
         self.token = token or None
         self.retry_s = retry_s
+        self._describe_fn = describe
+        self.registry_tls = {k: v for k, v in (registry_tls or {}).items() if v}
+        unknown = set(self.registry_tls) - {"ca", "cert", "key", "server_name"}
+        if unknown:
+            raise ValueError(f"unknown registry TLS options {sorted(unknown)}")
         self.agent_id: str | None = None
         self.registered = threading.Event()
         self.last_error: str | None = None
@@ -42,6 +53,8 @@ class Registration:
         return bearer_metadata(self.token)
 
     def _describe(self) -> dict[str, Any]:
+        if self._describe_fn is not None:
+            return self._describe_fn()
         from device_agent.client import AgentClient
 
         with AgentClient(self.agent_address, token=self.token, timeout=10.0) as client:
@@ -60,10 +73,20 @@ class Registration:
                                       "agent_id": reply.agent_id})
         return reply.heartbeat_interval_s or 2.0
 
+    def _channel(self) -> grpc.Channel:
+        tls = self.registry_tls
+        if not (tls.get("ca") or tls.get("cert")):
+            return grpc.insecure_channel(self.registry)
+        from device_agent.auth import channel_credentials
+
+        options = [("grpc.ssl_target_name_override", tls["server_name"])] if tls.get("server_name") else []
+        creds = channel_credentials(ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"))
+        return grpc.secure_channel(self.registry, creds, options=options)
+
     def _run(self) -> None:
         from protos.hwnas.registry.v1 import registry_pb2, registry_pb2_grpc
 
-        channel = grpc.insecure_channel(self.registry)
+        channel = self._channel()
         stub = registry_pb2_grpc.RegistryStub(channel)
         interval = None
         try:
@@ -115,11 +138,14 @@ def advertised_address(host: str, port: int, advertise: str | None = None) -> st
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def serve_registered(settings: Any, *, registry: str, advertise: str | None = None) -> int:
+def serve_registered(settings: Any, *, registry: str, advertise: str | None = None,
+                     registry_tls: dict[str, str] | None = None) -> int:
     """Run the agent daemon registered at ``registry`` until SIGTERM/SIGINT; on the signal it
-    deregisters first (the search stops sending work), then drains like ``serve``."""
+    deregisters first (the search stops sending work), then drains like ``serve``.
+    registry_tls: see :class:`Registration`."""
     import signal
 
+    from device_agent import wire
     from device_agent.server import _write_port_file, configure_logging, create_server
 
     configure_logging(settings.log_level)
@@ -134,7 +160,10 @@ def serve_registered(settings: Any, *, registry: str, advertise: str | None = No
     local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     reg = Registration(registry=registry, address=advertised_address(settings.host, port, advertise),
                        agent_address=f"[{local}]:{port}" if ":" in local else f"{local}:{port}",
-                       token=settings.token).start()
+                       token=settings.token, registry_tls=registry_tls,
+                       # what Describe would answer, without dialling our own (maybe TLS) port
+                       describe=lambda: wire.describe_from_pb(wire.describe_to_pb(server.service.describe())),
+                       ).start()
     log.info("serving", extra={"event": "serving", "port": port, "registry": registry,
                                "device_key": server.service.device_key})
     while not stop.wait(0.5):

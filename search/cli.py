@@ -67,7 +67,9 @@ def _search(args: argparse.Namespace) -> int:
     agents = args.agent or None
     runner = SearchRunner(config=cfg, run_dir=run_dir, resume=bool(args.resume), agents=agents,
                           progress=not args.no_progress, registry_port=args.registry_port,
-                          registry_host=args.registry_host)
+                          registry_host=args.registry_host,
+                          registry_tls={"cert": args.registry_tls_cert, "key": args.registry_tls_key,
+                                        "client_ca": args.registry_tls_client_ca})
     summary = runner.run()
     print(json.dumps(summary, indent=2))
     return 0
@@ -162,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--registry-port", type=int, metavar="P",
                    help="serve the agent registry here (0 = any free port): agents join with --register")
     s.add_argument("--registry-host", default="127.0.0.1", help="registry bind address (default 127.0.0.1)")
+    s.add_argument("--registry-tls-cert", metavar="PEM", help="serve the registry over TLS with this certificate")
+    s.add_argument("--registry-tls-key", metavar="PEM", help="... and this private key")
+    s.add_argument("--registry-tls-client-ca", metavar="PEM",
+                   help="registry: require agents' client certificates signed by this CA (mutual TLS)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_search)
 

@@ -93,8 +93,11 @@ class RegistryServer:
     """The gRPC registry service of one search (``start()``, ``address``, ``stop()``)."""
 
     def __init__(self, *, pool: Any, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                 heartbeat_s: float = 2.0, missed: int = 3) -> None:
-        from device_agent.auth import TokenAuthInterceptor
+                 heartbeat_s: float = 2.0, missed: int = 3, tls_cert: str | None = None,
+                 tls_key: str | None = None, tls_client_ca: str | None = None) -> None:
+        """tls_cert/tls_key: serve TLS (agents give ``--register-tls-ca``); tls_client_ca: also
+        require agents' client certificates signed by it (mutual TLS)."""
+        from device_agent.auth import TokenAuthInterceptor, server_credentials
 
         if heartbeat_s <= 0 or missed < 1:
             raise ValueError("heartbeat_s must be > 0 and missed >= 1")
@@ -107,7 +110,16 @@ class RegistryServer:
                                    interceptors=interceptors)
         registry_pb2_grpc.add_RegistryServicer_to_server(self.servicer, self._server)
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self._server.add_insecure_port(bind)
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("registry TLS: the certificate and the key go together")
+        if tls_client_ca and not tls_cert:
+            raise ValueError("registry TLS: a client CA needs the registry's own certificate and key")
+        if tls_cert:
+            self.port = self._server.add_secure_port(
+                bind, server_credentials(cert=tls_cert, key=tls_key, client_ca=tls_client_ca))
+        else:
+            self.port = self._server.add_insecure_port(bind)
+        self.tls = bool(tls_cert)
         if not self.port:
             raise RuntimeError(f"registry cannot bind {bind}")
         self.address = f"{host}:{self.port}"

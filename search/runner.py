@@ -119,6 +119,7 @@ class SearchRunner:
         local_agent_args: tuple[str, ...] = (),
         registry_port: int | None = None,
         registry_host: str = "127.0.0.1",
+        registry_tls: dict[str, str] | None = None,
         heartbeat_s: float = 2.0,
         wait_agents_s: float = 120.0,
     ) -> None:
@@ -144,6 +145,8 @@ class SearchRunner:
         self.local_agent_args = local_agent_args
         # registry (search/registry.py): agents join by themselves when a port is given
         self.registry_port, self.registry_host = registry_port, registry_host
+        #: TLS of the registry's port: ``cert``, ``key`` (serve TLS), ``client_ca`` (mutual TLS)
+        self.registry_tls = {k: v for k, v in (registry_tls or {}).items() if v}
         self.heartbeat_s, self.wait_agents_s = heartbeat_s, wait_agents_s
         self.registry = None
         try:
@@ -182,9 +185,15 @@ class SearchRunner:
 
             from search.registry import RegistryServer
 
-            self.registry = RegistryServer(pool=self.pool, host=self.registry_host, port=self.registry_port,
-                                           token=token, heartbeat_s=self.heartbeat_s).start()
-            self.store.set_meta("registry", {"address": self.registry.address, "heartbeat_s": self.heartbeat_s})
+            try:
+                self.registry = RegistryServer(
+                    pool=self.pool, host=self.registry_host, port=self.registry_port, token=token,
+                    heartbeat_s=self.heartbeat_s, tls_cert=self.registry_tls.get("cert"),
+                    tls_key=self.registry_tls.get("key"), tls_client_ca=self.registry_tls.get("client_ca")).start()
+            except (ValueError, OSError, RuntimeError) as exc:  # exposure rule, certificates, bind
+                raise SearchError(f"registry: {exc}") from None
+            self.store.set_meta("registry", {"address": self.registry.address, "heartbeat_s": self.heartbeat_s,
+                                             "tls": self.registry.tls})
             self.store.event("registry_started", detail={"address": self.registry.address})
             print(f"hwnas: registry listening on {self.registry.address}", file=sys.stderr, flush=True)
         if not self.agent_addresses and self.registry is not None:

@@ -238,3 +238,79 @@ def test_search_and_export_reach_a_mutual_tls_agent(tmp_path, pki):
     cands = json.loads(res.stdout)
     assert len(cands) == 8 and all(c["status"] == "done" for c in cands), [c.get("error") for c in cands]
     assert all(c["measurements"][0]["device_key"] == "synth" for c in cands)
+
+
+def test_registry_over_mutual_tls_with_a_tls_agent(tmp_path, pki):
+    """The whole fleet path encrypted: the search's registry serves mutual TLS, an agent that
+    itself serves mutual TLS joins with ``--register-tls-*`` (describing itself in process, not
+    over its own TLS port), the search dials it with its client certificate and measures every
+    candidate. A plaintext or certificate-less client is refused by the registry; a registry on
+    a non-loopback address without a token is refused before it starts."""
+    import dataclasses
+    import socket
+    import threading
+    import time
+
+    from _agent_util import write_nb201_table
+    from device_agent.launcher import start_local_agent
+    from protos.hwnas.registry.v1 import registry_pb2, registry_pb2_grpc
+    from search import config as cfgmod
+    from search.registry import RegistryServer
+    from search.runner import SearchRunner
+
+    table = tmp_path / "synth.csv.gz"
+    write_nb201_table(table)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    reg = f"localhost:{port}"
+    cfg = dataclasses.replace(
+        cfgmod.SearchConfig(), space="nb201", budget=10, population_size=4, accuracy_table=f"{table}:acc",
+        objectives=("accuracy", "latency_ms"),
+        agents=dataclasses.replace(cfgmod.AgentSettings(), token=TOKEN, tls_ca=pki["ca"],
+                                   tls_cert=pki["cli_cert"], tls_key=pki["cli_key"])).validate()
+    runner = SearchRunner(config=cfg, run_dir=tmp_path / "run", agents=[], progress=False,
+                          registry_port=port, wait_agents_s=60, heartbeat_s=1.0,
+                          registry_tls={"cert": pki["srv_cert"], "key": pki["srv_key"], "client_ca": pki["ca"]})
+    summary: dict = {}
+    thread = threading.Thread(target=lambda: summary.update(runner.run()), daemon=True)
+    thread.start()
+    agent = None
+    try:
+        deadline = time.monotonic() + 30
+        while runner.registry is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert runner.registry is not None and runner.registry.tls
+        # refused: plaintext, and TLS without a client certificate (handshake fails)
+        request = registry_pb2.RegisterRequest(address="127.0.0.1:1", device_key="synth")
+        metadata = (("authorization", f"Bearer {TOKEN}"),)
+        with open(pki["ca"], "rb") as fh:
+            ca_only = grpc.ssl_channel_credentials(root_certificates=fh.read())
+        for channel in (grpc.insecure_channel(reg), grpc.secure_channel(reg, ca_only)):
+            with channel:
+                with pytest.raises(grpc.RpcError) as err:
+                    registry_pb2_grpc.RegistryStub(channel).Register(request, metadata=metadata, timeout=5)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert not runner.pool.agents, "nothing registered through a refused channel"
+
+        tls_args = ["--tls-cert", pki["srv_cert"], "--tls-key", pki["srv_key"], "--tls-client-ca", pki["ca"]]
+        agent = start_local_agent(token=TOKEN, extra_args=[
+            "--backend", "table", "--table", str(table), "--metric", "latency_ms=lat_synth",
+            "--device-key", "synth", *tls_args, "--register", reg, "--register-tls-ca", pki["ca"],
+            "--register-tls-cert", pki["cli_cert"], "--register-tls-key", pki["cli_key"]],
+            client_tls={"tls_ca": pki["ca"], "tls_cert": pki["cli_cert"], "tls_key": pki["cli_key"]})
+        thread.join(120)
+        assert not thread.is_alive(), "search did not finish"
+    finally:
+        runner.close()
+        if agent is not None:
+            log = agent.log_tail(3000)
+            agent.stop(timeout=5)
+    assert summary.get("candidates") == 10, log
+    (state,) = runner.pool.agents.values()
+    assert state.device_key == "synth" and state.done == 10
+
+    with pytest.raises(ValueError, match="without a token"):
+        RegistryServer(pool=None, host="0.0.0.0", port=0)
+    with pytest.raises(ValueError, match="go together"):
+        RegistryServer(pool=None, port=0, tls_cert=pki["srv_cert"])
