@@ -15,7 +15,10 @@ medians (the least-disturbed rounds on a shared machine), and each loop's median
 table compares the agent's runner with the plain session alternated iteration by iteration in
 one process (``--ab-only``: just that), which isolates the runner from machine-load drift.
 
-    nice -n 10 .venv/bin/python -m bench.agent_fidelity [--via agent|job] [--threads 1] [--rounds 5] [--quick]
+``--via plain`` is a control: the plain loop against itself under the same protocol, so the
+ratios show what this machine's noise alone does to the comparison.
+
+    nice -n 10 .venv/bin/python -m bench.agent_fidelity [--via agent|job|plain] [--threads 1] [--rounds 5] [--quick]
 """
 from __future__ import annotations
 
@@ -163,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--res", type=int, default=64, help="torchvision export resolution")
     ap.add_argument("--min-iters", type=int, default=30)
     ap.add_argument("--min-s", type=float, default=0.5)
-    ap.add_argument("--via", choices=["agent", "job"], default="agent",
-                    help="agent: a real local agent over gRPC; job: run_job in this process")
+    ap.add_argument("--via", choices=["agent", "job", "plain"], default="agent",
+                    help="agent: a real local agent over gRPC; job: run_job in this process; plain: a "
+                         "second plain loop in place of the agent (control: the machine's noise floor)")
     ap.add_argument("--ab-only", action="store_true",
                     help="only the in-process runner-vs-plain A/B table (fast, noise-robust)")
     ap.add_argument("--plain-in", choices=["child", "bench"], default="child",
@@ -184,17 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     light = light_models()
     models.update(dict(list(light.items())[:4]) if args.quick else light)
 
-    print(f"A/B in one process, the agent's OrtRunner vs plain sess.run alternated per iteration "
-          f"(threads={args.threads}):", flush=True)
-    print(f"{'model':28s} {'runner ms':>9s} {'plain ms':>9s} {'ratio':>6s} {'paired':>6s} {'pairs':>6s}",
-          flush=True)
     ab = []
-    for label, path in models.items():
+    if args.via != "plain":
+        print(f"A/B in one process, the agent's OrtRunner vs plain sess.run alternated per iteration "
+              f"(threads={args.threads}):", flush=True)
+        print(f"{'model':28s} {'runner ms':>9s} {'plain ms':>9s} {'ratio':>6s} {'paired':>6s} {'pairs':>6s}",
+              flush=True)
+    for label, path in (models.items() if args.via != "plain" else ()):
         a, p, paired, n = ab_runner_vs_plain(path, args.threads, min_pairs=40, min_s=args.min_s * 4)
         ab.append(paired)
         print(f"{label:28s} {a:9.3f} {p:9.3f} {a / p:6.3f} {paired:6.3f} {n:6d}", flush=True)
-    print(f"A/B: {sum(0.95 <= r <= 1.05 for r in ab)}/{len(ab)} paired ratios within 0.95-1.05; "
-          f"median {statistics.median(ab):.3f}\n", flush=True)
+    if ab:
+        print(f"A/B: {sum(0.95 <= r <= 1.05 for r in ab)}/{len(ab)} paired ratios within 0.95-1.05; "
+              f"median {statistics.median(ab):.3f}\n", flush=True)
     if args.ab_only:
         return 0 if all(0.95 <= r <= 1.05 for r in ab) else 1
 
@@ -214,6 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         def measure_agent(label: str, path: str, job_id: str):
             return client.measure(blobs[label], job_id=job_id, build=build, measure=measure)
         how = f"a local agent over gRPC at {agent.address} (device_agent.launcher)"
+    elif args.via == "plain":
+        from types import SimpleNamespace
+
+        def measure_agent(label: str, path: str, job_id: str):
+            med, cv, _ = plain_median_child(path, args.threads, warmup_s=measure.warmup_s,
+                                            min_iters=args.min_iters, min_s=args.min_s)
+            return SimpleNamespace(ok=True, latency_ms=SimpleNamespace(median=med, cv=cv), output_check=None)
+        how = "CONTROL: the same plain loop in another fresh interpreter (not the agent)"
     else:
         from device_agent.jobs import run_job
 
