@@ -34,24 +34,30 @@ def hwnas(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-def test_table_search_through_a_real_agent(table, tmp_path):
-    path, rows = table
+def search_on_table(path: Path, out: Path, *args: str) -> list[dict]:
+    """``hwnas search`` on the table through a real table agent process; the results, all done."""
     agent = start_local_agent(extra_args=["--backend", "table", "--table", str(path),
                                           "--metric", "latency_ms=lat_synth", "--device-key", "synth"])
     try:
-        out = tmp_path / "run"
         proc = hwnas("search", "--out", str(out), "--space", "nb201", "--accuracy-table", f"{path}:acc",
                      "--agent", agent.address, *(["--token", agent.token] if agent.token else []),
-                     "--budget", "60", "--seed", "5", "--no-progress", "--objective", "accuracy", "--objective", "latency_ms")
+                     "--no-progress", *args)
         assert proc.returncode == 0, proc.stderr[-3000:]
     finally:
         agent.stop()
-
     res = hwnas("results", str(out), "--json")
     assert res.returncode == 0, res.stderr
     cands = json.loads(res.stdout)
-    assert len(cands) == 60
     assert all(c["status"] == "done" for c in cands), [c["error"] for c in cands if c["status"] != "done"]
+    return cands
+
+
+def test_table_search_through_a_real_agent(table, tmp_path):
+    path, rows = table
+    out = tmp_path / "run"
+    cands = search_on_table(path, out, "--budget", "60", "--seed", "5",
+                            "--objective", "accuracy", "--objective", "latency_ms")
+    assert len(cands) == 60
     assert len({c["arch_key"] for c in cands}) == 60, "a cell was proposed twice"
     for c in cands:
         acc, lat = rows[c["arch_key"]]
@@ -84,22 +90,10 @@ def test_default_objectives_on_a_table_count_the_built_models_parameters(table, 
     from search.exporting import count_params
     from search.spaces.base import TaskSpec, get_space
 
-    path, rows = table
-    agent = start_local_agent(extra_args=["--backend", "table", "--table", str(path),
-                                          "--metric", "latency_ms=lat_synth", "--device-key", "synth"])
-    try:
-        out = tmp_path / "run"
-        proc = hwnas("search", "--out", str(out), "--space", "nb201", "--accuracy-table", f"{path}:acc",
-                     "--agent", agent.address, *(["--token", agent.token] if agent.token else []),
-                     "--budget", "12", "--seed", "3", "--no-progress")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    finally:
-        agent.stop()
-    res = hwnas("results", str(out), "--json")
-    assert res.returncode == 0, res.stderr
-    cands = json.loads(res.stdout)
+    path, _ = table
+    out = tmp_path / "run"
+    cands = search_on_table(path, out, "--budget", "12", "--seed", "3")
     assert len(cands) == 12
-    assert all(c["status"] == "done" for c in cands), [c["error"] for c in cands if c["status"] != "done"]
     space = get_space("nb201")
     task = TaskSpec(in_channels=3, image_size=32, num_classes=10)
     for c in cands[:4]:
