@@ -39,6 +39,9 @@ def _search(args: argparse.Namespace) -> int:
         if stored is None:
             raise CLIError(f"{run_dir} holds no config to resume")
         cfg = cfgmod.restore(stored)
+        if cfgmod.needs_token(stored) and args.token is None:
+            raise CLIError("this run used an agent token, which the run store does not keep: "
+                           "pass --token again to resume it")
     else:
         cfg = cfgmod.load(args.config)
         run_dir = Path(args.out or "runs/latest")

@@ -120,6 +120,15 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_stored(self) -> dict[str, Any]:
+        """:meth:`to_dict` without secrets, as the run store keeps it (run folders get copied
+        and shared): the agents' token is left out and ``agents.token_set`` says one was used,
+        so that ``--resume`` asks for it again."""
+        d = self.to_dict()
+        d["agents"]["token_set"] = bool(d["agents"]["token"])
+        d["agents"]["token"] = ""
+        return d
+
     def validate(self) -> "SearchConfig":
         if self.budget < 1:
             raise ConfigError("budget must be at least 1")
@@ -198,12 +207,20 @@ def load(path: str | Path | None) -> SearchConfig:
     return from_dict(data)
 
 
+def needs_token(data: dict[str, Any]) -> bool:
+    """Whether the stored config's run used an agent token that was not stored with it."""
+    agents = data.get("agents") or {}
+    return bool(agents.get("token_set")) and not agents.get("token")
+
+
 def restore(data: dict[str, Any]) -> SearchConfig:
-    """Rebuild a config stored by :meth:`SearchConfig.to_dict` (used by ``--resume``)."""
+    """Rebuild a config stored by :meth:`SearchConfig.to_stored` or ``to_dict`` (used by
+    ``--resume``); a stored token was left out, see :func:`needs_token`."""
     d = dict(data)
-    train, agents, build, measure = d.pop("train"), d.pop("agents"), d.pop("build"), d.pop("measure")
+    train, agents, build, measure = d.pop("train"), dict(d.pop("agents")), d.pop("build"), d.pop("measure")
     d["objectives"] = tuple(d["objectives"])
     d["constraints"] = tuple(d["constraints"])
     agents["addresses"] = tuple(agents["addresses"])
+    agents.pop("token_set", None)  # see SearchConfig.to_stored
     return SearchConfig(**d, train=TrainSettings(**train), agents=AgentSettings(**agents),
                         build=BuildConfig.from_dict(build), measure=MeasureConfig.from_dict(measure))

@@ -128,18 +128,21 @@ class SearchRunner:
         if resume:
             self.store = Store(self.run_dir)
             if config is None:
-                from search.config import restore
+                from search.config import needs_token, restore
 
                 stored = self.store.get_meta("config")
                 if stored is None:
                     raise SearchError(f"{self.run_dir} has no stored config to resume")
                 config = restore(stored)
+                if needs_token(stored):
+                    raise SearchError("this run used an agent token, which the run store does not keep: "
+                                      "resume with the config (token set) passed in")
         else:
             if (self.run_dir / "run.sqlite").exists():
                 raise SearchError(f"{self.run_dir} already holds a run; use --resume or another --out")
             self.store = Store(self.run_dir, create=True)
         self.config = config
-        self.store.set_meta("config", config.to_dict())
+        self.store.set_meta("config", config.to_stored())  # no token in the run folder
         self.agent_addresses = list(agents if agents is not None else config.agents.addresses)
         self.progress = progress
         self.local_agent_args = local_agent_args

@@ -314,3 +314,34 @@ def test_registry_over_mutual_tls_with_a_tls_agent(tmp_path, pki):
         RegistryServer(pool=None, host="0.0.0.0", port=0)
     with pytest.raises(ValueError, match="go together"):
         RegistryServer(pool=None, port=0, tls_cert=pki["srv_cert"])
+
+
+def test_the_run_store_keeps_no_token_and_resume_asks_for_it(tmp_path):
+    """A run folder gets copied and shared: the agents' token is not written into it (not in the
+    SQLite file nor its WAL); ``--resume`` says the token is needed and works when it is given."""
+    import subprocess
+    import sys
+
+    from _agent_util import write_nb201_table
+    from device_agent.launcher import REPO_ROOT
+
+    table = tmp_path / "synth.csv.gz"
+    write_nb201_table(table)
+
+    def hwnas(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=180)
+
+    run = tmp_path / "run"
+    with running_agent(tmp_path, token=TOKEN, backend="table", table=str(table),
+                       metrics={"latency_ms": "lat_synth"}, device_key="synth") as (_, addr):
+        first = hwnas("search", "--out", str(run), "--space", "nb201", "--accuracy-table", f"{table}:acc",
+                      "--objective", "accuracy", "--objective", "latency_ms", "--budget", "6",
+                      "--no-progress", "--agent", addr, "--token", TOKEN)
+        assert first.returncode == 0, first.stderr[-2000:]
+        stored = b"".join(p.read_bytes() for p in run.glob("run.sqlite*"))
+        assert TOKEN.encode() not in stored
+        no_token = hwnas("search", "--resume", str(run), "--no-progress", "--agent", addr)
+        assert no_token.returncode != 0 and "pass --token again" in no_token.stderr, no_token.stderr
+        again = hwnas("search", "--resume", str(run), "--no-progress", "--agent", addr, "--token", TOKEN)
+        assert again.returncode == 0, again.stderr[-2000:]
