@@ -1,7 +1,7 @@
 """``hwnas``: the command line of the search server, its results, and the device agent.
 
     hwnas search [--config FILE.toml] [--out DIR] [--budget N] [--agent HOST:PORT ...] [--resume DIR]
-                 [--token T] [--agent-tls-ca PEM [--agent-tls-cert PEM --agent-tls-key PEM]]
+                 [--token T | --token-file F] [--agent-tls-ca PEM [--agent-tls-cert PEM --agent-tls-key PEM]]
     hwnas results DIR [--json]
     hwnas report DIR [--out DIR]
     hwnas export DIR [--out DIR] [--all] [--agent HOST:PORT] [--token T] [--tls-ca PEM ...]
@@ -23,7 +23,21 @@ class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    """``--token`` or the contents of ``--token-file`` (the file keeps it out of ``ps``)."""
+    if getattr(args, "token_file", None):
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise CLIError(f"--token-file: {exc}") from None
+        if not token:
+            raise CLIError(f"--token-file {args.token_file} is empty")
+        return token
+    return args.token
+
+
 def _search(args: argparse.Namespace) -> int:
+    args.token = _token(args)
     from search import config as cfgmod
     from search.runner import SearchRunner
 
@@ -41,7 +55,7 @@ def _search(args: argparse.Namespace) -> int:
         cfg = cfgmod.restore(stored)
         if cfgmod.needs_token(stored) and args.token is None:
             raise CLIError("this run used an agent token, which the run store does not keep: "
-                           "pass --token again to resume it")
+                           "pass --token or --token-file again to resume it")
     else:
         cfg = cfgmod.load(args.config)
         run_dir = Path(args.out or "runs/latest")
@@ -111,6 +125,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    args.token = _token(args)
     from deploy.export import export_candidates
     from search.results import collect
 
@@ -159,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--constraint", action="append", help="constraint (repeatable), e.g. 'latency_ms <= 5'")
     s.add_argument("--agent", action="append", metavar="HOST:PORT",
                    help="device agent to measure on (repeatable); none: start one on loopback")
-    s.add_argument("--token", help="token the agents expect")
+    tok = s.add_mutually_exclusive_group()
+    tok.add_argument("--token", help="token the agents expect (visible in `ps`: prefer --token-file)")
+    tok.add_argument("--token-file", help="file holding the token the agents expect")
     s.add_argument("--agent-tls-ca", metavar="PEM", help="CA bundle that verifies the agents (enables TLS)")
     s.add_argument("--agent-tls-cert", metavar="PEM", help="client certificate for the agents (mutual TLS)")
     s.add_argument("--agent-tls-key", metavar="PEM", help="its private key (mutual TLS)")
@@ -189,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="folder (default DIR/export)")
     e.add_argument("--all", action="store_true", help="every finished candidate, not only the Pareto set")
     e.add_argument("--agent", metavar="HOST:PORT", help="build the engine on this device agent")
-    e.add_argument("--token")
+    etok = e.add_mutually_exclusive_group()
+    etok.add_argument("--token", help="token the agent expects (visible in `ps`: prefer --token-file)")
+    etok.add_argument("--token-file", help="file holding the token")
     e.add_argument("--tls-ca", metavar="PEM", help="CA bundle that verifies the agent (enables TLS)")
     e.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
     e.add_argument("--tls-key", metavar="PEM", help="its private key")

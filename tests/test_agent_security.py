@@ -342,6 +342,8 @@ def test_the_run_store_keeps_no_token_and_resume_asks_for_it(tmp_path):
         stored = b"".join(p.read_bytes() for p in run.glob("run.sqlite*"))
         assert TOKEN.encode() not in stored
         no_token = hwnas("search", "--resume", str(run), "--no-progress", "--agent", addr)
-        assert no_token.returncode != 0 and "pass --token again" in no_token.stderr, no_token.stderr
-        again = hwnas("search", "--resume", str(run), "--no-progress", "--agent", addr, "--token", TOKEN)
+        assert no_token.returncode != 0 and "pass --token" in no_token.stderr, no_token.stderr
+        token_file = tmp_path / "token"
+        token_file.write_text(TOKEN + "\n")
+        again = hwnas("search", "--resume", str(run), "--no-progress", "--agent", addr, "--token-file", str(token_file))
         assert again.returncode == 0, again.stderr[-2000:]
