@@ -121,7 +121,7 @@ def test_agents_killed_and_joining_during_a_search(tmp_path):
     rng = random.Random(4)
     agents = [table_agent() for _ in range(3)]
     spares = [table_agent() for _ in range(4)]  # started now, join the search later
-    budget = 48
+    budget = 96  # at pace_s, ~14 s of search: room for the four kills on a slow machine
     runner = PacedRunner(config=fleet_config(budget, lease_s=20.0, max_attempts=4), run_dir=tmp_path / "run",
                          agents=[a.address for a in agents], progress=False)
     summary: dict = {}
@@ -143,6 +143,7 @@ def test_agents_killed_and_joining_during_a_search(tmp_path):
             victim = rng.choice([a for a in agents if a.alive() and a.address not in killed])
             victim.process.send_signal(signal.SIGKILL)
             killed.append(victim.address)
+        runner.pace_s = 0.0  # the kills and joins are done: let the rest run at full speed
         thread.join(timeout=120)
         assert not thread.is_alive(), "search did not finish"
     finally:
