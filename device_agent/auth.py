@@ -89,6 +89,21 @@ def server_credentials(*, cert: str, key: str, client_ca: str | None = None) -> 
     )
 
 
+def client_channel(target: str, *, tls_ca: str | None = None, tls_cert: str | None = None,
+                   tls_key: str | None = None, tls_server_name: str | None = None, tls: bool = False,
+                   options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+    """A client channel to ``target``: TLS when ``tls``, ``tls_ca`` or ``tls_cert`` is given
+    (``tls_ca`` verifies the server, ``tls_cert``/``tls_key`` for mutual TLS, ``tls_server_name``
+    when the server's certificate names another host), plaintext otherwise."""
+    options = list(options or [])
+    if tls_server_name:
+        options.append(("grpc.ssl_target_name_override", tls_server_name))
+    if tls or tls_ca or tls_cert:
+        creds = channel_credentials(ca=tls_ca, cert=tls_cert, key=tls_key)
+        return grpc.secure_channel(target, creds, options=options)
+    return grpc.insecure_channel(target, options=options)
+
+
 def channel_credentials(*, ca: str | None = None, cert: str | None = None,
                         key: str | None = None) -> grpc.ChannelCredentials:
     """TLS credentials for a client: ``ca`` verifies the agent; ``cert``/``key`` for mutual TLS."""

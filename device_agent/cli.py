@@ -27,13 +27,44 @@ def _metric(text: str) -> tuple[str, str]:
     return name.strip(), column.strip()
 
 
+#: the client-side TLS flags: option name, metavar, help ({peer}: what is dialled)
+_CLIENT_TLS_FLAGS = (
+    ("ca", "PEM", "CA bundle that verifies the {peer} (enables TLS)"),
+    ("cert", "PEM", "client certificate for the {peer} (mutual TLS)"),
+    ("key", "PEM", "client private key (mutual TLS)"),
+    ("server_name", "NAME", "name in the {peer}'s certificate, if not its host"),
+)
+
+
+def add_client_tls_args(p: argparse.ArgumentParser, *, prefix: str = "", peer: str = "agent") -> None:
+    """``--{prefix}tls-ca/-cert/-key/-server-name``: how a client dials ``peer`` over TLS."""
+    for name, metavar, text in _CLIENT_TLS_FLAGS:
+        p.add_argument(f"--{prefix}tls-{name.replace('_', '-')}", metavar=metavar, help=text.format(peer=peer))
+
+
+def client_tls_from_args(args: argparse.Namespace, *, prefix: str = "") -> dict[str, str]:
+    """The flags of :func:`add_client_tls_args` that are set, as the keyword arguments of
+    :class:`device_agent.client.AgentClient` / :func:`device_agent.auth.client_channel`."""
+    dest = prefix.replace("-", "_")
+    tls = {f"tls_{name}": getattr(args, f"{dest}tls_{name}", None) for name, *_ in _CLIENT_TLS_FLAGS}
+    return {k: v for k, v in tls.items() if v}
+
+
+def read_token(token: str | None, token_file: str | None) -> str | None:
+    """``token``, or the contents of ``token_file`` (which keeps it out of ``ps``); an empty
+    file is a ``ValueError``."""
+    if not token_file:
+        return token
+    token = Path(token_file).read_text().strip()
+    if not token:
+        raise ValueError(f"token file {token_file} is empty")
+    return token
+
+
 def _client_tls_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", help=f"agent token (default: ${TOKEN_ENV})")
     p.add_argument("--token-file", help="read the token from this file")
-    p.add_argument("--tls-ca", help="CA bundle that verifies the agent (enables TLS)")
-    p.add_argument("--tls-cert", help="client certificate (mutual TLS)")
-    p.add_argument("--tls-key", help="client private key (mutual TLS)")
-    p.add_argument("--tls-server-name", help="name in the agent's certificate, if not the host")
+    add_client_tls_args(p)
     p.add_argument("--timeout", type=float, default=60.0, help="deadline of short calls (s)")
 
 
@@ -70,11 +101,7 @@ def _add_commands(sub: Any) -> None:
                    help="join the search whose registry listens here (hwnas search --registry-port)")
     s.add_argument("--advertise", metavar="HOST:PORT",
                    help="with --register: the address the search server dials (default: bound host:port)")
-    s.add_argument("--register-tls-ca", metavar="PEM", help="with --register: CA that verifies the registry (enables TLS)")
-    s.add_argument("--register-tls-cert", metavar="PEM", help="with --register: client certificate (mutual TLS)")
-    s.add_argument("--register-tls-key", metavar="PEM", help="with --register: its private key")
-    s.add_argument("--register-tls-server-name", metavar="NAME",
-                   help="with --register: name in the registry's certificate, if not its host")
+    add_client_tls_args(s, prefix="register-", peer="registry")  # with --register
     s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("measure", help="measure an ONNX model on a running agent")
@@ -109,9 +136,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     settings = load_settings(args.config) if args.config else AgentSettings()
     if os.environ.get(TOKEN_ENV):
         settings = replace(settings, token=os.environ[TOKEN_ENV])
-    token = Path(args.token_file).read_text().strip() if args.token_file else args.token
-    if args.token_file and not token:
-        raise ValueError(f"token file {args.token_file} is empty")
+    token = read_token(args.token, args.token_file)
     metrics = tuple(args.metric) if args.metric else None
     return settings.with_overrides(
         host=args.host, port=args.port, port_file=args.port_file, token=token,
@@ -133,8 +158,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if getattr(args, "register", None):
             from device_agent.registration import serve_registered
 
-            tls = {k: getattr(args, f"register_tls_{k}", None) for k in ("ca", "cert", "key", "server_name")}
-            if bool(tls["cert"]) != bool(tls["key"]):
+            tls = client_tls_from_args(args, prefix="register-")
+            if bool(tls.get("tls_cert")) != bool(tls.get("tls_key")):
                 raise ValueError("--register-tls-cert and --register-tls-key go together")
             return serve_registered(settings, registry=args.register, advertise=args.advertise, registry_tls=tls)
         return serve(settings)
@@ -148,8 +173,7 @@ def _client(args: argparse.Namespace) -> Any:
 
     token = (Path(args.token_file).read_text().strip() if args.token_file
              else args.token or os.environ.get(TOKEN_ENV))
-    return AgentClient(args.agent, token=token, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                       tls_key=args.tls_key, tls_server_name=args.tls_server_name, timeout=args.timeout)
+    return AgentClient(args.agent, token=token, timeout=args.timeout, **client_tls_from_args(args))
 
 
 def _summary(r: Any) -> str:

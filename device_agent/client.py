@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from device_agent import wire
-from device_agent.auth import bearer_metadata, channel_credentials
+from device_agent.auth import bearer_metadata, client_channel
 from device_agent.config import BuildConfig, MeasureConfig
 from device_agent.daemon_config import MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES
 from device_agent.errors import (
@@ -58,15 +58,10 @@ class AgentClient:
         self.retries = retries
         self.chunk_size = chunk_size
         self._metadata = bearer_metadata(token)
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-        if tls_server_name:
-            options.append(("grpc.ssl_target_name_override", tls_server_name))
-        if tls or tls_ca or tls_cert:
-            creds = channel_credentials(ca=tls_ca, cert=tls_cert, key=tls_key)
-            self._channel = grpc.secure_channel(target, creds, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
+        self._channel = client_channel(
+            target, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, tls_server_name=tls_server_name,
+            tls=tls, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                              ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         self._stub = pb_grpc.AgentStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         #: Model bytes sent by the last ``measure``/``upload_model`` call (0 when held already).

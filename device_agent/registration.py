@@ -29,8 +29,9 @@ class Registration:
                  registry_tls: dict[str, str] | None = None) -> None:
         """describe: the agent's own description, in process (``serve_registered`` passes its
         service's, so an agent serving TLS needs no client credentials for itself); without it,
-        ``Describe`` is called at ``agent_address`` (plaintext). registry_tls: ``ca`` (verifies the
-        registry; enables TLS), ``cert``/``key`` (mutual TLS), ``server_name``."""
+        ``Describe`` is called at ``agent_address`` (plaintext). registry_tls: the TLS options of
+        :func:`device_agent.auth.client_channel` for the registry (``tls_ca`` enables TLS,
+        ``tls_cert``/``tls_key`` for mutual TLS, ``tls_server_name``)."""
         self.registry = registry
         self.address = address
         self.agent_address = agent_address or address
@@ -38,7 +39,7 @@ class Registration:
         self.retry_s = retry_s
         self._describe_fn = describe
         self.registry_tls = {k: v for k, v in (registry_tls or {}).items() if v}
-        unknown = set(self.registry_tls) - {"ca", "cert", "key", "server_name"}
+        unknown = set(self.registry_tls) - {"tls_ca", "tls_cert", "tls_key", "tls_server_name"}
         if unknown:
             raise ValueError(f"unknown registry TLS options {sorted(unknown)}")
         self.agent_id: str | None = None
@@ -73,20 +74,12 @@ class Registration:
                                       "agent_id": reply.agent_id})
         return reply.heartbeat_interval_s or 2.0
 
-    def _channel(self) -> grpc.Channel:
-        tls = self.registry_tls
-        if not (tls.get("ca") or tls.get("cert")):
-            return grpc.insecure_channel(self.registry)
-        from device_agent.auth import channel_credentials
-
-        options = [("grpc.ssl_target_name_override", tls["server_name"])] if tls.get("server_name") else []
-        creds = channel_credentials(ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"))
-        return grpc.secure_channel(self.registry, creds, options=options)
-
     def _run(self) -> None:
         from protos.hwnas.registry.v1 import registry_pb2, registry_pb2_grpc
 
-        channel = self._channel()
+        from device_agent.auth import client_channel
+
+        channel = client_channel(self.registry, **self.registry_tls)
         stub = registry_pb2_grpc.RegistryStub(channel)
         interval = None
         try:

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from device_agent.cli import add_client_tls_args, client_tls_from_args, read_token
+
 
 class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
@@ -25,15 +27,10 @@ class CLIError(Exception):
 
 def _token(args: argparse.Namespace) -> str | None:
     """``--token`` or the contents of ``--token-file`` (the file keeps it out of ``ps``)."""
-    if getattr(args, "token_file", None):
-        try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            raise CLIError(f"--token-file: {exc}") from None
-        if not token:
-            raise CLIError(f"--token-file {args.token_file} is empty")
-        return token
-    return args.token
+    try:
+        return read_token(args.token, args.token_file)
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"--token-file: {exc}") from None
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -74,9 +71,10 @@ def _search(args: argparse.Namespace) -> int:
         overrides["objectives"] = tuple(args.objective)
     if args.constraint:
         overrides["constraints"] = tuple(args.constraint)
-    agent_overrides = {k: v for k, v in (("token", args.token), ("tls_ca", args.agent_tls_ca),
-                                         ("tls_cert", args.agent_tls_cert), ("tls_key", args.agent_tls_key),
-                                         ("tls_server_name", args.agent_tls_server_name)) if v is not None}
+    # the TLS flags are named like [agents]' fields (and AgentClient's arguments)
+    agent_overrides = client_tls_from_args(args, prefix="agent-")
+    if args.token is not None:
+        agent_overrides["token"] = args.token
     if agent_overrides:
         overrides["agents"] = dataclasses.replace(cfg.agents, **agent_overrides)
     if overrides:
@@ -132,9 +130,7 @@ def _export(args: argparse.Namespace) -> int:
     results = collect(args.run_dir)
     out = args.out or str(Path(args.run_dir) / "export")
     exported = export_candidates(results, args.run_dir, out, only_pareto=not args.all,
-                                 agent=args.agent, token=args.token,
-                                 tls={k: v for k in ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
-                                      if (v := getattr(args, k))})
+                                 agent=args.agent, token=args.token, tls=client_tls_from_args(args))
     for e in exported:
         print(json.dumps(e, default=str))
     print(f"{len(exported)} candidate(s) exported to {out}")
@@ -177,10 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok = s.add_mutually_exclusive_group()
     tok.add_argument("--token", help="token the agents expect (visible in `ps`: prefer --token-file)")
     tok.add_argument("--token-file", help="file holding the token the agents expect")
-    s.add_argument("--agent-tls-ca", metavar="PEM", help="CA bundle that verifies the agents (enables TLS)")
-    s.add_argument("--agent-tls-cert", metavar="PEM", help="client certificate for the agents (mutual TLS)")
-    s.add_argument("--agent-tls-key", metavar="PEM", help="its private key (mutual TLS)")
-    s.add_argument("--agent-tls-server-name", metavar="NAME", help="name in the agents' certificates, if not the host")
+    add_client_tls_args(s, prefix="agent-")
     s.add_argument("--registry-port", type=int, metavar="P",
                    help="serve the agent registry here (0 = any free port): agents join with --register")
     s.add_argument("--registry-host", default="127.0.0.1", help="registry bind address (default 127.0.0.1)")
@@ -209,10 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     etok = e.add_mutually_exclusive_group()
     etok.add_argument("--token", help="token the agent expects (visible in `ps`: prefer --token-file)")
     etok.add_argument("--token-file", help="file holding the token")
-    e.add_argument("--tls-ca", metavar="PEM", help="CA bundle that verifies the agent (enables TLS)")
-    e.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
-    e.add_argument("--tls-key", metavar="PEM", help="its private key")
-    e.add_argument("--tls-server-name", metavar="NAME", help="name in the agent's certificate, if not the host")
+    add_client_tls_args(e)
     e.set_defaults(func=_export)
 
     st = sub.add_parser("status", help="agents, queue and progress of a run")

@@ -172,10 +172,11 @@ class SearchRunner:
         settings = self.config.agents
         token = settings.token or None
         factory = None
-        if settings.client_tls():  # TLS / mutual TLS to the agents
+        tls = settings.client_tls()
+        if tls:  # TLS / mutual TLS to the agents
             from device_agent.client import AgentClient
 
-            factory = functools.partial(AgentClient, **settings.client_tls())
+            factory = functools.partial(AgentClient, **tls)
         self.pool = AgentPool(
             store=self.store, build=self.config.build, measure=self.config.measure,
             on_done=lambda job, res, err: self._events.put(("measured", (job, res, err))),
