@@ -3,7 +3,7 @@
 The agents are real gRPC agent servers on loopback (``device_agent.server.create_server``) with
 the table backend over the shared NAS-Bench-201 table (a measurement is a dict look-up), several
 servers per worker process so 64 agents fit on a small machine. The server side is the real
-:class:`search.runner.SearchRunner` (NSGA-II on the ``nb201`` space, accuracy from the table, a
+:class:`search.loop.runner.SearchRunner` (NSGA-II on the ``nb201`` space, accuracy from the table, a
 real SQLite store in a temporary folder, no ONNX export because every agent is table-backed).
 
 For each fleet size it prints evaluations per second (candidates finished / wall time of
@@ -138,7 +138,7 @@ def run_once(addresses: list[str], budget: int, *, procs: list = (), seed: int =
              profile: str | None = None) -> dict:
     """One search against the fleet; returns its throughput figures."""
     from search import config as cfgmod
-    from search.runner import SearchRunner
+    from search.loop.runner import SearchRunner
 
     cfg = dataclasses.replace(
         cfgmod.SearchConfig(), space="nb201", budget=budget, population_size=32, seed=seed,

@@ -29,8 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search import config as cfgmod  # noqa: E402
-from search.runner import SearchRunner  # noqa: E402
-from search.store import Store  # noqa: E402
+from search.loop.runner import SearchRunner  # noqa: E402
+from search.loop.store import Store  # noqa: E402
 
 _STORE_TIME = [0.0, 0]
 

@@ -36,13 +36,13 @@ def _token(args: argparse.Namespace) -> str | None:
 def _search(args: argparse.Namespace) -> int:
     args.token = _token(args)
     from search import config as cfgmod
-    from search.runner import SearchRunner
+    from search.loop.runner import SearchRunner
 
     if args.resume:
         run_dir = Path(args.resume)
         if args.config:
             raise CLIError("--resume continues with the run's stored config; do not pass --config")
-        from search.store import Store
+        from search.loop.store import Store
 
         st = Store(run_dir)
         stored = st.get_meta("config")
@@ -91,7 +91,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from search.results import collect
+    from search.reporting.results import collect
 
     results = collect(args.run_dir)
     if args.json:
@@ -108,9 +108,9 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from search.report import write_report
-    from search.results import collect, run_objectives
-    from search.store import Store
+    from search.reporting.report import write_report
+    from search.reporting.results import collect, run_objectives
+    from search.loop.store import Store
 
     results = collect(args.run_dir)
     st = Store(args.run_dir)
@@ -125,7 +125,7 @@ def _report(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     args.token = _token(args)
     from deploy.export import export_candidates
-    from search.results import collect
+    from search.reporting.results import collect
 
     results = collect(args.run_dir)
     out = args.out or str(Path(args.run_dir) / "export")
@@ -138,13 +138,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from search.status import run_status
+    from search.reporting.status import run_status
 
     st = run_status(args.run_dir)
     if args.json:
         print(json.dumps(st, indent=2, default=str))
     else:
-        from search.status import format_status
+        from search.reporting.status import format_status
 
         print(format_status(st))
     return 0
@@ -222,8 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from search.config import ConfigError
-    from search.runner import SearchError
-    from search.store import StoreError
+    from search.loop.runner import SearchError
+    from search.loop.store import StoreError
 
     try:
         return int(args.func(args) or 0)

@@ -255,8 +255,8 @@ def test_registry_over_mutual_tls_with_a_tls_agent(tmp_path, pki):
     from device_agent.launcher import start_local_agent
     from protos.hwnas.registry.v1 import registry_pb2, registry_pb2_grpc
     from search import config as cfgmod
-    from search.registry import RegistryServer
-    from search.runner import SearchRunner
+    from search.fleet.registry import RegistryServer
+    from search.loop.runner import SearchRunner
 
     table = tmp_path / "synth.csv.gz"
     write_nb201_table(table)

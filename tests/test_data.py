@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from search.data import ArrayDataset, DatasetError, known_datasets, load_dataset
+from search.training.data import ArrayDataset, DatasetError, known_datasets, load_dataset
 
 from _shared import CIFAR10_TAR as CIFAR_TAR
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from deploy.export import check_onnx_artifact, export_candidates
 from deploy.manifest import SCHEMA_VERSION, ManifestError, read_manifest, write_manifest
-from search.exporting import export_onnx
+from search.training.exporting import export_onnx
 
 DEV = "cpu-test"
 
@@ -24,7 +24,7 @@ def tiny_net(seed: int, width: int) -> nn.Module:
 
 
 def make_run(run_dir: Path) -> list[dict]:
-    """A run dir holding real ONNX models and its results list (format of search.results)."""
+    """A run dir holding real ONNX models and its results list (format of search.reporting.results)."""
     (run_dir / "models").mkdir(parents=True)
     results = []
     for cid, width, acc, lat, pareto in [(1, 4, 0.90, 0.05, True), (2, 8, 0.95, 0.09, True),

@@ -26,7 +26,7 @@ import pytest
 from device_agent.launcher import REPO_ROOT, start_local_agent
 from search import config as cfgmod
 from search.objectives import DEVICE_METRICS, split_metric
-from search.runner import SearchRunner
+from search.loop.runner import SearchRunner
 
 from _shared import NB201_TABLE
 
@@ -313,7 +313,7 @@ def test_registry_agents_join_heartbeat_leave_and_are_dropped(tmp_path):
         (m,) = db_rows(run_dir, "SELECT agent FROM measurements WHERE ok=1 AND job_id=?", (job,))
         assert m["agent"] != agents[0].address
     # hwnas status shows the registry and what became of each agent
-    from search.status import format_status, run_status
+    from search.reporting.status import format_status, run_status
 
     status = run_status(run_dir)
     health = {a["address"]: a["health"] for a in status["agents"]}

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from search.exporting import count_params
+from search.training.exporting import count_params
 from search.spaces import TaskSpec, TrainHParams, get_space
 from search.spaces.menndl import ConvGene, HeadGene, MenndlGenome, PoolGene, _levels
 

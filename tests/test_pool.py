@@ -14,8 +14,8 @@ import pytest
 
 from device_agent.config import BuildConfig, MeasureConfig
 from device_agent.launcher import start_local_agent
-from search.pool import AgentPool, MeasureJob
-from search.store import Store
+from search.fleet.pool import AgentPool, MeasureJob
+from search.loop.store import Store
 
 from _shared import NB201_TABLE
 
@@ -90,7 +90,7 @@ def test_result_dict_equals_measure_result_to_dict():
     """The pool's shallow conversion of a wire result must store exactly what ``to_dict`` would."""
     from device_agent import wire
     from device_agent.result import MEASURED, Energy, LatencyStats, MeasureResult, Metric
-    from search.pool import _result_dict
+    from search.fleet.pool import _result_dict
 
     full = MeasureResult(
         job_id="c1-k", device_key="k", backend="onnxruntime", model_sha256="ab" * 32,

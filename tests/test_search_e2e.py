@@ -10,9 +10,9 @@ import pytest
 
 from search import config as cfgmod
 from search.cli import main as hwnas
-from search.results import collect
-from search.runner import SearchError, SearchRunner
-from search.store import Store
+from search.reporting.results import collect
+from search.loop.runner import SearchError, SearchRunner
+from search.loop.store import Store
 
 FAST = dataclasses.replace(
     cfgmod.SearchConfig(),

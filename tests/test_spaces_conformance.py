@@ -14,7 +14,7 @@ import random
 import numpy as np
 import pytest
 
-from search.exporting import ExportError, count_params, export_onnx, read_metadata, sha256
+from search.training.exporting import ExportError, count_params, export_onnx, read_metadata, sha256
 from search.spaces import TaskSpec, TrainHParams, get_space, list_spaces
 
 torch = pytest.importorskip("torch")

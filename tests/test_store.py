@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from search.store import Store, StoreError
+from search.loop.store import Store, StoreError
 
 
 def _cand(st: Store, cid: int) -> None:
@@ -138,7 +138,7 @@ def test_kill_9_keeps_committed_writes_and_drops_an_open_batch(tmp_path):
     code = f"""
 import sys, time
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from search.store import Store
+from search.loop.store import Store
 st = Store({str(tmp_path)!r}, create=True)
 st.add_candidate(id=0, arch_key="k0", genome={{}})
 with st.batch():

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from search.data import load_dataset
+from search.training.data import load_dataset
 from search.spaces.base import TrainHParams
-from search.train import TrainingError, evaluate, train_candidate
+from search.training.train import TrainingError, evaluate, train_candidate
 
 
 @pytest.fixture(scope="module")

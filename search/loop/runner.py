@@ -3,7 +3,7 @@
 It runs asynchronously (steady state): training happens in a worker pool while agents
 measure earlier candidates, and a new candidate is asked for as soon as a training slot is
 free, so neither the trainers nor the agents wait for a generation to finish. Everything goes
-through the :class:`~search.store.Store` first, so a killed server resumes where it stopped:
+through the :class:`~search.loop.store.Store` first, so a killed server resumes where it stopped:
 finished trainings and measurements are kept, in-flight work is issued again.
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any, Callable
 from search.algorithms.base import Algorithm, get_algorithm
 from search.config import SearchConfig
 from search.objectives import DEVICE_METRICS, bind, split_metric
-from search.pool import AgentPool, MeasureJob
+from search.fleet.pool import AgentPool, MeasureJob
 from search.spaces.base import SearchSpace, TrainHParams, get_space
-from search.store import Store
+from search.loop.store import Store
 
 log = logging.getLogger("hwnas.runner")
 
@@ -146,7 +146,7 @@ class SearchRunner:
         self.agent_addresses = list(agents if agents is not None else config.agents.addresses)
         self.progress = progress
         self.local_agent_args = local_agent_args
-        # registry (search/registry.py): agents join by themselves when a port is given
+        # registry (search/fleet/registry.py): agents join by themselves when a port is given
         self.registry_port, self.registry_host = registry_port, registry_host
         #: TLS of the registry's port: ``cert``, ``key`` (serve TLS), ``client_ca`` (mutual TLS)
         self.registry_tls = {k: v for k, v in (registry_tls or {}).items() if v}
@@ -187,7 +187,7 @@ class SearchRunner:
         if self.registry_port is not None:
             import sys
 
-            from search.registry import RegistryServer
+            from search.fleet.registry import RegistryServer
 
             try:
                 self.registry = RegistryServer(
@@ -272,7 +272,7 @@ class SearchRunner:
         else:
             import torch
 
-            from search.train import train_candidate
+            from search.training.train import train_candidate
 
             torch.set_num_threads(self.config.torch_threads)
             model = self.space.build(genome, self.task)
@@ -289,7 +289,7 @@ class SearchRunner:
         out: dict[str, Any] = {"train": train, "params": None, "size_mb": None, "model_sha256": None,
                                "t_train": t_train}
         if model is not None:
-            from search.exporting import count_params, export_onnx, sha256
+            from search.training.exporting import count_params, export_onnx, sha256
 
             t1 = time.perf_counter()
             out["params"] = count_params(model)
@@ -313,7 +313,7 @@ class SearchRunner:
         t_start = time.perf_counter()
         self.accuracy_table = AccuracyTable(cfg.accuracy_table) if cfg.accuracy_table else None
         if self.accuracy_table is None:
-            from search.data import load_dataset
+            from search.training.data import load_dataset
 
             try:
                 self.splits = load_dataset(cfg.dataset, root=cfg.data_root or None, seed=cfg.seed)
@@ -539,7 +539,7 @@ class SearchRunner:
 
     # -- progress ---------------------------------------------------------------------------
     def _pareto_ids(self) -> list[int]:
-        from search.results import pareto_ids
+        from search.reporting.results import pareto_ids
 
         return pareto_ids(self.store.candidates("done"), self.objectives, self.constraints)
 

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 from search.objectives import Constraint, Objective, total_violation
 from search.pareto import pareto_members
-from search.store import Store
+from search.loop.store import Store
 
 
 def pareto_ids(done: Sequence[dict[str, Any]], objectives: Sequence[Objective],

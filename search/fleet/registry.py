@@ -2,7 +2,7 @@
 
 Wire contract: ``protos/hwnas/registry/v1/registry.proto``. An agent started with
 ``--register SERVER:PORT`` calls ``Register(address, device_key, capabilities)``; the registry
-checks the agent with ``Describe`` (through :meth:`search.pool.AgentPool.add_agent`), refuses it
+checks the agent with ``Describe`` (through :meth:`search.fleet.pool.AgentPool.add_agent`), refuses it
 when the device key it announced is not the one it reports, and answers with the heartbeat
 interval. A monitor thread drops an agent after ``missed_heartbeats`` intervals without a
 heartbeat (``pool.remove_agent``: its leased job goes back to the queue at once). ``Deregister``
@@ -26,7 +26,7 @@ log = logging.getLogger("hwnas.registry")
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):
-    """Register/Heartbeat/Deregister against an :class:`~search.pool.AgentPool`."""
+    """Register/Heartbeat/Deregister against an :class:`~search.fleet.pool.AgentPool`."""
 
     def __init__(self, *, pool: Any, heartbeat_s: float, missed: int) -> None:
         self.pool = pool

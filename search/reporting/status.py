@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search.store import Store
+from search.loop.store import Store
 
 
 def run_status(run_dir: str | Path) -> dict[str, Any]:

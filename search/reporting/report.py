@@ -1,7 +1,7 @@
 """The HTML/PNG report of a run: Pareto fronts, the near-best comparison, provenance, failures.
 
 ``write_report(results, out_dir, objectives=...)`` takes the results list of a run (the format
-of :mod:`search.results`) and writes into ``out_dir``:
+of :mod:`search.reporting.results`) and writes into ``out_dir``:
 
 - ``index.html``: plain, self-contained apart from the PNGs: run summary, plots, the Pareto
   table where every number says where it came from (measured / computed / estimated /

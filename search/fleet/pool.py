@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from device_agent.config import BuildConfig, MeasureConfig
-from search.store import Store
+from search.loop.store import Store
 
 log = logging.getLogger("hwnas.pool")
 

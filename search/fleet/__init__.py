@@ -1,0 +1,1 @@
+"""The measuring fleet: the agent pool (leases, retries, quarantine) and the agent registry service."""

@@ -1,0 +1,1 @@
+"""Reading a run: results, the HTML report, status."""

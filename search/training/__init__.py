@@ -1,0 +1,1 @@
+"""How a candidate gets its accuracy: evaluators (in-process training, accuracy table), data, training, ONNX export."""
