@@ -37,7 +37,7 @@ class ExportError(RuntimeError):
 
 
 def _objective_provenance(c: dict[str, Any]) -> dict[str, dict[str, str]]:
-    from search.reporting.report import provenance
+    from search.provenance import provenance
 
     out = {}
     for name in (c.get("objectives") or {}):

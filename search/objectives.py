@@ -4,15 +4,8 @@ An objective names a metric, its direction and, for hardware metrics, the device
 measured on: ``accuracy`` (max), ``params`` (min), ``latency_ms@cpu-x86`` (min), ...
 A metric without ``@key`` that needs a device is bound to the run's default device key.
 
-Metrics the search knows:
-
-- ``accuracy``: held-out accuracy of the trained candidate (0..1), or a table's accuracy.
-- ``params``: trainable parameter count of the built network.
-- ``size_mb``: size of the exported ONNX file in MB.
-- ``latency_ms``: median latency measured by an agent (``latency_p99_ms`` for the p99).
-- ``peak_memory_mb``: peak memory of the measurement job on the agent.
-- ``energy_mj``: energy per inference (gross) measured by the agent's power sensor; a run whose
-  agent has no sensor gets no value and the candidate cannot be ranked on it.
+The metrics the search knows (units, directions, where each value is read from) are listed
+once, in :mod:`search.metrics`.
 """
 from __future__ import annotations
 
@@ -21,21 +14,10 @@ import operator
 import re
 from dataclasses import dataclass
 
-#: Metric name -> default direction.
-METRICS: dict[str, str] = {
-    "accuracy": "max",
-    "params": "min",
-    "size_mb": "min",
-    "latency_ms": "min",
-    "latency_p99_ms": "min",
-    "peak_memory_mb": "min",
-    "energy_mj": "min",
-    "energy_net_mj": "min",
-}
-#: Metrics that come from a device agent and so belong to a device key.
-DEVICE_METRICS = frozenset(
-    {"latency_ms", "latency_p99_ms", "peak_memory_mb", "energy_mj", "energy_net_mj"}
-)
+from search.metrics import CATALOGUE, DEVICE_METRICS  # noqa: F401 - DEVICE_METRICS re-exported
+
+#: Metric name -> default direction (the catalogue in :mod:`search.metrics` is the source).
+METRICS: dict[str, str] = {name: m.direction for name, m in CATALOGUE.items()}
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 _CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z0-9_@.\-:]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")

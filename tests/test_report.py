@@ -8,7 +8,8 @@ import re
 import pytest
 
 from search.objectives import Objective
-from search.reporting.report import cost_values, near_best, provenance, write_report
+from search.provenance import cost_values, provenance
+from search.reporting.report import near_best, write_report
 
 DEV = "cpu-x"
 OBJS = [Objective("accuracy", "max"), Objective(f"latency_ms@{DEV}", "min"), Objective("params", "min")]

@@ -22,113 +22,12 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from search.objectives import Objective, split_metric
-
-#: Cost metrics compared in the near-best study even when they are not objectives.
-_EXTRA_COSTS = ("params", "size_mb")
-_UNITS = {"latency_ms": "ms", "latency_p99_ms": "ms", "peak_memory_mb": "MB", "energy_mj": "mJ",
-          "energy_net_mj": "mJ", "size_mb": "MB", "params": ""}
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 1000):
-        return f"{int(v):,}"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
+from search.metrics import unit as metric_unit
+from search.objectives import Objective
+from search.provenance import cost_values, fmt as _fmt, num as _num, provenance
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-# ---------------------------------------------------------------- provenance
-
-def _measurement_for(c: dict[str, Any], key: str | None) -> dict[str, Any] | None:
-    ms = [m for m in c.get("measurements") or [] if key is None or m.get("device_key") == key]
-    ok = [m for m in ms if m.get("ok", m.get("error") is None)]
-    return (ok or ms or [None])[0]
-
-
-def provenance(c: dict[str, Any], name: str) -> tuple[str, str]:
-    """``(status, how)`` of candidate ``c``'s value for objective/metric ``name``.
-
-    status is ``measured``, ``computed``, ``estimated`` or ``unavailable``.
-    """
-    metric, key = split_metric(name)
-    value = (c.get("objectives") or {}).get(name, c.get(name) if metric in _EXTRA_COSTS else None)
-    if metric == "accuracy":
-        train = c.get("train") or {}
-        src = train.get("source") or "as recorded in the run's results (no training record)"
-        how = src + (f"; {train['epochs']} epochs" if train.get("epochs") else "")
-        return ("measured" if value is not None else "unavailable"), how
-    if metric == "params":
-        return ("computed" if value is not None else "unavailable"), "trainable parameter count"
-    if metric == "size_mb":
-        return ("computed" if value is not None else "unavailable"), "size of the exported ONNX file"
-    m = _measurement_for(c, key)
-    if m is None:
-        return "unavailable", f"no measurement on {key or 'any device'}"
-    if m.get("error"):
-        return "unavailable", f"measurement failed: {m['error']}"
-    where = f"on {m.get('device_key')}" + (f" via {m['agent']}" if m.get("agent") else "")
-    if metric in ("latency_ms", "latency_p99_ms"):
-        lat = m.get("latency_ms") or {}
-        if not lat:
-            return "unavailable", f"no latency {where}"
-        stat = "median" if metric == "latency_ms" else "p99"
-        ci = (f", 95% CI of median [{_fmt(lat.get('ci_low'))}, {_fmt(lat.get('ci_high'))}]"
-              if lat.get("ci_low") is not None else "")
-        flags = f"; flags: {', '.join(m['flags'])}" if m.get("flags") else ""
-        return "measured", (f"{stat} of {lat.get('count', '?')} timed runs {where}"
-                            f" ({lat.get('method') or m.get('backend') or 'timed loop'}){ci}{flags}")
-    if metric == "peak_memory_mb":
-        pm = m.get("peak_memory_mb") or {}
-        return pm.get("status", "unavailable"), f"{pm.get('method') or 'not reported'} {where}"
-    if metric in ("energy_mj", "energy_net_mj"):
-        en = m.get("energy") or {}
-        return en.get("status", "unavailable"), f"{en.get('method') or 'not reported'} {where}"
-    return ("measured" if value is not None else "unavailable"), where
-
-
-def cost_values(c: dict[str, Any], objectives: Sequence[Objective]) -> dict[str, float]:
-    """Every cost number of ``c``: cost objectives, params, size_mb, and the measured latency,
-    peak memory and energy on each device (energy only where a sensor gave a value)."""
-    out: dict[str, float] = {}
-    objs = c.get("objectives") or {}
-    for o in objectives:
-        if o.metric != "accuracy" and _num(objs.get(o.name)) is not None:
-            out[o.name] = float(objs[o.name])
-    for k in _EXTRA_COSTS:
-        v = _num(objs.get(k, c.get(k)))
-        if v is not None:
-            out.setdefault(k, v)
-    for m in c.get("measurements") or []:
-        dk = m.get("device_key")
-        if m.get("error") or not dk:
-            continue
-        lat = _num((m.get("latency_ms") or {}).get("median"))
-        if lat is not None:
-            out.setdefault(f"latency_ms@{dk}", lat)
-        pm = m.get("peak_memory_mb") or {}
-        if pm.get("status") in ("measured", "estimated") and _num(pm.get("value")) is not None:
-            out.setdefault(f"peak_memory_mb@{dk}", float(pm["value"]))
-        en = m.get("energy") or {}
-        if en.get("status") in ("measured", "estimated") and _num(en.get("value_mj")) is not None:
-            out.setdefault(f"energy_mj@{dk}", float(en["value_mj"]))
-    return out
 
 
 # ---------------------------------------------------------------- analysis
@@ -228,7 +127,7 @@ def _plot_front(done: list[dict], pareto: dict[int, bool], acc_o: Objective, cos
             label=f"front of {acc_o.name} vs {cost.name}", zorder=3)
     if x.min() > 0 and x.max() / x.min() > 20:
         ax.set_xscale("log")
-    unit = _UNITS.get(cost.metric, "")
+    unit = metric_unit(cost.metric)
     ax.set_xlabel(f"{cost.name}" + (f" [{unit}]" if unit else "") + " (lower is better)")
     ax.set_ylabel(acc_o.name + (" (higher is better)" if acc_o.direction == "max" else ""))
     ax.set_title(f"{title}: {acc_o.name} vs {cost.name}\n{len(pts)} candidates plotted,"

@@ -1,0 +1,114 @@
+"""The metric catalogue: for every metric the search knows, its unit, direction, whether it
+belongs to a device key, where its value is read from, and what kind of number it is.
+
+Everything that turns a metric's name into a value, a unit or a provenance reads this table:
+the loop's objective values (:mod:`search.loop.tracker`), the results and the report
+(:mod:`search.reporting`), the provenance (:mod:`search.provenance`), status, and deploy.
+
+A value lives in one of three places:
+
+- ``train``: the candidate's training record (``accuracy``);
+- ``candidate``: the candidate's own row (``params``, ``size_mb``);
+- ``measurement``: a device agent's measurement result on the metric's device key.
+
+``kind`` is what the number is when it is there: ``measured`` (a timer, a sensor, a held-out
+split), ``published`` (a table's column), ``simulated``, ``estimated`` (a model) or ``computed``
+(counted from the network). A measurement that carries its own ``status`` (peak memory, energy)
+says per value which of these it is (see ``status_field``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+#: the kinds of number (plus ``unavailable`` for a value that is not there)
+KINDS = ("measured", "published", "simulated", "estimated", "computed")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric of the catalogue."""
+
+    name: str
+    unit: str
+    direction: str  # "min" or "max"
+    source: str  # "train", "candidate" or "measurement"
+    path: tuple[str, ...]  # keys from the source dict down to the number
+    kind: str
+    description: str
+    #: the measurement's field (beside the number) that states the value's kind, if any
+    status_field: str | None = None
+
+    @property
+    def device_bound(self) -> bool:
+        """True for a metric measured by an agent on a device key (``latency_ms@cpu-x86``)."""
+        return self.source == "measurement"
+
+    def read(self, cand: Mapping[str, Any], result: Mapping[str, Any] | None = None) -> float | None:
+        """The metric's value for a candidate row ``cand`` (its ``train`` record, ``params``,
+        ``size_mb``) or a device measurement ``result``; None when it is not there."""
+        if self.source == "train":
+            node: Any = cand.get("train") or {}
+        elif self.source == "candidate":
+            node = cand
+        else:
+            node = result
+        for key in self.path:
+            if not isinstance(node, Mapping):
+                return None
+            node = node.get(key)
+        return node  # type: ignore[return-value]
+
+    def status(self, result: Mapping[str, Any] | None) -> str:
+        """The kind of this measurement's value, or ``unavailable`` (device metrics only)."""
+        if result is None:
+            return "unavailable"
+        if self.status_field is not None:
+            return (result.get(self.path[0]) or {}).get(self.status_field, "unavailable")
+        return self.kind if self.read({}, result) is not None else "unavailable"
+
+
+def _m(name: str, unit: str, direction: str, source: str, path: tuple[str, ...], kind: str,
+       description: str, status_field: str | None = None) -> tuple[str, Metric]:
+    return name, Metric(name, unit, direction, source, path, kind, description, status_field)
+
+
+#: every metric by name
+CATALOGUE: dict[str, Metric] = dict([
+    _m("accuracy", "", "max", "train", ("accuracy",), "measured",
+       "held-out accuracy of the trained candidate (0..1), or a table's published accuracy"),
+    _m("params", "", "min", "candidate", ("params",), "computed", "trainable parameter count"),
+    _m("size_mb", "MB", "min", "candidate", ("size_mb",), "computed", "size of the exported ONNX file"),
+    _m("latency_ms", "ms", "min", "measurement", ("latency_ms", "median"), "measured",
+       "median latency of the timed runs on the agent"),
+    _m("latency_p99_ms", "ms", "min", "measurement", ("latency_ms", "p99"), "measured",
+       "99th-percentile latency of the timed runs on the agent"),
+    _m("peak_memory_mb", "MB", "min", "measurement", ("peak_memory_mb", "value"), "measured",
+       "peak memory of the measurement job on the agent", status_field="status"),
+    _m("energy_mj", "mJ", "min", "measurement", ("energy", "value_mj"), "measured",
+       "energy per inference (gross) from the agent's power sensor; never invented", status_field="status"),
+    _m("energy_net_mj", "mJ", "min", "measurement", ("energy", "net_value_mj"), "measured",
+       "energy per inference above the idle baseline", status_field="status"),
+])
+
+#: metrics measured by an agent on a device key
+DEVICE_METRICS = frozenset(name for name, m in CATALOGUE.items() if m.device_bound)
+
+#: cost metrics of a candidate's own row, compared in the report even when they are not objectives
+CANDIDATE_COSTS = tuple(name for name, m in CATALOGUE.items() if m.source == "candidate")
+
+#: device metrics the report compares per device key (one statistic per quantity)
+DEVICE_COSTS = ("latency_ms", "peak_memory_mb", "energy_mj")
+
+
+def metric(name: str) -> Metric:
+    """The catalogue entry of ``name`` (a bare metric name, no ``@key``)."""
+    try:
+        return CATALOGUE[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(sorted(CATALOGUE))}") from None
+
+
+def unit(name: str) -> str:
+    """The unit of a bare metric name ('' for a count or a fraction)."""
+    return CATALOGUE[name].unit if name in CATALOGUE else ""
