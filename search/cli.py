@@ -37,22 +37,13 @@ def _search(args: argparse.Namespace) -> int:
     args.token = _token(args)
     from search import config as cfgmod
     from search.loop.runner import SearchRunner
+    from search.loop.setup import resume_config
 
     if args.resume:
         run_dir = Path(args.resume)
         if args.config:
             raise CLIError("--resume continues with the run's stored config; do not pass --config")
-        from search.loop.store import Store
-
-        st = Store(run_dir)
-        stored = st.get_meta("config")
-        st.close()
-        if stored is None:
-            raise CLIError(f"{run_dir} holds no config to resume")
-        cfg = cfgmod.restore(stored)
-        if cfgmod.needs_token(stored) and args.token is None:
-            raise CLIError("this run used an agent token, which the run store does not keep: "
-                           "pass --token or --token-file again to resume it")
+        cfg = resume_config(run_dir, token_given=args.token is not None)
     else:
         cfg = cfgmod.load(args.config)
         run_dir = Path(args.out or "runs/latest")
@@ -151,6 +142,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``hwnas`` argument parser (``--space`` and ``--algorithm`` list the registries)."""
+    from search.algorithms.base import list_algorithms
+    from search.spaces.base import list_spaces
+
     p = argparse.ArgumentParser(prog="hwnas", description="Hardware-in-the-loop evolutionary NAS.")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = p.add_subparsers(dest="command", required=True)
@@ -161,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR")
     s.add_argument("--budget", type=int, help="candidates to propose in total")
     s.add_argument("--seed", type=int)
-    s.add_argument("--space", help="search space: menndl, nb201, mobile")
-    s.add_argument("--algorithm", help="nsga2 (default), random, regevo, optuna-nsga2, optuna-tpe")
+    s.add_argument("--space", choices=list_spaces(), help="search space (default menndl)")
+    s.add_argument("--algorithm", choices=list_algorithms(), help="search algorithm (default nsga2)")
     s.add_argument("--dataset", help="digits, fashion-mnist, cifar10, cifar100, imagefolder:PATH")
     s.add_argument("--accuracy-table", dest="accuracy_table", metavar="CSV:COLUMN",
                    help="use a published accuracy instead of training (e.g. NAS-Bench-201)")
@@ -222,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from search.config import ConfigError
-    from search.loop.runner import SearchError
+    from search.loop.setup import SearchError
     from search.loop.store import StoreError
 
     try:

@@ -60,7 +60,9 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
-class AgentSettings:
+class AgentsConfig:
+    """The `[agents]` section: which agents, their token and TLS, and the pool's lease and retry limits."""
+
     addresses: tuple[str, ...] = ()
     token: str = ""
     lease_s: float = 300.0
@@ -107,7 +109,7 @@ class SearchConfig:
     train_workers: int = 1
     torch_threads: int = 1
     train: TrainSettings = field(default_factory=TrainSettings)
-    agents: AgentSettings = field(default_factory=AgentSettings)
+    agents: AgentsConfig = field(default_factory=AgentsConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     measure: MeasureConfig = DEMO_MEASURE
 
@@ -182,7 +184,7 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
         cfg = replace(
             cfg,
             train=_section(TrainSettings, data.get("train", {}), "train"),
-            agents=_section(AgentSettings, agents, "agents"),
+            agents=_section(AgentsConfig, agents, "agents"),
             build=BuildConfig.from_dict(data.get("build")),
             measure=replace(DEMO_MEASURE, **data["measure"]) if "measure" in data else DEMO_MEASURE,
         )
@@ -222,5 +224,5 @@ def restore(data: dict[str, Any]) -> SearchConfig:
     d["constraints"] = tuple(d["constraints"])
     agents["addresses"] = tuple(agents["addresses"])
     agents.pop("token_set", None)  # see SearchConfig.to_stored
-    return SearchConfig(**d, train=TrainSettings(**train), agents=AgentSettings(**agents),
+    return SearchConfig(**d, train=TrainSettings(**train), agents=AgentsConfig(**agents),
                         build=BuildConfig.from_dict(build), measure=MeasureConfig.from_dict(measure))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable
+
+from device_agent.plugins import PluginRegistry
 
 from search.objectives import Constraint, Objective, total_violation
 from search.spaces.base import Genome, SearchSpace
@@ -46,6 +47,8 @@ class Algorithm(ABC):
     override :meth:`_on_tell`."""
 
     name: str = ""
+    #: True: the constructor takes ``population_size`` (given from :class:`AlgorithmOptions`)
+    uses_population: bool = False
 
     def __init__(
         self,
@@ -99,6 +102,13 @@ class Algorithm(ABC):
         self.pending[number] = trial
         return trial
 
+    @classmethod
+    def from_options(cls, options: "AlgorithmOptions") -> "Algorithm":
+        """Build from :class:`AlgorithmOptions` (a population-based class adds its size)."""
+        extra = {"population_size": options.population_size} if cls.uses_population else {}
+        return cls(space=options.space, objectives=list(options.objectives),
+                   constraints=list(options.constraints), seed=options.seed, **extra)
+
     # -- helpers for subclasses -------------------------------------------------------------
     def _record(self, trial: Trial, values: dict[str, float] | None) -> None:
         if values is not None:
@@ -123,39 +133,42 @@ class Algorithm(ABC):
         """Return ``(genome, parent trial numbers, origin)``."""
 
 
-_REGISTRY: dict[str, Callable[..., Algorithm]] = {}
+@dataclass(frozen=True)
+class AlgorithmOptions:
+    """Everything an algorithm is built from; each class takes what it uses
+    (:meth:`Algorithm.from_options`)."""
+
+    space: SearchSpace
+    objectives: tuple[Objective, ...]
+    constraints: tuple[Constraint, ...] = ()
+    seed: int = 0
+    #: for the population-based algorithms (NSGA-II, regularized evolution, Optuna's NSGA-II)
+    population_size: int = 12
 
 
-def register_algorithm(name: str):
-    """Class decorator: make an algorithm buildable by ``get_algorithm(name, ...)``."""
+#: every algorithm, by name (built-ins imported on first use)
+ALGORITHMS: PluginRegistry[type[Algorithm]] = PluginRegistry("algorithm", base=Algorithm, modules={
+    "nsga2": "search.algorithms.nsga2",
+    "random": "search.algorithms.random_search",
+    "regevo": "search.algorithms.regevo",
+    "optuna-nsga2": "search.algorithms.optuna_adapter",
+    "optuna-tpe": "search.algorithms.optuna_adapter",
+})
 
-    def deco(cls):
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+#: class decorator: register an algorithm under a name (``@register_algorithm("mine")``)
+register_algorithm = ALGORITHMS.register
 
 
 def list_algorithms() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
+    """Every known algorithm name."""
+    return ALGORITHMS.names()
 
 
 def get_algorithm(name: str, **kwargs) -> Algorithm:
-    """Build the registered algorithm ``name`` with keyword arguments."""
-    _load_builtin()
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
-    return cls(**kwargs)
+    """Build the algorithm ``name`` with keyword arguments (its constructor's)."""
+    return ALGORITHMS.get(name)(**kwargs)
 
 
-def _load_builtin() -> None:
-    for mod in ("nsga2", "random_search", "regevo", "optuna_adapter"):
-        try:
-            __import__(f"search.algorithms.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"search.algorithms.{mod}":
-                raise
+def create_algorithm(name: str, options: AlgorithmOptions) -> Algorithm:
+    """Build the algorithm ``name`` from one options object (what the search loop does)."""
+    return ALGORITHMS.get(name).from_options(options)

@@ -73,6 +73,8 @@ def usable(algo: Algorithm, ev: Evaluated) -> bool:
 class NSGA2(Algorithm):
     """Asynchronous steady-state NSGA-II; see the module docstring."""
 
+    uses_population = True
+
     def __init__(
         self,
         *,

@@ -173,6 +173,8 @@ class OptunaAlgorithm(Algorithm):
 class OptunaNSGA2(OptunaAlgorithm):
     """Optuna's ``NSGAIISampler`` (generational; population 50 by default)."""
 
+    uses_population = True
+
     def __init__(
         self,
         *,

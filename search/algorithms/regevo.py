@@ -25,6 +25,8 @@ from search.spaces.base import Genome, SearchSpace
 class RegularizedEvolution(Algorithm):
     """Aging evolution with a Pareto tournament; see the module docstring."""
 
+    uses_population = True
+
     def __init__(
         self,
         *,

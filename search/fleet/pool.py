@@ -142,7 +142,6 @@ class AgentPool:
         self._threads: dict[str, threading.Thread] = {}
         self._stop = threading.Event()
         self.retries = 0
-        self.completed = 0
 
     # -- agents -----------------------------------------------------------------------------
     def add_agent(self, address: str, *, expect_key: str | None = None) -> AgentState:
@@ -173,6 +172,7 @@ class AgentPool:
             t = threading.Thread(target=self._worker, args=(state, client), name=f"agent-{address}",
                                  daemon=True)
             self._threads[f"{address}#{len(self._threads)}"] = t
+            self._cv.notify_all()  # wakes wait_for_agents
         self.store.event("agent_joined", agent=address, detail={"device_key": state.device_key})
         t.start()
         return state
@@ -213,7 +213,13 @@ class AgentPool:
             self.store.requeue_job(job.job_id, reason=f"agent {address} {reason}", agent=address)
             self._requeue_front(job)
 
+    def wait_for_agents(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds, checked each time an agent joins; its last value."""
+        with self._cv:
+            return self._cv.wait_for(predicate, timeout)
+
     def device_keys(self) -> set[str]:
+        """The device keys of the agents in the pool now."""
         return {a.device_key for a in self.agents.values() if not a.removed}
 
     # -- jobs -------------------------------------------------------------------------------
@@ -412,7 +418,6 @@ class AgentPool:
         self._finish(job, result, result.get("error"))
 
     def _finish(self, job: MeasureJob, result: dict[str, Any] | None, error: str | None) -> None:
-        self.completed += 1
         try:
             self.on_done(job, result, error)
         except Exception:  # noqa: BLE001 - a callback bug must not kill the agent thread

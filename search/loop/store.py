@@ -382,7 +382,3 @@ class Store:
         if kind:
             sql, args = sql + " WHERE kind = ?", (kind,)
         return [dict(r, detail=json.loads(r["detail"] or "{}")) for r in self._query(sql + " ORDER BY id", args)]
-
-    def iter_events_since(self, last_id: int) -> Iterator[dict]:
-        for r in self._query("SELECT * FROM events WHERE id > ? ORDER BY id", (last_id,)):
-            yield dict(r, detail=json.loads(r["detail"] or "{}"))

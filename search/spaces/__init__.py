@@ -1,5 +1,6 @@
 """Search spaces (see :mod:`search.spaces.base`)."""
 from search.spaces.base import (
+    SPACES,
     Genome,
     SearchSpace,
     TaskSpec,
@@ -9,4 +10,4 @@ from search.spaces.base import (
     register_space,
 )
 
-__all__ = ["Genome", "SearchSpace", "TaskSpec", "TrainHParams", "get_space", "list_spaces", "register_space"]
+__all__ = ["SPACES", "Genome", "SearchSpace", "TaskSpec", "TrainHParams", "get_space", "list_spaces", "register_space"]

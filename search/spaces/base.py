@@ -1,15 +1,18 @@
 """Search spaces: genomes, their variation operators and how they build into PyTorch.
 
 A genome is a frozen, hashable value that serialises to JSON (``space.to_json`` /
-``space.from_json``). A space is registered by name with :func:`register_space` and built
-through :func:`get_space`, so the conformance suite can enumerate every registered space.
+``space.from_json``). A space is registered by name in :data:`SPACES` (a
+:class:`~device_agent.plugins.PluginRegistry`; :func:`register_space` is its decorator) and built
+through :func:`get_space`, so the CLI and the conformance suite enumerate every registered space.
 """
 from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable
+from typing import Any, Hashable
+
+from device_agent.plugins import PluginRegistry
 
 Genome = Hashable
 
@@ -79,42 +82,22 @@ class SearchSpace(ABC):
         return None
 
 
-_REGISTRY: dict[str, Callable[..., SearchSpace]] = {}
+#: every search space, by name (built-ins imported on first use)
+SPACES: PluginRegistry[type[SearchSpace]] = PluginRegistry("search space", base=SearchSpace, modules={
+    "menndl": "search.spaces.menndl",
+    "nb201": "search.spaces.nb201",
+    "mobile": "search.spaces.mobile",
+})
 
-
-def register_space(name: str) -> Callable[[type[SearchSpace]], type[SearchSpace]]:
-    """Class decorator: make a space buildable by ``get_space(name)``."""
-
-    def deco(cls: type[SearchSpace]) -> type[SearchSpace]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def _load_builtin() -> None:
-    # Importing the modules registers their spaces.
-    from search.spaces import menndl  # noqa: F401
-
-    for mod in ("nb201", "mobile"):
-        try:
-            __import__(f"search.spaces.{mod}")
-        except ModuleNotFoundError as exc:  # a space not written yet
-            if exc.name != f"search.spaces.{mod}":
-                raise
+#: class decorator: register a space under a name (``@register_space("mine")``)
+register_space = SPACES.register
 
 
 def list_spaces() -> list[str]:
-    """Names of every registered space."""
-    _load_builtin()
-    return sorted(_REGISTRY)
+    """Names of every known space."""
+    return SPACES.names()
 
 
 def get_space(name: str, **kwargs: Any) -> SearchSpace:
-    """Build the registered space ``name``."""
-    _load_builtin()
-    try:
-        return _REGISTRY[name](**kwargs)
-    except KeyError:
-        raise ValueError(f"unknown search space {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+    """Build the space ``name`` with its options."""
+    return SPACES.get(name)(**kwargs)

@@ -1,0 +1,229 @@
+"""One run set-up, shared by the runner and the CLI: the run store (new or resumed, with the
+stored config restored), the measuring fleet (agent pool, registry, a local agent), the
+objectives bound to the fleet's device keys, and the evaluator.
+
+Waits are on the pool's condition (an agent joined), never sleep loops.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from search.config import SearchConfig
+from search.fleet.pool import AgentPool
+from search.loop.store import Store
+from search.metrics import DEVICE_METRICS
+from search.objectives import Constraint, Objective, bind, split_metric
+from search.spaces.base import SearchSpace
+from search.training.evaluator import Evaluator
+
+log = logging.getLogger("hwnas.setup")
+
+
+class SearchError(RuntimeError):
+    """The search cannot start or go on (no agent, bad dataset, ...)."""
+
+
+# ---------------------------------------------------------------------------- the run store
+def stored_config(store: Store, *, token_given: bool) -> SearchConfig:
+    """The config a run was started with, as its store keeps it (no token: ``token_given``
+    says the caller brings one again)."""
+    from search.config import needs_token, restore
+
+    stored = store.get_meta("config")
+    if stored is None:
+        raise SearchError(f"{store.run_dir} holds no config to resume")
+    if needs_token(stored) and not token_given:
+        raise SearchError("this run used an agent token, which the run store does not keep: "
+                          "pass --token or --token-file again to resume it")
+    return restore(stored)
+
+
+def resume_config(run_dir: str | Path, *, token_given: bool) -> SearchConfig:
+    """:func:`stored_config` of the run in ``run_dir`` (the store is closed again)."""
+    store = Store(run_dir)
+    try:
+        return stored_config(store, token_given=token_given)
+    finally:
+        store.close()
+
+
+def open_run(run_dir: str | Path, config: SearchConfig | None, *, resume: bool) -> tuple[Store, SearchConfig]:
+    """Create (or, ``resume``, reopen) the run store and record the config in it (no token)."""
+    run_dir = Path(run_dir)
+    if resume:
+        store = Store(run_dir)
+        if config is None:
+            try:
+                config = stored_config(store, token_given=False)
+            except SearchError:
+                store.close()
+                raise
+    else:
+        if (run_dir / "run.sqlite").exists():
+            raise SearchError(f"{run_dir} already holds a run; use --resume or another --out")
+        store = Store(run_dir, create=True)
+    assert config is not None
+    store.set_meta("config", config.to_stored())  # no token in the run folder
+    return store, config
+
+
+def make_space(config: SearchConfig) -> SearchSpace:
+    """The config's search space, with its options."""
+    from search.spaces.base import get_space
+
+    try:
+        return get_space(config.space, **config.space_options)
+    except (TypeError, ValueError) as exc:
+        raise SearchError(f"search space {config.space!r}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------- the fleet
+@dataclass(frozen=True)
+class RegistrySettings:
+    """Serve the agent registry (agents join by themselves) on ``host:port``; ``tls``: ``cert``,
+    ``key`` (serve TLS) and ``client_ca`` (mutual TLS)."""
+
+    port: int
+    host: str = "127.0.0.1"
+    tls: tuple[tuple[str, str], ...] = ()
+    heartbeat_s: float = 2.0
+
+
+class Fleet:
+    """The agents a run measures on: the pool, and the registry or local agent it started."""
+
+    def __init__(self, *, store: Store, config: SearchConfig, addresses: list[str],
+                 on_done: Callable[..., None], registry: RegistrySettings | None = None,
+                 local_agent_args: tuple[str, ...] = (), wait_agents_s: float = 120.0) -> None:
+        settings = config.agents
+        self.store = store
+        self.addresses = list(addresses)
+        self.registry_settings = registry
+        self.local_agent_args = local_agent_args
+        self.wait_agents_s = wait_agents_s
+        self.token = settings.token or None
+        self.registry: Any = None
+        self._local_agent: Any = None
+        tls = settings.client_tls()
+        factory = None
+        if tls:  # TLS / mutual TLS to the agents
+            from device_agent.client import AgentClient
+
+            factory = functools.partial(AgentClient, **tls)
+        self.pool = AgentPool(
+            store=store, build=config.build, measure=config.measure, on_done=on_done, token=self.token,
+            lease_s=settings.lease_s, max_attempts=settings.max_attempts, max_crashes=settings.max_crashes,
+            straggler_s=settings.straggler_s or None, client_factory=factory)
+
+    def _start_registry(self, reg: RegistrySettings) -> None:
+        from search.fleet.registry import RegistryServer
+
+        tls = dict(reg.tls)
+        try:
+            self.registry = RegistryServer(
+                pool=self.pool, host=reg.host, port=reg.port, token=self.token, heartbeat_s=reg.heartbeat_s,
+                tls_cert=tls.get("cert"), tls_key=tls.get("key"), tls_client_ca=tls.get("client_ca")).start()
+        except (ValueError, OSError, RuntimeError) as exc:  # exposure rule, certificates, bind
+            raise SearchError(f"registry: {exc}") from None
+        self.store.set_meta("registry", {"address": self.registry.address, "heartbeat_s": reg.heartbeat_s,
+                                         "tls": self.registry.tls})
+        self.store.event("registry_started", detail={"address": self.registry.address})
+        print(f"hwnas: registry listening on {self.registry.address}", file=sys.stderr, flush=True)
+
+    def start(self) -> str:
+        """Start the registry and connect the agents; the default device key (the first listed
+        agent's, or the first to register)."""
+        if self.registry_settings is not None:
+            self._start_registry(self.registry_settings)
+        pool = self.pool
+        if not self.addresses and self.registry is not None:
+            if not pool.wait_for_agents(lambda: bool(pool.agents), self.wait_agents_s):
+                raise SearchError(f"no agent registered at {self.registry.address} in {self.wait_agents_s:g}s")
+            return next(iter(pool.agents.values())).device_key
+        if not self.addresses:
+            from device_agent.launcher import start_local_agent
+
+            self._local_agent = start_local_agent(token=self.token, extra_args=self.local_agent_args)
+            self.addresses = [self._local_agent.address]
+            self.store.event("local_agent_started", agent=self._local_agent.address)
+        errors = [f"{a}: {e}" for a, e in pool.add_agents(self.addresses).items()]
+        if not pool.agents:
+            raise SearchError("no agent could be reached: " + "; ".join(errors))
+        for e in errors:
+            log.warning("agent not reachable, continuing without it: %s", e)
+        # the first listed agent that answered gives the default key (agents are added in parallel)
+        return next(pool.agents[a].device_key for a in self.addresses if a in pool.agents)
+
+    def bind(self, config: SearchConfig, default_key: str) -> tuple[list[Objective], list[Constraint], list[str]]:
+        """The config's objectives and constraints bound to ``default_key``, and the device keys
+        they need (waiting, with a registry, for agents of every key to join)."""
+        objectives = [dataclasses.replace(o, name=bind(o.name, default_key)) for o in config.objective_list()]
+        constraints = [dataclasses.replace(c, name=bind(c.name, default_key)) for c in config.constraint_list()]
+        keys = set()
+        for item in [*objectives, *constraints]:
+            metric, key = split_metric(item.name)
+            if metric in DEVICE_METRICS:
+                keys.add(key)
+        pool = self.pool
+        if self.registry is not None:  # agents of the other keys may still be registering
+            pool.wait_for_agents(lambda: keys <= pool.device_keys(), self.wait_agents_s)
+        missing = keys - pool.device_keys()
+        if missing:
+            raise SearchError(f"objectives need device keys {sorted(missing)}, but the agents are "
+                              f"{sorted(pool.device_keys())}")
+        self.store.set_meta("objectives", [dataclasses.asdict(o) for o in objectives])
+        self.store.set_meta("constraints", [dataclasses.asdict(c) for c in constraints])
+        return objectives, constraints, sorted(keys)
+
+    def runs_onnx(self) -> bool:
+        """Whether an agent of the fleet runs ONNX files (a table-backed one measures by key)."""
+        return not all(a.info.get("default_backend", a.info.get("backend")) == "table"
+                       for a in self.pool.agents.values())
+
+    def close(self) -> None:
+        """Stop the registry, the pool and the local agent."""
+        if self.registry is not None:
+            self.registry.stop()
+        self.pool.close()
+        if self._local_agent is not None:
+            with contextlib.suppress(Exception):
+                self._local_agent.stop()
+
+
+# --------------------------------------------------------------------------- the evaluator
+def accuracy_source(config: SearchConfig) -> Any:
+    """Where accuracies come from, loaded before any agent starts (a bad dataset or table fails
+    fast): the config's :class:`AccuracyTable`, or its dataset's splits."""
+    from search.training.accuracy_table import AccuracyTable, AccuracyTableError
+
+    if config.accuracy_table:
+        try:
+            return AccuracyTable(config.accuracy_table)
+        except AccuracyTableError as exc:
+            raise SearchError(str(exc)) from None
+    from search.training.data import load_dataset
+
+    try:
+        return load_dataset(config.dataset, root=config.data_root or None, seed=config.seed)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        raise SearchError(f"dataset {config.dataset!r}: {exc}") from None
+
+
+def make_evaluator(config: SearchConfig, source: Any, space: SearchSpace, store: Store, *, build: bool,
+                   export: bool) -> Evaluator:
+    """The run's evaluator for an :func:`accuracy_source`: the table's look-up, or in-process
+    training on the dataset's splits."""
+    from search.training.accuracy_table import AccuracyTable
+    from search.training.evaluator import InProcessTrainer, TableEvaluator
+
+    common: dict[str, Any] = dict(space=space, model_path=store.model_path, export=export)
+    if isinstance(source, AccuracyTable):
+        return TableEvaluator(table=source, build=build, torch_threads=config.torch_threads, **common)
+    return InProcessTrainer(splits=source, config=config, **common)

@@ -1,0 +1,203 @@
+"""The candidate tracker: every unfinished candidate's state, and the one way each one ends.
+
+A candidate goes through these states (the run store keeps the durable part of it)::
+
+    proposed -> training -> trained -> measuring -> done
+                    \\                       \\
+                     `-> failed              `-> failed
+
+``proposed``: the algorithm asked for it and the store has its row; ``training``: an evaluator
+works on it; ``trained``: accuracy (and ONNX file) known, measurement jobs written;
+``measuring``: jobs out at the agents; ``done`` / ``failed``: told to the algorithm and
+forgotten here. Later stages slot in as states of their own: ``screened`` (a cost predictor
+ruled it out before training), ``infeasible`` (an untrained ONNX measured over a constraint),
+``promoted`` (a fidelity rung passed it on). Whatever the path, a candidate leaves through
+:meth:`CandidateTracker.finish` or :meth:`CandidateTracker.fail`, which write the store, tell
+the algorithm and drop the candidate's state.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from search.algorithms.base import Algorithm
+from search.loop.store import Store
+from search.metrics import CATALOGUE
+from search.objectives import Constraint, Objective, split_metric
+
+
+class State(str, enum.Enum):
+    """A candidate's state in the loop (``str`` so that it prints and compares as its name)."""
+
+    PROPOSED = "proposed"
+    TRAINING = "training"
+    TRAINED = "trained"
+    MEASURING = "measuring"
+    DONE = "done"
+    FAILED = "failed"
+    # for the stages later issues add (cost-first screening, fidelity rungs)
+    SCREENED = "screened"
+    INFEASIBLE = "infeasible"
+    PROMOTED = "promoted"
+
+
+#: the transitions the tracker allows (a state missing here has none yet)
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.PROPOSED: frozenset({State.TRAINING, State.FAILED}),
+    State.TRAINING: frozenset({State.TRAINED, State.FAILED}),
+    State.TRAINED: frozenset({State.MEASURING, State.FAILED}),
+    State.MEASURING: frozenset({State.DONE, State.FAILED}),
+}
+
+
+def job_id(cid: int, device_key: str) -> str:
+    """The id of candidate ``cid``'s measurement job on ``device_key``."""
+    return f"c{cid}-{device_key}"
+
+
+@dataclass
+class Candidate:
+    """What the loop knows of one unfinished candidate."""
+
+    id: int
+    genome: Any
+    arch_key: str
+    state: State = State.PROPOSED
+    #: the training row's fields (``train``, ``params``, ``size_mb``, ``model_sha256``)
+    train: dict[str, Any] | None = None
+    params: int | None = None
+    size_mb: float | None = None
+    model_sha256: str | None = None
+    #: device keys whose measurement is still out
+    pending: set[str] = field(default_factory=set)
+    #: device key -> measurement result (None: the job finished without an ok result)
+    results: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    #: the first measurement error; the candidate fails once nothing is pending
+    error: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The candidate-row view the metric catalogue reads (``train``, ``params``, ``size_mb``)."""
+        return {"train": self.train, "params": self.params, "size_mb": self.size_mb}
+
+
+class CandidateTracker:
+    """Owns the state of every unfinished candidate; ``on_closed(candidate)`` runs after each
+    finish or failure (the progress bar)."""
+
+    def __init__(self, *, store: Store, algorithm: Algorithm, objectives: Iterable[Objective],
+                 constraints: Iterable[Constraint],
+                 on_closed: Callable[[Candidate], None] | None = None) -> None:
+        self.store = store
+        self.algorithm = algorithm
+        self.objectives = list(objectives)
+        self.constraints = list(constraints)
+        self.on_closed = on_closed
+        self._cands: dict[int, Candidate] = {}
+
+    # ------------------------------------------------------------------------------ queries
+    def __contains__(self, cid: object) -> bool:
+        return cid in self._cands
+
+    def __getitem__(self, cid: int) -> Candidate:
+        return self._cands[cid]
+
+    def count(self, *states: State) -> int:
+        """How many unfinished candidates are in one of ``states``."""
+        return sum(1 for c in self._cands.values() if c.state in states)
+
+    def __len__(self) -> int:
+        return len(self._cands)
+
+    # -------------------------------------------------------------------------- transitions
+    def _move(self, cand: Candidate, to: State) -> None:
+        if to not in TRANSITIONS.get(cand.state, frozenset()):
+            raise RuntimeError(f"candidate {cand.id}: no transition {cand.state.value} -> {to.value}")
+        cand.state = to
+
+    def add(self, cid: int, genome: Any, arch_key: str, *, state: State = State.PROPOSED,
+            row: dict[str, Any] | None = None) -> Candidate:
+        """Track a candidate; ``row`` (a resumed store row) restores its training fields."""
+        cand = Candidate(id=cid, genome=genome, arch_key=arch_key, state=state)
+        if row is not None:
+            cand.train, cand.params, cand.size_mb = row.get("train"), row.get("params"), row.get("size_mb")
+            cand.model_sha256 = row.get("model_sha256")
+        self._cands[cid] = cand
+        return cand
+
+    def training(self, cid: int) -> None:
+        """An evaluator took the candidate."""
+        self._move(self._cands[cid], State.TRAINING)
+
+    def trained(self, cid: int, *, train: dict[str, Any], params: int | None, size_mb: float | None,
+                model_sha256: str | None, device_keys: Iterable[str]) -> Candidate:
+        """The evaluator's answer: store it with one queued job per device key."""
+        cand = self._cands[cid]
+        self._move(cand, State.TRAINED)
+        keys = list(device_keys)
+        self.store.set_trained(cid, train=train, model_sha256=model_sha256, params=params, size_mb=size_mb,
+                               jobs=[(job_id(cid, k), k) for k in keys])
+        cand.train, cand.params, cand.size_mb, cand.model_sha256 = train, params, size_mb, model_sha256
+        return cand
+
+    def measuring(self, cid: int, keys: Iterable[str]) -> None:
+        """Jobs on ``keys`` are out at the agents (the others are already in ``results``)."""
+        cand = self._cands[cid]
+        self._move(cand, State.MEASURING)
+        cand.pending = set(keys)
+
+    def measured(self, cid: int, key: str, result: dict[str, Any] | None, error: str | None) -> None:
+        """One device key's measurement came back (``error`` set when it failed for good)."""
+        cand = self._cands.get(cid)
+        if cand is None:  # already closed (a duplicate answer of a straggler job)
+            return
+        cand.pending.discard(key)
+        if error is not None or result is None:
+            cand.error = cand.error or f"measurement on {key} failed: {error}"
+        else:
+            cand.results[key] = result
+
+    def settle(self, cid: int) -> bool:
+        """Close a measuring candidate whose jobs are all back; True when it was closed."""
+        cand = self._cands.get(cid)
+        if cand is None or cand.state is not State.MEASURING or cand.pending:
+            return False
+        if cand.error is not None:
+            self.fail(cid, cand.error)
+        else:
+            self.finish(cid)
+        return True
+
+    # ---------------------------------------------------------------------- the two exits
+    def finish(self, cid: int) -> None:
+        """The one finish path: objective values from the metric catalogue, or a failure when
+        one is missing (energy without a power sensor is never invented)."""
+        cand = self._cands[cid]
+        values: dict[str, float] = {}
+        for item in [*self.objectives, *self.constraints]:
+            metric, key = split_metric(item.name)
+            v = CATALOGUE[metric].read(cand.row(), cand.results.get(key) if key is not None else None)
+            if v is None:
+                err = f"{item.name} is unavailable for this candidate"
+                if metric.startswith("energy"):
+                    err += " (the agent's device has no power sensor; energy is never invented)"
+                self.fail(cid, err)
+                return
+            values[item.name] = float(v)
+        self._move(cand, State.DONE)
+        self.store.finish_candidate(cid, objectives=values)
+        self.algorithm.tell(cid, values)
+        self._close(cand)
+
+    def fail(self, cid: int, error: str) -> None:
+        """The one fail path: store the error, tell the algorithm, forget the candidate."""
+        cand = self._cands[cid]
+        self._move(cand, State.FAILED)
+        self.store.fail_candidate(cid, error)
+        self.algorithm.tell(cid, None)
+        self._close(cand)
+
+    def _close(self, cand: Candidate) -> None:
+        del self._cands[cand.id]
+        if self.on_closed is not None:
+            self.on_closed(cand)
