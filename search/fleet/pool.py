@@ -172,7 +172,7 @@ class AgentPool:
             t = threading.Thread(target=self._worker, args=(state, client), name=f"agent-{address}",
                                  daemon=True)
             self._threads[f"{address}#{len(self._threads)}"] = t
-            self._cv.notify_all()  # wakes wait_for_agents
+            self._cv.notify_all()  # wakes wait_until
         self.store.event("agent_joined", agent=address, detail={"device_key": state.device_key})
         t.start()
         return state
@@ -213,8 +213,9 @@ class AgentPool:
             self.store.requeue_job(job.job_id, reason=f"agent {address} {reason}", agent=address)
             self._requeue_front(job)
 
-    def wait_for_agents(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``predicate()`` holds, checked each time an agent joins; its last value."""
+    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds, re-checked whenever an agent joins or leaves or an
+        agent takes or ends a job; its last value."""
         with self._cv:
             return self._cv.wait_for(predicate, timeout)
 
@@ -304,6 +305,7 @@ class AgentPool:
                         state.busy_with, state.current = job.job_id, job
                         self._inflight[job.job_id] = (job, state.address, time.monotonic())
                         removed_now = False
+                        self._cv.notify_all()  # wakes wait_until
                 if removed_now:
                     self.store.requeue_job(job.job_id, reason="agent removed", agent=state.address)
                     self._requeue_front(job)
@@ -327,6 +329,7 @@ class AgentPool:
                     with self._cv:
                         state.busy_with, state.current = None, None
                         self._inflight.pop(job.job_id, None)
+                        self._cv.notify_all()
                 if job.job_id in state.given_back:
                     # a late answer of a dropped agent: counts if nobody else answered first
                     if result.get("error") is None and self.store.record_measurement(

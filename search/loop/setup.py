@@ -144,7 +144,7 @@ class Fleet:
             self._start_registry(self.registry_settings)
         pool = self.pool
         if not self.addresses and self.registry is not None:
-            if not pool.wait_for_agents(lambda: bool(pool.agents), self.wait_agents_s):
+            if not pool.wait_until(lambda: bool(pool.agents), self.wait_agents_s):
                 raise SearchError(f"no agent registered at {self.registry.address} in {self.wait_agents_s:g}s")
             return next(iter(pool.agents.values())).device_key
         if not self.addresses:
@@ -173,7 +173,7 @@ class Fleet:
                 keys.add(key)
         pool = self.pool
         if self.registry is not None:  # agents of the other keys may still be registering
-            pool.wait_for_agents(lambda: keys <= pool.device_keys(), self.wait_agents_s)
+            pool.wait_until(lambda: keys <= pool.device_keys(), self.wait_agents_s)
         missing = keys - pool.device_keys()
         if missing:
             raise SearchError(f"objectives need device keys {sorted(missing)}, but the agents are "
