@@ -23,15 +23,18 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_nb201
 from device_agent.launcher import REPO_ROOT, start_local_agent
 from search import config as cfgmod
-from search.objectives import DEVICE_METRICS, split_metric
 from search.loop.runner import SearchRunner
+from search.objectives import DEVICE_METRICS, split_metric
+from search.training.accuracy_table import AccuracyTable
+from search.training.evaluator import EvalRequest, Evaluation, TableEvaluator
 
 from _shared import NB201_TABLE
 
 TABLE = str(NB201_TABLE)
-pytestmark = pytest.mark.skipif(not Path(TABLE).is_file(), reason=f"shared NB201 table {TABLE} not here")
+pytestmark = needs_nb201  # every test here runs table agents over the shared table
 
 
 def table_agent(key: str = "raspi", column: str = "lat_raspi4", *extra: str):
@@ -44,7 +47,7 @@ def fleet_config(budget: int, objectives=("accuracy", "latency_ms"), **agents) -
     return dataclasses.replace(
         cfgmod.SearchConfig(), space="nb201", budget=budget, population_size=8,
         accuracy_table=f"{TABLE}:c10_test_200ep", objectives=tuple(objectives),
-        agents=dataclasses.replace(cfgmod.AgentSettings(), **agents),
+        agents=dataclasses.replace(cfgmod.AgentsConfig(), **agents),
     ).validate()
 
 
@@ -105,15 +108,22 @@ def check_consistent(run_dir: Path, budget: int) -> dict[str, int]:
     return {"done": n_done, "failed": n_failed, "ok_measurements": len(ok)}
 
 
-class PacedRunner(SearchRunner):
-    """A table search whose "training" takes a fixed time, as real training does, so that the
-    agents can be killed and joined while it runs whatever the machine's speed."""
+class PacedEvaluator:
+    """The table's accuracy after a fixed "training" time, as real training takes, so that the
+    agents can be killed and joined while the search runs whatever the machine's speed; the
+    pace ends when ``unpaced`` is set."""
 
-    pace_s = 0.15
+    inline = False
 
-    def _train_and_export(self, cid, genome):
-        time.sleep(self.pace_s)
-        return super()._train_and_export(cid, genome)
+    def __init__(self, pace_s: float) -> None:
+        self.table = TableEvaluator(table=AccuracyTable(f"{TABLE}:c10_test_200ep"), space=None,
+                                    model_path=None, build=False, export=False)
+        self.pace_s = pace_s
+        self.unpaced = threading.Event()
+
+    def evaluate(self, request: EvalRequest) -> Evaluation:
+        self.unpaced.wait(self.pace_s)
+        return self.table.evaluate(request)
 
 
 def test_agents_killed_and_joining_during_a_search(tmp_path):
@@ -122,17 +132,17 @@ def test_agents_killed_and_joining_during_a_search(tmp_path):
     agents = [table_agent() for _ in range(3)]
     spares = [table_agent() for _ in range(4)]  # started now, join the search later
     budget = 96  # at pace_s, ~14 s of search: room for the four kills on a slow machine
-    runner = PacedRunner(config=fleet_config(budget, lease_s=20.0, max_attempts=4), run_dir=tmp_path / "run",
-                         agents=[a.address for a in agents], progress=False)
+    paced = PacedEvaluator(pace_s=0.15)
+    runner = SearchRunner(config=fleet_config(budget, lease_s=20.0, max_attempts=4), run_dir=tmp_path / "run",
+                          agents=[a.address for a in agents], progress=False, evaluator=paced)
     summary: dict = {}
     thread = threading.Thread(target=lambda: summary.update(runner.run()), daemon=True)
     killed, joined = [], []
     try:
         thread.start()
-        while runner.pool is None or not runner.pool.agents:
-            time.sleep(0.05)
+        assert runner.started.wait(60), "the search did not start"
         while thread.is_alive() and len(killed) < 4:
-            time.sleep(rng.uniform(0.3, 1.2))
+            thread.join(timeout=rng.uniform(0.3, 1.2))  # a random moment, or the search's end
             new = spares.pop()
             agents.append(new)
             try:
@@ -143,7 +153,7 @@ def test_agents_killed_and_joining_during_a_search(tmp_path):
             victim = rng.choice([a for a in agents if a.alive() and a.address not in killed])
             victim.process.send_signal(signal.SIGKILL)
             killed.append(victim.address)
-        runner.pace_s = 0.0  # the kills and joins are done: let the rest run at full speed
+        paced.unpaced.set()  # the kills and joins are done: let the rest run at full speed
         thread.join(timeout=120)
         assert not thread.is_alive(), "search did not finish"
     finally:
@@ -217,13 +227,6 @@ def test_server_sigkilled_mid_run_resumes_without_redoing_work(tmp_path):
     assert json.loads([r for r in db_rows(run_dir, "SELECT * FROM events WHERE kind='resumed'")][0]["detail"])
 
 
-def _wait(cond, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_registry_agents_join_heartbeat_leave_and_are_dropped(tmp_path):
     """Agents started with --register join a search that has none; a hung agent (SIGSTOP: no
     heartbeats, its job in flight) is dropped and its job re-issued; SIGTERM deregisters; a
@@ -249,12 +252,10 @@ def test_registry_agents_join_heartbeat_leave_and_are_dropped(tmp_path):
     thread = threading.Thread(target=lambda: summary.update(runner.run()), daemon=True)
     thread.start()
     try:
-        _wait(lambda: runner.registry is not None, 30, "the registry")
+        assert runner.started.wait(60), "no agent registered"
         assert runner.registry.address == reg
-        try:
-            _wait(lambda: len(runner.pool.agents) == 3, 60, "three registered agents")
-        except AssertionError:
-            raise AssertionError(f"{runner.pool.snapshot()}\n" + "\n".join(a.log_tail(1500) for a in agents)) from None
+        if not runner.pool.wait_until(lambda: len(runner.pool.agents) == 3, 60):
+            raise AssertionError(f"{runner.pool.snapshot()}\n" + "\n".join(a.log_tail(1500) for a in agents))
         # the registry wants the fleet's token
         with grpc.insecure_channel(reg) as channel:
             stub = registry_pb2_grpc.RegistryStub(channel)
@@ -268,15 +269,13 @@ def test_registry_agents_join_heartbeat_leave_and_are_dropped(tmp_path):
                 stub.Register(registry_pb2.RegisterRequest(address=agents[0].address, device_key="jetson"),
                               metadata=(("authorization", f"Bearer {token}"),), timeout=10)
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        _wait(lambda: db_rows(run_dir, "SELECT COUNT(*) AS n FROM candidates WHERE status='done'")[0]["n"] >= 5,
-              60, "progress")
+        assert runner.wait_closed(5, 60), "no progress"
         # hang one agent while the search runs: heartbeats stop, it must be dropped
         hung = agents[0]
         hung_state = runner.pool.agents[hung.address]
         for _ in range(200):  # freeze it while it holds a job, so the search cannot end without it
             hung.process.send_signal(signal.SIGSTOP)
-            time.sleep(0.1)
-            if hung_state.busy_with is not None:
+            if runner.pool.wait_until(lambda: hung_state.busy_with is not None, 0.1):
                 break
             hung.process.send_signal(signal.SIGCONT)
         assert hung_state.busy_with is not None, "the agent to hang never held a job"
@@ -287,8 +286,8 @@ def test_registry_agents_join_heartbeat_leave_and_are_dropped(tmp_path):
         assert thread.is_alive(), "the search ended before the late agent started: make it longer"
         # a graceful stop (SIGTERM) deregisters before the agent drains
         agents[1].process.send_signal(signal.SIGTERM)
-        _wait(lambda: runner.pool.agents[agents[1].address].removed, 20, "deregistration")
-        _wait(lambda: runner.pool.agents[hung.address].removed, 30, "the hung agent to be dropped")
+        assert runner.pool.wait_until(lambda: runner.pool.agents[agents[1].address].removed, 20), "not deregistered"
+        assert runner.pool.wait_until(lambda: runner.pool.agents[hung.address].removed, 30), "hung agent kept"
         thread.join(timeout=120)
         assert not thread.is_alive(), "search did not finish"
     finally:

@@ -68,6 +68,9 @@ class SearchRunner:
         self._bar: Any = None
         self._last_refresh = 0.0
         self._closed = threading.Event()
+        #: candidates finished or failed in this process (see wait_closed)
+        self.closed_count = 0
+        self._progressed = threading.Condition()
 
     @property
     def pool(self):
@@ -262,7 +265,15 @@ class SearchRunner:
 
         return tqdm(total=total, initial=max(0, initial), desc="hwnas search", unit="cand", dynamic_ncols=True)
 
+    def wait_closed(self, n: int, timeout: float) -> bool:
+        """Wait until ``n`` candidates have finished or failed in this process; False on timeout."""
+        with self._progressed:
+            return self._progressed.wait_for(lambda: self.closed_count >= n, timeout)
+
     def _advance(self, _cand: Candidate) -> None:
+        with self._progressed:
+            self.closed_count += 1
+            self._progressed.notify_all()
         if self._bar is not None:
             self._bar.update(1)
             self._refresh()
