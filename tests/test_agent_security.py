@@ -249,7 +249,6 @@ def test_registry_over_mutual_tls_with_a_tls_agent(tmp_path, pki):
     import dataclasses
     import socket
     import threading
-    import time
 
     from _agent_util import write_nb201_table
     from device_agent.launcher import start_local_agent
@@ -267,7 +266,7 @@ def test_registry_over_mutual_tls_with_a_tls_agent(tmp_path, pki):
     cfg = dataclasses.replace(
         cfgmod.SearchConfig(), space="nb201", budget=10, population_size=4, accuracy_table=f"{table}:acc",
         objectives=("accuracy", "latency_ms"),
-        agents=dataclasses.replace(cfgmod.AgentSettings(), token=TOKEN, tls_ca=pki["ca"],
+        agents=dataclasses.replace(cfgmod.AgentsConfig(), token=TOKEN, tls_ca=pki["ca"],
                                    tls_cert=pki["cli_cert"], tls_key=pki["cli_key"])).validate()
     runner = SearchRunner(config=cfg, run_dir=tmp_path / "run", agents=[], progress=False,
                           registry_port=port, wait_agents_s=60, heartbeat_s=1.0,
@@ -277,10 +276,8 @@ def test_registry_over_mutual_tls_with_a_tls_agent(tmp_path, pki):
     thread.start()
     agent = None
     try:
-        deadline = time.monotonic() + 30
-        while runner.registry is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert runner.registry is not None and runner.registry.tls
+        assert runner.fleet.registry_started.wait(30), "the registry did not start"
+        assert runner.registry.tls
         # refused: plaintext, and TLS without a client certificate (handshake fails)
         request = registry_pb2.RegisterRequest(address="127.0.0.1:1", device_key="synth")
         metadata = (("authorization", f"Bearer {TOKEN}"),)

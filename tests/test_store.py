@@ -136,7 +136,7 @@ def test_kill_9_keeps_committed_writes_and_drops_an_open_batch(tmp_path):
     from pathlib import Path
 
     code = f"""
-import sys, time
+import signal, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from search.loop.store import Store
 st = Store({str(tmp_path)!r}, create=True)
@@ -147,7 +147,7 @@ with st.batch():
 with st.batch():
     st.add_candidate(id=3, arch_key="k3", genome={{}})
     print("inside", flush=True)
-    time.sleep(60)
+    signal.pause()  # holds the transaction open until the SIGKILL
 """
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

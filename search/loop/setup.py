@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import logging
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -110,6 +111,8 @@ class Fleet:
         self.wait_agents_s = wait_agents_s
         self.token = settings.token or None
         self.registry: Any = None
+        #: set once the registry serves (agents may register from then on)
+        self.registry_started = threading.Event()
         self._local_agent: Any = None
         tls = settings.client_tls()
         factory = None
@@ -135,6 +138,7 @@ class Fleet:
         self.store.set_meta("registry", {"address": self.registry.address, "heartbeat_s": reg.heartbeat_s,
                                          "tls": self.registry.tls})
         self.store.event("registry_started", detail={"address": self.registry.address})
+        self.registry_started.set()
         print(f"hwnas: registry listening on {self.registry.address}", file=sys.stderr, flush=True)
 
     def start(self) -> str:
