@@ -37,8 +37,24 @@ def split_metric(name: str) -> tuple[str, str | None]:
     return metric, (key or None)
 
 
+class _Named:
+    """``metric`` and ``device_key`` of a ``name`` such as ``latency_ms@gpu``."""
+
+    name: str
+
+    @property
+    def metric(self) -> str:
+        """The bare metric name (a key of :data:`search.metrics.CATALOGUE`)."""
+        return split_metric(self.name)[0]
+
+    @property
+    def device_key(self) -> str | None:
+        """The device key after ``@``, or None."""
+        return split_metric(self.name)[1]
+
+
 @dataclass(frozen=True)
-class Objective:
+class Objective(_Named):
     """One objective: ``name`` is ``metric`` or ``metric@device_key``; direction ``min``/``max``."""
 
     name: str
@@ -48,14 +64,6 @@ class Objective:
         split_metric(self.name)
         if self.direction not in ("min", "max"):
             raise ObjectiveError(f"direction of {self.name!r} must be 'min' or 'max'")
-
-    @property
-    def metric(self) -> str:
-        return split_metric(self.name)[0]
-
-    @property
-    def device_key(self) -> str | None:
-        return split_metric(self.name)[1]
 
     def minimized(self, value: float) -> float:
         """The value on a to-be-minimised scale (negated for ``max``)."""
@@ -72,7 +80,7 @@ class Objective:
 
 
 @dataclass(frozen=True)
-class Constraint:
+class Constraint(_Named):
     """``name op bound``, e.g. ``latency_ms <= 5``. Violation is 0 when satisfied."""
 
     name: str
@@ -83,14 +91,6 @@ class Constraint:
         split_metric(self.name)
         if self.op not in _OPS:
             raise ObjectiveError(f"constraint operator must be one of {list(_OPS)}")
-
-    @property
-    def metric(self) -> str:
-        return split_metric(self.name)[0]
-
-    @property
-    def device_key(self) -> str | None:
-        return split_metric(self.name)[1]
 
     def violation(self, value: float | None) -> float:
         """How far ``value`` is outside the bound (0 if satisfied; ``inf`` if unknown)."""

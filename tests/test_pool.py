@@ -11,7 +11,6 @@ whose agents are lost ``max_attempts`` times is abandoned.
 from __future__ import annotations
 
 import csv
-import functools
 import gzip
 import signal
 

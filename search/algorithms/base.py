@@ -159,9 +159,8 @@ ALGORITHMS: PluginRegistry[type[Algorithm]] = PluginRegistry("algorithm", base=A
 register_algorithm = ALGORITHMS.register
 
 
-def list_algorithms() -> list[str]:
-    """Every known algorithm name."""
-    return ALGORITHMS.names()
+#: every known algorithm name
+list_algorithms = ALGORITHMS.names
 
 
 def get_algorithm(name: str, **kwargs) -> Algorithm:

@@ -28,13 +28,13 @@ Deb et al.'s NSGA-II, run one individual at a time so it never waits for a gener
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from search.algorithms.base import Algorithm, Evaluated, register_algorithm
-from search.objectives import Constraint, Objective
 from search.pareto import constrained_ranks, crowding_distance
-from search.spaces.base import Genome, SearchSpace
+from search.spaces.base import Genome
 
 
 class KeyTracker:
@@ -78,17 +78,14 @@ class NSGA2(Algorithm):
     def __init__(
         self,
         *,
-        space: SearchSpace,
-        objectives: list[Objective],
-        constraints: list[Constraint] | None = None,
-        seed: int = 0,
         population_size: int = 20,
         crossover_prob: float = 0.9,
         mutation_prob: float = 1.0,
         local_search_prob: float = 0.5,
         max_retries: int = 20,
+        **common: Any,
     ) -> None:
-        super().__init__(space=space, objectives=objectives, constraints=constraints, seed=seed)
+        super().__init__(**common)  # space, objectives, constraints, seed
         if population_size < 2:
             raise ValueError("population_size must be >= 2")
         for label, p in (("crossover_prob", crossover_prob), ("mutation_prob", mutation_prob),

@@ -26,7 +26,6 @@ import math
 from typing import Any, Callable
 
 from search.algorithms.base import Algorithm, Evaluated, Trial, register_algorithm
-from search.objectives import Constraint, Objective
 from search.spaces.base import Genome, SearchSpace
 
 _VIOLATION_ATTR = "hwnas_violations"
@@ -88,20 +87,17 @@ class OptunaAlgorithm(Algorithm):
     def __init__(
         self,
         *,
-        space: SearchSpace,
-        objectives: list[Objective],
-        constraints: list[Constraint] | None = None,
-        seed: int = 0,
         max_retries: int = 10,
+        **common: Any,
     ) -> None:
-        super().__init__(space=space, objectives=objectives, constraints=constraints, seed=seed)
-        if _hook(space, "suggest") is None:
-            suggest_genome(space, None)  # raises the explanatory TypeError
+        super().__init__(**common)  # space, objectives, constraints, seed
+        if _hook(self.space, "suggest") is None:
+            suggest_genome(self.space, None)  # raises the explanatory TypeError
         optuna = _optuna()
         self.max_retries = max_retries
         self._set_constraint = hasattr(optuna.trial.Trial, "set_constraint")
         legacy = self.constraints and not self._set_constraint
-        sampler = self._make_sampler(optuna, seed, _constraints_func if legacy else None)
+        sampler = self._make_sampler(optuna, self.seed, _constraints_func if legacy else None)
         self.study = optuna.create_study(
             directions=["maximize" if o.direction == "max" else "minimize" for o in self.objectives],
             sampler=sampler,
@@ -178,18 +174,13 @@ class OptunaNSGA2(OptunaAlgorithm):
     def __init__(
         self,
         *,
-        space: SearchSpace,
-        objectives: list[Objective],
-        constraints: list[Constraint] | None = None,
-        seed: int = 0,
         population_size: int = 50,
-        max_retries: int = 10,
+        **common: Any,
     ) -> None:
         if population_size < 2:
             raise ValueError("population_size must be >= 2")
         self.population_size = population_size
-        super().__init__(space=space, objectives=objectives, constraints=constraints, seed=seed,
-                         max_retries=max_retries)
+        super().__init__(**common)  # space, objectives, constraints, seed, max_retries
 
     def _make_sampler(self, optuna, seed: int, constraints_func):
         return optuna.samplers.NSGAIISampler(

@@ -1,10 +1,11 @@
 """Random search: independent samples from the space, without repeating an evaluated key."""
 from __future__ import annotations
 
+from typing import Any
+
 from search.algorithms.base import Algorithm, Evaluated, register_algorithm
 from search.algorithms.nsga2 import KeyTracker
-from search.objectives import Constraint, Objective
-from search.spaces.base import Genome, SearchSpace
+from search.spaces.base import Genome
 
 
 @register_algorithm("random")
@@ -16,13 +17,10 @@ class RandomSearch(Algorithm):
     def __init__(
         self,
         *,
-        space: SearchSpace,
-        objectives: list[Objective],
-        constraints: list[Constraint] | None = None,
-        seed: int = 0,
         max_retries: int = 20,
+        **common: Any,
     ) -> None:
-        super().__init__(space=space, objectives=objectives, constraints=constraints, seed=seed)
+        super().__init__(**common)  # space, objectives, constraints, seed
         self.max_retries = max_retries
         self.keys = KeyTracker(self)
 

@@ -13,12 +13,12 @@ key was already evaluated or is pending is redrawn up to ``max_retries`` times.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from search.algorithms.base import Algorithm, Evaluated, register_algorithm
 from search.algorithms.nsga2 import KeyTracker, usable
-from search.objectives import Constraint, Objective
 from search.pareto import rank_and_crowding
-from search.spaces.base import Genome, SearchSpace
+from search.spaces.base import Genome
 
 
 @register_algorithm("regevo")
@@ -30,15 +30,12 @@ class RegularizedEvolution(Algorithm):
     def __init__(
         self,
         *,
-        space: SearchSpace,
-        objectives: list[Objective],
-        constraints: list[Constraint] | None = None,
-        seed: int = 0,
         population_size: int = 50,
         sample_size: int = 10,
         max_retries: int = 20,
+        **common: Any,
     ) -> None:
-        super().__init__(space=space, objectives=objectives, constraints=constraints, seed=seed)
+        super().__init__(**common)  # space, objectives, constraints, seed
         if population_size < 1 or not 1 <= sample_size <= population_size:
             raise ValueError("need population_size >= 1 and 1 <= sample_size <= population_size")
         self.population_size = population_size

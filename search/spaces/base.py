@@ -63,6 +63,16 @@ class SearchSpace(ABC):
     def from_json(self, data: dict[str, Any]) -> Genome:
         """Inverse of :meth:`to_json`; raises ``ValueError`` on invalid input."""
 
+    def _mutate_until_changed(self, genome: Genome, edit: Any, rng: random.Random, tries: int = 20) -> Genome:
+        """``edit(genome, rng)`` until the genome changes (``tries`` at most), validated; the
+        unchanged genome when no edit changed it."""
+        self.validate(genome)  # type: ignore[attr-defined]
+        for _ in range(tries):
+            child = edit(genome, rng)
+            if child != genome:
+                return self.validate(child)  # type: ignore[attr-defined]
+        return genome
+
     def key(self, genome: Genome) -> str:
         """Canonical string identifying the architecture (e.g. the NAS-Bench-201 string)."""
         import json
@@ -93,9 +103,8 @@ SPACES: PluginRegistry[type[SearchSpace]] = PluginRegistry("search space", base=
 register_space = SPACES.register
 
 
-def list_spaces() -> list[str]:
-    """Names of every known space."""
-    return SPACES.names()
+#: names of every known space
+list_spaces = SPACES.names
 
 
 def get_space(name: str, **kwargs: Any) -> SearchSpace:

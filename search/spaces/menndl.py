@@ -414,12 +414,7 @@ class MenndlSpace(SearchSpace):
 
     def mutate(self, genome: MenndlGenome, rng: random.Random) -> MenndlGenome:
         """One random edit: add/remove/modify a layer, toggle a skip, change the head or a hyperparameter."""
-        self.validate(genome)
-        for _ in range(20):
-            child = self._mutate_once(genome, rng)
-            if child != genome:
-                return self.validate(child)
-        return genome
+        return self._mutate_until_changed(genome, self._mutate_once, rng)
 
     def crossover(self, a: MenndlGenome, b: MenndlGenome, rng: random.Random) -> MenndlGenome:
         """One-point crossover of the layer lists; head from either parent; hyperparameters mixed per field."""

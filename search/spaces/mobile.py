@@ -218,12 +218,7 @@ class MobileSpace(SearchSpace):
 
     def mutate(self, genome: MobileGenome, rng: random.Random) -> MobileGenome:
         """Change resolution or width to a neighbouring choice, edit one block, or add/remove a block."""
-        self.validate(genome)
-        for _ in range(20):
-            child = self._mutate_once(genome, rng)
-            if child != genome:
-                return self.validate(child)
-        return genome
+        return self._mutate_until_changed(genome, self._mutate_once, rng)
 
     def crossover(self, a: MobileGenome, b: MobileGenome, rng: random.Random) -> MobileGenome:
         """Each stage, the resolution and the width come from either parent (uniform)."""
