@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.algorithms.base import get_algorithm, list_algorithms
+from search.algorithms.base import ALGORITHMS, AlgorithmOptions, create_algorithm, get_algorithm, list_algorithms
 from search.objectives import Constraint
 from search.pareto import hypervolume, minimization_matrix, pareto_mask
 from search.testing import (
@@ -25,7 +25,8 @@ from search.testing import (
 )
 
 GOLDEN = Path(__file__).parent / "data" / "zdt1_nsga2_seed0.json"
-ALL = ["nsga2", "random", "regevo", "optuna-nsga2", "optuna-tpe"]
+#: every registered algorithm (the conformance tests below enumerate the registry)
+ALL = list_algorithms()
 #: ZDT1 values lie in f1 <= 1, f2 <= 10: this reference point counts every point.
 WIDE_REF = [1.1, 10.0]
 FRONT_REF = [1.1, 1.1]
@@ -51,9 +52,18 @@ def objective_matrix(algo, n: int | None = None) -> np.ndarray:
 
 
 def test_registry_lists_every_algorithm():
-    assert set(ALL) <= set(list_algorithms())
+    assert {"nsga2", "random", "regevo", "optuna-nsga2", "optuna-tpe"} <= set(ALL)
     with pytest.raises(ValueError, match="unknown algorithm"):
         get_algorithm("nope", space=CategoricalSpace(), objectives=OBJECTIVES)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_options_build_every_algorithm_with_its_population(name):
+    """One options object builds each algorithm; the population-based ones get its size."""
+    algo = create_algorithm(name, AlgorithmOptions(space=CategoricalSpace(), objectives=tuple(OBJECTIVES),
+                                                   seed=3, population_size=12))
+    assert type(algo) is ALGORITHMS.get(name) and algo.seed == 3
+    assert getattr(algo, "population_size", None) == (12 if type(algo).uses_population else None)
 
 
 @pytest.mark.parametrize("name", ALL)
