@@ -480,7 +480,7 @@ class MenndlSpace(SearchSpace):
             raise ValueError(f"malformed MENNDL genome JSON: {type(exc).__name__}: {exc}") from None
         return self.validate(MenndlGenome(tuple(layers), head, hp))
 
-    def arch_key(self, genome: MenndlGenome) -> str:
+    def _architecture(self, genome: MenndlGenome) -> str:
         """Readable string of the architecture only (genomes that differ only in training
         hyperparameters build the same network and share it)."""
         parts = []
@@ -497,9 +497,10 @@ class MenndlSpace(SearchSpace):
         return "|".join(parts)
 
     def key(self, genome: MenndlGenome) -> str:
-        """:meth:`arch_key` plus the training hyperparameters: unique per genome."""
+        """The architecture's readable string, ``#``, the training hyperparameters: unique per
+        genome; genomes that differ only in hyperparameters share the part before ``#``."""
         hp = genome.hparams
-        return (f"{self.arch_key(genome)}#{hp.optimizer},lr={hp.learning_rate!r},bs={hp.batch_size},"
+        return (f"{self._architecture(genome)}#{hp.optimizer},lr={hp.learning_rate!r},bs={hp.batch_size},"
                 f"ep={hp.epochs},wd={hp.weight_decay!r}")
 
     def hparams(self, genome: MenndlGenome) -> TrainHParams:
