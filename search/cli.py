@@ -99,9 +99,9 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from search.loop.store import Store
     from search.reporting.report import write_report
     from search.reporting.results import collect, run_objectives
-    from search.loop.store import Store
 
     results = collect(args.run_dir)
     st = Store(args.run_dir)

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from search.training.exporting import count_params
 from search.spaces import TaskSpec, TrainHParams, get_space
 from search.spaces.menndl import ConvGene, HeadGene, MenndlGenome, PoolGene, _levels
+from search.training.exporting import count_params
 
 torch = pytest.importorskip("torch")
 

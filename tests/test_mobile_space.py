@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from search.training.exporting import count_params
 from search.spaces import TaskSpec, get_space
 from search.spaces.mobile import MobileBlock, MobileGenome, make_divisible
+from search.training.exporting import count_params
 
 torch = pytest.importorskip("torch")
 

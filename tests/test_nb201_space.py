@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
-from search.training.exporting import count_params
 from search.spaces import TaskSpec, get_space
 from search.spaces.nb201 import DEFAULT_TABLE, EDGES, NUM_ARCHS, OPS, NB201Genome, NB201Space, all_genomes, ordinal
+from search.training.exporting import count_params
 
 torch = pytest.importorskip("torch")
 

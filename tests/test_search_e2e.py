@@ -10,9 +10,9 @@ import pytest
 
 from search import config as cfgmod
 from search.cli import main as hwnas
-from search.reporting.results import collect
 from search.loop.runner import SearchError, SearchRunner
 from search.loop.store import Store
+from search.reporting.results import collect
 
 FAST = dataclasses.replace(
     cfgmod.SearchConfig(),
@@ -100,3 +100,17 @@ def test_unknown_dataset_is_a_clear_cli_error(tmp_path, capsys):
     rc = hwnas(["search", "--out", str(tmp_path / "r"), "--dataset", "mnist-foo", "--no-progress"])
     assert rc == 2
     assert "mnist-foo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--space", "--algorithm"])
+def test_space_and_algorithm_choices_are_the_registries(flag, capsys):
+    """``--space`` / ``--algorithm`` list the registries' names and refuse others up front."""
+    from search.algorithms.base import ALGORITHMS
+    from search.spaces.base import SPACES
+
+    names = SPACES.names() if flag == "--space" else ALGORITHMS.names()
+    with pytest.raises(SystemExit) as exc:
+        hwnas(["search", flag, "no-such-plugin", "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'no-such-plugin'" in err and all(repr(n) in err for n in names)

@@ -14,8 +14,8 @@ import random
 import numpy as np
 import pytest
 
-from search.training.exporting import ExportError, count_params, export_onnx, read_metadata, sha256
 from search.spaces import TaskSpec, TrainHParams, get_space, list_spaces
+from search.training.exporting import ExportError, count_params, export_onnx, read_metadata, sha256
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")

@@ -87,8 +87,8 @@ def test_table_search_through_a_real_agent(table, tmp_path):
 def test_default_objectives_on_a_table_count_the_built_models_parameters(table, tmp_path):
     """The default objectives include ``params``: with table accuracy and a table agent the
     server still builds each cell (no ONNX export, no training) to count its parameters."""
-    from search.training.exporting import count_params
     from search.spaces.base import TaskSpec, get_space
+    from search.training.exporting import count_params
 
     path, _ = table
     out = tmp_path / "run"

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from search.training.data import load_dataset
 from search.spaces.base import TrainHParams
+from search.training.data import load_dataset
 from search.training.train import TrainingError, evaluate, train_candidate
 
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from search.loop.store import Store
 from search.objectives import Constraint, Objective, total_violation
 from search.pareto import pareto_members
-from search.loop.store import Store
 
 
 def pareto_ids(done: Sequence[dict[str, Any]], objectives: Sequence[Objective],
