@@ -106,9 +106,11 @@ def _report(args: argparse.Namespace) -> int:
     results = collect(args.run_dir)
     st = Store(args.run_dir)
     objs, _ = run_objectives(st)
+    dataset = st.get_meta("dataset")
     st.close()
     out = args.out or str(Path(args.run_dir) / "report")
-    path = write_report(results, out, objectives=objs, title=f"hwnas run {Path(args.run_dir).name}")
+    path = write_report(results, out, objectives=objs, title=f"hwnas run {Path(args.run_dir).name}",
+                        dataset=dataset)
     print(path)
     return 0
 

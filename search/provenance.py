@@ -68,8 +68,13 @@ def provenance(c: dict[str, Any], name: str) -> tuple[str, str]:
         if not lat:
             return "unavailable", f"no latency {where}"
         stat = entry.path[-1]
-        ci = (f", 95% CI of median [{fmt(lat.get('ci_low'))}, {fmt(lat.get('ci_high'))}]"
-              if lat.get("ci_low") is not None else "")
+        if "unstable" in (m.get("flags") or ()):
+            # a CI of the median over runs that drift is tight and wrong: give the spread instead
+            ci = (f", spread of repeated runs: min {fmt(lat.get('min'))}, p90 {fmt(lat.get('p90'))}"
+                  " (unstable: no confidence interval)")
+        else:
+            ci = (f", 95% CI of median [{fmt(lat.get('ci_low'))}, {fmt(lat.get('ci_high'))}]"
+                  if lat.get("ci_low") is not None else "")
         flags = f"; flags: {', '.join(m['flags'])}" if m.get("flags") else ""
         return "measured", (f"{stat} of {lat.get('count', '?')} timed runs {where}"
                             f" ({lat.get('method') or m.get('backend') or 'timed loop'}){ci}{flags}")

@@ -24,8 +24,8 @@ from typing import Any
 from search.algorithms.base import AlgorithmOptions, create_algorithm
 from search.config import SearchConfig
 from search.fleet.pool import MeasureJob
-from search.loop.setup import (Fleet, RegistrySettings, SearchError, accuracy_source, make_evaluator, make_space,
-                               open_run)
+from search.loop.setup import (Fleet, RegistrySettings, SearchError, accuracy_source, describe_source,
+                               make_evaluator, make_space, open_run)
 from search.loop.tracker import Candidate, CandidateTracker, State, job_id
 from search.objectives import split_metric
 from search.training.evaluator import EvalRequest, Evaluator
@@ -88,6 +88,8 @@ class SearchRunner:
         cfg = self.config
         t_start = time.perf_counter()
         source = accuracy_source(cfg) if self.evaluator is None else None
+        if source is not None:  # the report's floor and split sizes
+            self.store.set_meta("dataset", describe_source(source))
         try:
             objectives, constraints, self.device_keys = self.fleet.bind(cfg, self.fleet.start())
             if self.evaluator is None:

@@ -220,6 +220,21 @@ def accuracy_source(config: SearchConfig) -> Any:
         raise SearchError(f"dataset {config.dataset!r}: {exc}") from None
 
 
+def describe_source(source: Any) -> dict[str, Any]:
+    """What the report needs of the accuracy source (stored as the run's ``dataset`` meta): its
+    name, class count and split sizes (``train``/``val``/``test``: images, None where unknown)."""
+    summary = getattr(source, "summary", None)
+    if callable(summary):  # DatasetSplits
+        d = summary()
+        return {"name": d["name"], "source": d["source"], "train": d["train"], "val": d["val"],
+                "test": d["test"], "num_classes": d["task"]["num_classes"]}
+    column = str(getattr(source, "source", "")).rpartition(":")[2]  # "table:FILE:COLUMN"
+    # a published table: NAS-Bench-201's columns start with the dataset (c10, c100, in16)
+    classes = 100 if column.startswith("c100") else 120 if column.startswith("in16") else 10
+    return {"name": "accuracy table", "source": str(getattr(source, "source", "")), "train": None,
+            "val": None, "test": None, "num_classes": classes}
+
+
 def make_evaluator(config: SearchConfig, source: Any, space: SearchSpace, store: Store, *, build: bool,
                    export: bool) -> Evaluator:
     """The run's evaluator for an :func:`accuracy_source`: the table's look-up, or in-process

@@ -25,6 +25,8 @@ from typing import Any, Sequence
 from search.metrics import unit as metric_unit
 from search.objectives import Objective
 from search.provenance import cost_values, fmt as _fmt, num as _num, provenance
+from search.reporting.recommend import (DEFAULT_MARGIN_POINTS, REAL_SAVING, Recommendation, recommend,
+                                       unstable_count)
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
@@ -94,46 +96,81 @@ def _pareto_flags(results: Sequence[dict[str, Any]], objectives: Sequence[Object
 # ---------------------------------------------------------------- plots
 
 def _plot_front(done: list[dict], pareto: dict[int, bool], acc_o: Objective, cost: Objective,
-                n_failed: int, path: Path, title: str) -> bool:
+                n_failed: int, path: Path, title: str, *, floor: float = 0.0,
+                marks: dict[int, str] | None = None) -> bool:
+    """Accuracy against one cost: candidates above ``floor`` only (the count below is given),
+    the y axis cut 20 points under the best (lower ones drawn as triangles on the edge), the
+    latency spread of repeated runs (min to p90) as error bars, and labels only on ``marks``
+    (id -> text: the most accurate and the recommended network), so labels never pile up."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from search.reporting.recommend import latency_spread
+
     pts = [(float(c["objectives"][cost.name]), float(c["objectives"][acc_o.name]), c)
            for c in done if _num(c["objectives"].get(cost.name)) is not None
            and _num(c["objectives"].get(acc_o.name)) is not None]
+    n_chance = sum(1 for p in pts if p[1] <= floor)
+    pts = [p for p in pts if p[1] > floor]
     if not pts:
         return False
     x = np.array([p[0] for p in pts])
     y = np.array([p[1] for p in pts])
     member = np.array([pareto.get(p[2]["id"], False) for p in pts])
-    fig, ax = plt.subplots(figsize=(7, 4.8), dpi=110)
-    ax.scatter(x[~member], y[~member], c="0.65", s=22, label="candidate", zorder=2)
-    ax.scatter(x[member], y[member], c="tab:red", s=46, edgecolors="k", linewidths=0.6,
+    scale = _points_scale(list(y))
+    low = max(y.max() - 20.0 / scale, y.min())
+    clipped = y < low
+    yplot = np.where(clipped, low, y)
+    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=110)
+    metric = cost.metric
+    key = cost.name.partition("@")[2] or None
+    if metric == "latency_ms":  # spread of the repeated timed runs, min to p90
+        lo_err, hi_err = [], []
+        for xi, (_, _, c) in zip(x, pts):
+            sp = latency_spread(c, key)
+            lo_err.append(max(xi - sp[0], 0.0) if sp else 0.0)
+            hi_err.append(max(sp[2] - xi, 0.0) if sp else 0.0)
+        ax.errorbar(x, yplot, xerr=[lo_err, hi_err], fmt="none", ecolor="0.75", elinewidth=0.8, zorder=1,
+                    label="latency spread of repeated runs (min to p90)")
+    keep = ~clipped
+    ax.scatter(x[~member & keep], y[~member & keep], c="0.6", s=22, label="candidate", zorder=2)
+    ax.scatter(x[member & keep], y[member & keep], c="tab:red", s=46, edgecolors="k", linewidths=0.6,
                label="Pareto member (all objectives)", zorder=4)
-    for xi, yi, c in [p for p, m in zip(pts, member) if m]:
-        ax.annotate(f"#{c['id']}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if clipped.any():
+        ax.scatter(x[clipped], yplot[clipped], marker="v", c="0.4", s=26, zorder=2,
+                   label=f"{int(clipped.sum())} more than 20 points below the best (drawn on the edge)")
     # the 2-D front of this pair, as a staircase (cost min, accuracy in its own direction)
     sign = -1.0 if acc_o.direction == "max" else 1.0
     order = np.lexsort((sign * y, x))
     front, best = [], math.inf
     for i in order:
-        if sign * y[i] < best:
+        if sign * y[i] < best and not clipped[i]:
             best = sign * y[i]
             front.append(i)
     ax.step(x[front], y[front], where="post", color="tab:red", lw=1.4, alpha=0.8,
             label=f"front of {acc_o.name} vs {cost.name}", zorder=3)
+    by_id = {p[2]["id"]: i for i, p in enumerate(pts)}
+    for n, (cid, text) in enumerate((marks or {}).items()):
+        if cid in by_id:
+            i = by_id[cid]
+            ax.scatter([x[i]], [yplot[i]], s=140, facecolors="none", edgecolors="tab:blue", linewidths=1.5, zorder=5)
+            # the two labels go to opposite sides so they cannot cover each other
+            ax.annotate(text, (x[i], yplot[i]), textcoords="offset points", xytext=(10, -18 if n else 10),
+                        fontsize=8, color="tab:blue", arrowprops={"arrowstyle": "-", "color": "tab:blue", "lw": 0.6},
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "tab:blue", "lw": 0.5})
     if x.min() > 0 and x.max() / x.min() > 20:
         ax.set_xscale("log")
     unit = metric_unit(cost.metric)
     ax.set_xlabel(f"{cost.name}" + (f" [{unit}]" if unit else "") + " (lower is better)")
     ax.set_ylabel(acc_o.name + (" (higher is better)" if acc_o.direction == "max" else ""))
     ax.set_title(f"{title}: {acc_o.name} vs {cost.name}\n{len(pts)} candidates plotted,"
-                 f" {int(member.sum())} Pareto members, {n_failed} failed (not plotted)", fontsize=10)
+                 f" {int(member.sum())} Pareto members; not plotted: {n_chance} at chance level"
+                 f" (<= {floor:.3g}), {n_failed} failed", fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -193,9 +230,11 @@ def _plot_near_best(rows: list[dict], path: Path, title: str) -> bool:
 
 _CSS = """body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;
 margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;
-vertical-align:top}th{background:#eee}.prov{color:#555;font-size:85%}.measured{color:#060}
+vertical-align:top}th{background:#eee}.prov{color:#555;font-size:85%;min-width:16em}.measured{color:#060}
 .computed{color:#036}.estimated{color:#a60}.unavailable{color:#a00}img{max-width:100%}
-code{font-size:85%}"""
+code{font-size:85%}td.arch{max-width:18em;word-break:break-all}
+.deploy{border:2px solid #2a6;background:#f3fbf5;padding:0.6em 1.2em;margin:1em 0}
+.deploy.none{border-color:#c80;background:#fff8ec}.deploy h3{margin:0.2em 0}"""
 
 
 def _genome_text(c: dict[str, Any], limit: int = 160) -> str:
@@ -210,12 +249,69 @@ def _cell(c: dict[str, Any], name: str) -> str:
             f"{html.escape(status)}</span>: {html.escape(how)}</div>")
 
 
+def _deploy_box(r: "Recommendation", acc_name: str) -> str:
+    """The "deploy this" box of one device key: what to deploy, why, and how sure."""
+    e = html.escape
+    where = f"on {r.device_key}" if r.device_key else "(no device-bound objective)"
+    split = f"{r.basis} split" + (f" of {r.eval_images} images" if r.eval_images else " (size not recorded)")
+    tol = f"{r.tolerance_points:g} accuracy point" + ("" if r.tolerance_points == 1 else "s")
+    if r.tolerance_images is not None:
+        tol += f" (= {r.tolerance_images:.1f} images of the {split})"
+    if r.chosen is None:
+        return (f"<div class='deploy none' id='deploy-{e(_slug(str(r.device_key)))}'><h3>Deploy {e(where)}: "
+                f"no recommendation</h3><p>No finished candidate above the accuracy floor "
+                f"{r.floor:.3g} with every cost measured.</p></div>")
+    c, b = r.chosen, r.best
+    parts = [f"<div class='deploy{'' if r.real_saving else ' none'}' id='deploy-{e(_slug(str(r.device_key)))}'>",
+             f"<h3>Deploy this {e(where)}: candidate #{c['id']}</h3>",
+             f"<p>{acc_name} {r.chosen_accuracy:.4f} on the {e(split)}; the most accurate network is "
+             f"#{b['id']} at {r.best_accuracy:.4f}. Rule: the cheapest network (by {e(str(r.primary_cost))}, "
+             f"then the other costs) within {e(tol)} of the most accurate, among {r.eligible} candidates above "
+             f"the accuracy floor {r.floor:.3g}.</p><ul>"]
+    for name, (bv, cv, ratio) in r.savings.items():
+        parts.append(f"<li>{e(name)}: {e(_fmt(cv))} against {e(_fmt(bv))} — <b>{ratio:.2f}x</b> "
+                     f"{'cheaper' if ratio >= 1 else 'costlier'}</li>")
+    parts.append("</ul>")
+    if c["id"] == b["id"]:
+        parts.append(f"<p><b>No saving in this run:</b> no network within {e(tol)} of the most accurate is "
+                     "cheaper than it, so the most accurate network is also the one to deploy. "
+                     "This run does not show the MENNDL effect.</p>")
+    elif not r.real_saving:
+        parts.append(f"<p><b>No real saving in this run:</b> the cheapest near-best network is less than "
+                     f"{REAL_SAVING:g}x cheaper in every cost; the difference is not a finding.</p>")
+    else:
+        parts.append(f"<p><b>A real saving:</b> {r.best_saving:.2f}x cheaper within {e(tol)}.</p>")
+    if r.latency_within_noise:
+        parts.append("<p>Latency: the two networks' spreads of repeated runs overlap (the cheaper one's p90 "
+                     "reaches the other's median), so the latency ratio is within measurement noise.</p>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _on_basis(results: list[dict[str, Any]], acc_name: str, basis: str, floor: float) -> list[dict[str, Any]]:
+    """Finished candidates above ``floor`` with their accuracy replaced by the ``basis`` one."""
+    from search.reporting.recommend import held_out_accuracy
+
+    out = []
+    for c in results:
+        if c.get("status") != "done":
+            continue
+        acc = held_out_accuracy(c) if basis == "test" else _num((c.get("objectives") or {}).get(acc_name))
+        if acc is not None and acc > floor:
+            out.append({**c, "objectives": {**(c.get("objectives") or {}), acc_name: acc}})
+    return out
+
+
 def write_report(results: list[dict[str, Any]], out_dir: str, *, objectives: list[Objective],
                  title: str = "hwnas run", summary: dict[str, Any] | None = None,
-                 tolerances: Sequence[float] = (1.0, 2.0)) -> str:
+                 tolerances: Sequence[float] = (1.0, 2.0), dataset: dict[str, Any] | None = None,
+                 margin_points: float = DEFAULT_MARGIN_POINTS) -> str:
     """Write ``index.html`` and its PNGs for ``results`` into ``out_dir``; return the HTML path.
 
     summary: extra ``name -> value`` lines for the run summary (dataset, space, budget, ...).
+    dataset: the run's dataset record (class count and split sizes, see
+    :func:`search.loop.setup.describe_source`): it sets the chance-level floor
+    (``1/num_classes + margin_points``) and states the tolerance in images.
     """
     if not objectives:
         raise ValueError("write_report needs the run's objectives")
@@ -226,14 +322,28 @@ def write_report(results: list[dict[str, Any]], out_dir: str, *, objectives: lis
     pareto = _pareto_flags(results, objectives)
     done = [c for c in results if c.get("status") == "done"]
     failed = [c for c in results if c.get("status") == "failed"]
+    recs = recommend(results, objectives, dataset=dataset, tolerance_points=tolerances[0],
+                     margin_points=margin_points)
+    floor = recs[0].floor
+    basis = recs[0].basis
     members = sorted((c for c in done if pareto.get(c["id"])),  # best accuracy first
                      key=lambda c: acc_o.minimized(_num((c.get("objectives") or {}).get(acc_o.name)) or 0.0))
+    chance = [c for c in members if (_num(c["objectives"].get(acc_o.name)) or 0.0) <= floor]
     plots: list[str] = []
     for cost in costs:
+        key = cost.name.partition("@")[2] or None
+        rec = next((r for r in recs if r.device_key == key), recs[0])
+        marks: dict[int, str] = {}
+        if rec.best is not None:
+            marks[rec.best["id"]] = f"#{rec.best['id']} most accurate"
+            if rec.chosen["id"] != rec.best["id"]:
+                marks[rec.chosen["id"]] = f"#{rec.chosen['id']} deploy this"
+            else:
+                marks[rec.best["id"]] += " = deploy this"
         name = f"front_{_slug(cost.name)}.png"
-        if _plot_front(done, pareto, acc_o, cost, len(failed), out / name, title):
+        if _plot_front(done, pareto, acc_o, cost, len(failed), out / name, title, floor=floor, marks=marks):
             plots.append(name)
-    rows = near_best(results, objectives, tolerances)
+    rows = near_best(_on_basis(results, acc_o.name, basis, floor), objectives, tolerances)
     (out / "near_best.json").write_text(json.dumps(rows, indent=1))
     if _plot_near_best(rows, out / "near_best.png", title):
         plots.append("near_best.png")
@@ -243,17 +353,31 @@ def write_report(results: list[dict[str, Any]], out_dir: str, *, objectives: lis
     for c in results:
         status_counts[c.get("status", "?")] = status_counts.get(c.get("status", "?"), 0) + 1
     lines = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>", "<h2>Summary</h2><table>"]
+             f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>", "<h2>Which network to deploy</h2>"]
+    lines += [_deploy_box(r, acc_o.name) for r in recs]
+    n_unstable, n_meas = unstable_count(results)
+    ds = dataset or {}
     info: dict[str, Any] = {
         "candidates": len(results),
         "by status": ", ".join(f"{k}: {v}" for k, v in sorted(status_counts.items())),
         "objectives": ", ".join(f"{o.direction} {o.name}" for o in objectives),
+        "splits (images)": (f"train {_fmt(ds.get('train'))}, validation {_fmt(ds.get('val'))} (the search "
+                            f"selects on it), test {_fmt(ds.get('test'))}" if ds else "not recorded"),
+        "accuracy compared": (f"{basis} accuracy" + ("" if basis == "test" else
+                                                     " (no test accuracy in the results)")),
+        "accuracy floor": (f"{floor:.3g} = chance (1/{ds.get('num_classes')}) + {margin_points:g} points: "
+                           "candidates at or below it are not plotted, recommended or exported"
+                           if floor else "none (class count not recorded)"),
         "Pareto members": ", ".join(f"#{c['id']}" for c in members) or "none",
+        "Pareto members at chance level": ", ".join(f"#{c['id']}" for c in chance) or "none",
+        "unstable measurements": (f"{n_unstable} of {n_meas} (the agent's timed runs drifted: their latency "
+                                  "is given with its spread, min to p90, not a confidence interval)"),
         "report written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if rows:
-        info["most accurate"] = f"#{rows[0]['best_id']} ({acc_o.name} {_fmt(rows[0]['best_accuracy'])})"
+        info["most accurate"] = f"#{rows[0]['best_id']} ({basis} {acc_o.name} {_fmt(rows[0]['best_accuracy'])})"
     info.update(summary or {})
+    lines.append("<h2>Summary</h2><table>")
     lines += [f"<tr><th>{e(str(k))}</th><td>{e(_fmt(v))}</td></tr>" for k, v in info.items()]
     lines.append("</table>")
 
@@ -264,11 +388,12 @@ def write_report(results: list[dict[str, Any]], out_dir: str, *, objectives: lis
                  + "".join(f"<th>{e(o.name)} ({o.direction})</th>" for o in objectives)
                  + "<th>architecture</th></tr>")
     for c in members:
-        lines.append(f"<tr><td>#{c['id']}</td>" + "".join(f"<td>{_cell(c, o.name)}</td>" for o in objectives)
-                     + f"<td><code>{e(_genome_text(c))}</code></td></tr>")
+        lines.append(f"<tr><td>#{c['id']}{' (chance level)' if c in chance else ''}</td>"
+                     + "".join(f"<td>{_cell(c, o.name)}</td>" for o in objectives)
+                     + f"<td class='arch'><code>{e(_genome_text(c))}</code></td></tr>")
     lines.append("</table>")
 
-    lines.append("<h2>Near-best networks against the most accurate</h2>")
+    lines.append(f"<h2>Near-best networks against the most accurate ({basis} accuracy)</h2>")
     if rows:
         lines.append("<table><tr><th>within</th><th>metric</th><th>most accurate</th><th>cheapest near-best</th>"
                      "<th>accuracy drop (points)</th><th>times cheaper</th></tr>")
@@ -280,7 +405,7 @@ def write_report(results: list[dict[str, Any]], out_dir: str, *, objectives: lis
                 f"<td>{r['accuracy_drop_points']:.2f}</td><td>{r['ratio']:.2f}x</td></tr>")
         lines.append("</table>")
     else:
-        lines.append("<p>No finished candidate with an accuracy.</p>")
+        lines.append("<p>No finished candidate with an accuracy above the floor.</p>")
 
     lines.append(f"<h2>Failures ({len(failed)})</h2>")
     if failed:
