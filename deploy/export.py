@@ -146,10 +146,12 @@ def _build_artifact(client: Any, agent: str, model: bytes, build: Any, dest: Pat
 def export_candidates(results: list[dict[str, Any]], run_dir: str, out_dir: str, *,
                       only_pareto: bool = True, agent: str | None = None, token: str | None = None,
                       build: Any | None = None, ids: Sequence[int] | None = None,
-                      tls: dict[str, str] | None = None) -> list[dict[str, Any]]:
+                      tls: dict[str, str] | None = None, floor: float = 0.0) -> list[dict[str, Any]]:
     """Export the chosen candidates of a run (see the module docstring); return the index entries.
 
     only_pareto: export the Pareto members only (else every finished candidate with a model).
+    floor: leave out candidates whose accuracy is at or below it (chance level, see
+    :func:`search.reporting.recommend.accuracy_floor`), unless ``ids`` names them.
     ids: export exactly these candidate ids (overrides ``only_pareto``).
     agent / token / build: build the deployable artifact on that agent with ``build``
     (a :class:`device_agent.config.BuildConfig`; the agent's default when ``None``); ``tls``: the
@@ -167,7 +169,8 @@ def export_candidates(results: list[dict[str, Any]], run_dir: str, out_dir: str,
             raise ExportError(f"no candidates with ids {unknown} in the results")
         chosen = [c for c in results if c["id"] in set(ids)]
     else:
-        chosen = [c for c in results if c.get("status") == "done" and (c.get("pareto") or not only_pareto)]
+        chosen = [c for c in results if c.get("status") == "done" and (c.get("pareto") or not only_pareto)
+                  and ((c.get("objectives") or {}).get("accuracy", 1.0) or 0.0) > floor]
     client = None
     if agent is not None:
         from device_agent.client import AgentClient

@@ -96,7 +96,7 @@ def _add_commands(sub: Any) -> None:
     s.add_argument("--tls-cert", help="server certificate (PEM): serve TLS")
     s.add_argument("--tls-key", help="server private key (PEM)")
     s.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level (default info)")
     s.add_argument("--register", metavar="SERVER:PORT",
                    help="join the search whose registry listens here (hwnas search --registry-port)")
     s.add_argument("--advertise", metavar="HOST:PORT",
@@ -106,10 +106,10 @@ def _add_commands(sub: Any) -> None:
 
     m = sub.add_parser("measure", help="measure an ONNX model on a running agent")
     m.add_argument("model", help="ONNX file")
-    m.add_argument("--agent", required=True, metavar="HOST:PORT")
+    m.add_argument("--agent", required=True, metavar="HOST:PORT", help="the agent to measure on")
     _client_tls_args(m)
     m.add_argument("--json", action="store_true", help="print the result as JSON")
-    m.add_argument("--backend", default="onnxruntime")
+    m.add_argument("--backend", default="onnxruntime", help="backend to build with (default onnxruntime)")
     m.add_argument("--iterations", type=int, help="minimum timed iterations")
     m.add_argument("--duration", type=float, help="minimum timed duration (s)")
     m.add_argument("--threads", type=int, help="intra-op threads")
@@ -118,7 +118,7 @@ def _add_commands(sub: Any) -> None:
     m.set_defaults(func=cmd_measure)
 
     d = sub.add_parser("describe", help="describe a running agent's device")
-    d.add_argument("--agent", required=True, metavar="HOST:PORT")
+    d.add_argument("--agent", required=True, metavar="HOST:PORT", help="the agent to describe")
     _client_tls_args(d)
     d.set_defaults(func=cmd_describe)
 

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -120,10 +121,19 @@ def _export(args: argparse.Namespace) -> int:
     from deploy.export import export_candidates
     from search.reporting.results import collect
 
+    from search.loop.store import Store
+    from search.reporting.recommend import accuracy_floor
+
     results = collect(args.run_dir)
+    st = Store(args.run_dir)
+    floor = 0.0 if args.include_chance else accuracy_floor((st.get_meta("dataset") or {}).get("num_classes"))
+    st.close()
     out = args.out or str(Path(args.run_dir) / "export")
     exported = export_candidates(results, args.run_dir, out, only_pareto=not args.all,
-                                 agent=args.agent, token=args.token, tls=client_tls_from_args(args))
+                                 agent=args.agent, token=args.token, tls=client_tls_from_args(args), floor=floor)
+    if floor:
+        print(f"accuracy floor {floor:.3g} (chance level + 10 points): candidates at or below it are not "
+              "exported (--include-chance exports them)", file=sys.stderr)
     for e in exported:
         print(json.dumps(e, default=str))
     print(f"{len(exported)} candidate(s) exported to {out}")
@@ -143,6 +153,23 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed package's version (the source tree's when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hwnas")
+    except PackageNotFoundError:
+        return "0+unknown (not installed)"
+
+
+def _metric_names() -> str:
+    """The metric catalogue's names, for the help of --objective."""
+    from search.metrics import CATALOGUE
+
+    return ", ".join(f"{n} ({m.direction})" for n, m in CATALOGUE.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``hwnas`` argument parser (``--space`` and ``--algorithm`` list the registries)."""
     from search.algorithms.base import list_algorithms
@@ -150,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="hwnas", description="Hardware-in-the-loop evolutionary NAS.")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", help="run (or resume) a search")
@@ -157,14 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="run directory to create (default runs/latest)")
     s.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR")
     s.add_argument("--budget", type=int, help="candidates to propose in total")
-    s.add_argument("--seed", type=int)
+    s.add_argument("--seed", type=int, help="seed of the algorithm, the data splits and training (default 0)")
     s.add_argument("--space", choices=list_spaces(), help="search space (default menndl)")
     s.add_argument("--algorithm", choices=list_algorithms(), help="search algorithm (default nsga2)")
     s.add_argument("--dataset", help="digits, fashion-mnist, cifar10, cifar100, imagefolder:PATH")
     s.add_argument("--accuracy-table", dest="accuracy_table", metavar="CSV:COLUMN",
                    help="use a published accuracy instead of training (e.g. NAS-Bench-201)")
-    s.add_argument("--objective", action="append", help="objective (repeatable), e.g. latency_ms@KEY")
-    s.add_argument("--constraint", action="append", help="constraint (repeatable), e.g. 'latency_ms <= 5'")
+    s.add_argument("--objective", action="append", metavar="[max:|min:]METRIC[@KEY]",
+                   help=f"objective (repeatable; default accuracy, latency_ms, params). METRIC is one of: "
+                        f"{_metric_names()}; device metrics take @DEVICE_KEY (default: the first agent's)")
+    s.add_argument("--constraint", action="append", metavar="EXPR",
+                   help="constraint (repeatable), e.g. 'latency_ms <= 5' (same metrics as --objective)")
     s.add_argument("--agent", action="append", metavar="HOST:PORT",
                    help="device agent to measure on (repeatable); none: start one on loopback")
     tok = s.add_mutually_exclusive_group()
@@ -182,19 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_search)
 
     r = sub.add_parser("results", help="print a run's candidates")
-    r.add_argument("run_dir")
+    r.add_argument("run_dir", help="run directory (the --out of the search)")
     r.add_argument("--json", action="store_true", help="the full results list as JSON")
     r.set_defaults(func=_results)
 
     rp = sub.add_parser("report", help="HTML page and PNG plots of a run")
-    rp.add_argument("run_dir")
+    rp.add_argument("run_dir", help="run directory (the --out of the search)")
     rp.add_argument("--out", help="folder (default DIR/report)")
     rp.set_defaults(func=_report)
 
     e = sub.add_parser("export", help="export Pareto members as deployable artifacts")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help="run directory (the --out of the search)")
     e.add_argument("--out", help="folder (default DIR/export)")
     e.add_argument("--all", action="store_true", help="every finished candidate, not only the Pareto set")
+    e.add_argument("--include-chance", action="store_true",
+                   help="also export members at chance level (accuracy <= 1/classes + 10 points)")
     e.add_argument("--agent", metavar="HOST:PORT", help="build the engine on this device agent")
     etok = e.add_mutually_exclusive_group()
     etok.add_argument("--token", help="token the agent expects (visible in `ps`: prefer --token-file)")
@@ -203,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_export)
 
     st = sub.add_parser("status", help="agents, queue and progress of a run")
-    st.add_argument("run_dir")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("run_dir", help="run directory (the --out of the search)")
+    st.add_argument("--json", action="store_true", help="the status as JSON")
     st.set_defaults(func=_status)
 
     from device_agent.cli import add_agent_parser
@@ -227,8 +260,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ConfigError, SearchError, StoreError, FileNotFoundError) as exc:
         print(f"hwnas: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`hwnas results DIR --json | head`): end quietly, and keep the
+        # interpreter's final flush from raising again on the closed pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
-        print("hwnas: interrupted; resume with: hwnas search --resume DIR", file=sys.stderr)
+        if args.command == "search":
+            run_dir = args.resume or args.out or "runs/latest"
+            print(f"hwnas: interrupted; resume with: hwnas search --resume {run_dir}", file=sys.stderr)
+        else:
+            print("hwnas: interrupted", file=sys.stderr)
         return 130
 
 

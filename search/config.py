@@ -39,6 +39,7 @@ File format::
 """
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -170,7 +171,19 @@ def _section(cls: type, data: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"[{where}]: unknown keys {unknown}; known: {sorted(names)}")
+    for f in fields(cls):  # a wrong type gets the key's name, not a Python comparison error
+        want = _TOML_TYPES.get(str(f.type).split("[")[0])
+        if f.name in data and want and not (isinstance(data[f.name], want[0])
+                                            and not (isinstance(data[f.name], bool) and bool not in want[0])):
+            raise ConfigError(f"[{where}].{f.name} must be {want[1]}, got {data[f.name]!r}")
     return cls(**data)
+
+
+#: the Python type of a setting -> the TOML values it takes, and their name for an error
+_TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "a whole number"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
+    "bool": ((bool,), "true or false"), "tuple": ((list, tuple), "a list"), "dict": ((dict,), "a table"),
+}
 
 
 def from_dict(data: dict[str, Any]) -> SearchConfig:
@@ -180,6 +193,9 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
     if unknown:
         raise ConfigError(f"unknown sections {unknown}")
     s = dict(data.get("search", {}))
+    for key in ("dataset", "data_root", "accuracy_table"):
+        if isinstance(s.get(key), str):
+            s[key] = _expand(s[key])
     for key in ("objectives", "constraints"):
         if key in s:
             if not isinstance(s[key], list):
@@ -202,6 +218,25 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return cfg.validate()
+
+
+#: the project root (``search/`` lives in it)
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path:
+    """Where the shared data lies: ``$HWNAS_SHARED_DATA``, else ``../shared/data`` beside the
+    project root (the layout of the development machines)."""
+    return Path(os.environ.get("HWNAS_SHARED_DATA") or _PROJECT_ROOT.parent / "shared" / "data")
+
+
+def _expand(value: str) -> str:
+    """``${HWNAS_SHARED_DATA}`` (defaulting to :func:`shared_data_dir`), other ``$VARS`` and ``~``
+    in a path setting, so example files name the shared data without a machine's layout."""
+    if not value:
+        return value
+    value = value.replace("${HWNAS_SHARED_DATA}", str(shared_data_dir()))
+    return os.path.expanduser(os.path.expandvars(value))
 
 
 def load(path: str | Path | None) -> SearchConfig:
