@@ -173,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="time the first search against a fresh fleet too")
     ap.add_argument("--processes", type=int, default=4, help="agent worker processes (at most)")
     ap.add_argument("--profile", help="write a cProfile (all server threads) of the last run here")
+    ap.add_argument("--quick", action="store_true", help="1 and 4 agents, 100 candidates: well under a minute")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.agents, args.budget = [1, 4], 100
     if not Path(TABLE).is_file():
         print(f"fleet: the NB201 table {TABLE} is not here (set $HWNAS_SHARED_DATA)", file=sys.stderr)
         return 2
@@ -182,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{'after an untimed warm-up search' if args.warmup else 'no warm-up'}); "
           "evals/s = candidates / wall time of SearchRunner.run; CPU ms/eval = process CPU time / "
           "candidates, server (this process, all threads) and agents (their processes)", flush=True)
+    print(f"fleet: {len(args.agents)} fleet sizes x {args.repeat} run(s); expect about "
+          f"{len(args.agents) * (args.repeat + args.warmup) * max(2, args.budget // 100) * 2} s on 2 cores "
+          "(a line per run as it finishes)", flush=True)
     print(f"{'agents':>6} {'evals':>6} {'failed':>6} {'wall s':>7} {'evals/s':>8} {'server CPU ms/eval':>19} "
           f"{'agent CPU ms/eval':>18}")
     for n in args.agents:

@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="worker processes")
     p.add_argument("--space", choices=["nb201", "categorical"], default="nb201",
                    help="nb201: search.spaces.nb201; categorical: the 6x5 test space (same genome shape)")
-    p.add_argument("--quick", action="store_true", help="3 seeds, 3 devices: a smoke run")
+    p.add_argument("--quick", action="store_true",
+                   help="2 seeds, 2 devices, budgets 100/300, Optuna capped at 300: about a minute on 2 cores")
     p.add_argument("--save", default=None, help="write every run's evaluated rows to this JSON file")
     p.add_argument("--load", default=None, help="score runs saved by --save (and run only the missing ones)")
     p.add_argument("--report-only", action="store_true", help="with --load: score, run nothing")
@@ -169,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     devices = args.devices or sorted(table.lat)
     seeds = args.seeds
     if args.quick:
-        devices, seeds = devices[:3], min(seeds, 3)
+        devices, seeds = devices[:2], min(seeds, 2)
+        args.budgets = [b for b in args.budgets if b <= 300] or [100]
+        args.cap = [*args.cap, "optuna-tpe=300", "optuna-nsga2=300"]
     unknown = set(devices) - set(table.lat)
     if unknown:
         print(f"unknown devices {sorted(unknown)}; known: {sorted(table.lat)}", file=sys.stderr)
@@ -191,10 +194,16 @@ def main(argv: list[str] | None = None) -> int:
         tasks = []
     t0 = time.time()
     if tasks:
+        print(f"nb201_search: {len(tasks)} searches ({len(args.algorithms)} algorithms x {len(devices)} devices x "
+              f"{seeds} seeds) to {budget} evaluations, {args.jobs} worker(s); the full run takes tens of "
+              "minutes on 2 cores, --quick about one; the time left is printed as searches finish", flush=True)
         with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            for task, (rows, sec) in zip(tasks, pool.map(run_one, tasks)):
+            for k, (task, (rows, sec)) in enumerate(zip(tasks, pool.map(run_one, tasks)), 1):
                 runs[f"{task[0]}|{task[1]}|{task[2]}"] = rows
                 cpu[f"{task[0]}|{task[1]}|{task[2]}"] = sec
+                spent = time.time() - t0
+                print(f"[{k}/{len(tasks)}] {task[0]} on {task[1]}, seed {task[2]}: {sec:.1f} CPU s; "
+                      f"{spent:.0f} s elapsed, about {spent / k * (len(tasks) - k):.0f} s left", flush=True)
                 if args.save:  # keep partial results of long runs
                     Path(args.save).write_text(json.dumps(saved))
     elapsed = time.time() - t0

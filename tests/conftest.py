@@ -58,3 +58,25 @@ class DoneEvents:
         """True once ``n`` jobs have finished (False after ``timeout`` seconds)."""
         with self._cv:
             return self._cv.wait_for(lambda: len(self.done) >= n, timeout)
+
+
+# ============================================================================ the run's summary
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - pytest's hook signature
+    """Say loudly when the shared data is missing: its tests skip, and a quiet skip line in a
+    long summary is easy to miss (issue 15)."""
+    from _shared import SHARED_DATA
+
+    if Path(SHARED_DATA).is_dir():
+        return
+    skipped = terminalreporter.stats.get("skipped", [])
+    n = sum(1 for r in skipped if str(SHARED_DATA) in str(getattr(r, "longrepr", "")))
+    bar = "!" * 78
+    terminalreporter.write_line(bar, red=True, bold=True)
+    terminalreporter.write_line(f"SHARED DATA MISSING: {SHARED_DATA} is not here; {n} test(s) that read it "
+                                "were SKIPPED, not passed.", red=True, bold=True)
+    terminalreporter.write_line("Put the shared data at ../shared/data beside the project, or set "
+                                "HWNAS_SHARED_DATA=/path/to/shared/data, and run `make test` again.",
+                                red=True, bold=True)
+    terminalreporter.write_line(bar, red=True, bold=True)

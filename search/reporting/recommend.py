@@ -77,6 +77,8 @@ class Recommendation:
     primary_cost: str | None = None
     #: cost name -> (best's value, chosen's value, times cheaper)
     savings: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    #: ids of every candidate with the best accuracy (ties: ``best`` is the first found)
+    tied_best: tuple[int, ...] = ()
     eligible: int = 0
     below_floor: int = 0
     #: True when the chosen network's p90 latency reaches the best's median (overlapping spreads)
@@ -155,5 +157,6 @@ def recommend(results: Sequence[dict[str, Any]], objectives: Sequence[Objective]
             within_noise = bool(sb and sc and sc[2] >= sb[1])  # chosen's p90 reaches best's median
         out.append(Recommendation(**common, best=best, chosen=chosen, best_accuracy=acc_of(best),
                                   chosen_accuracy=acc_of(chosen), primary_cost=costs[0], savings=savings,
-                                  eligible=len(pool), latency_within_noise=within_noise))
+                                  eligible=len(pool), latency_within_noise=within_noise,
+                                  tied_best=tuple(c["id"] for c in pool if acc_of(c) == acc_of(best))))
     return out

@@ -152,17 +152,22 @@ def _plot_front(done: list[dict], pareto: dict[int, bool], acc_o: Objective, cos
             front.append(i)
     ax.step(x[front], y[front], where="post", color="tab:red", lw=1.4, alpha=0.8,
             label=f"front of {acc_o.name} vs {cost.name}", zorder=3)
+    log_x = x.min() > 0 and x.max() / x.min() > 20
+    if log_x:
+        ax.set_xscale("log")
+    tx = np.log(x) if log_x else x
     by_id = {p[2]["id"]: i for i, p in enumerate(pts)}
     for n, (cid, text) in enumerate((marks or {}).items()):
         if cid in by_id:
             i = by_id[cid]
             ax.scatter([x[i]], [yplot[i]], s=140, facecolors="none", edgecolors="tab:blue", linewidths=1.5, zorder=5)
-            # the two labels go to opposite sides so they cannot cover each other
-            ax.annotate(text, (x[i], yplot[i]), textcoords="offset points", xytext=(10, -18 if n else 10),
+            # the two labels go above and below, and toward the middle of the axes, so they
+            # neither cover each other nor leave the figure
+            right = tx.max() > tx.min() and (tx[i] - tx.min()) / (tx.max() - tx.min()) > 0.6
+            ax.annotate(text, (x[i], yplot[i]), textcoords="offset points",
+                        xytext=(-10 if right else 10, -18 if n else 10), ha="right" if right else "left",
                         fontsize=8, color="tab:blue", arrowprops={"arrowstyle": "-", "color": "tab:blue", "lw": 0.6},
                         bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "tab:blue", "lw": 0.5})
-    if x.min() > 0 and x.max() / x.min() > 20:
-        ax.set_xscale("log")
     unit = metric_unit(cost.metric)
     ax.set_xlabel(f"{cost.name}" + (f" [{unit}]" if unit else "") + " (lower is better)")
     ax.set_ylabel(acc_o.name + (" (higher is better)" if acc_o.direction == "max" else ""))
@@ -265,7 +270,7 @@ def _deploy_box(r: "Recommendation", acc_name: str) -> str:
     parts = [f"<div class='deploy{'' if r.real_saving else ' none'}' id='deploy-{e(_slug(str(r.device_key)))}'>",
              f"<h3>Deploy this {e(where)}: candidate #{c['id']}</h3>",
              f"<p>{acc_name} {r.chosen_accuracy:.4f} on the {e(split)}; the most accurate network is "
-             f"#{b['id']} at {r.best_accuracy:.4f}. Rule: the cheapest network (by {e(str(r.primary_cost))}, "
+             f"#{b['id']} at {r.best_accuracy:.4f}{e(_ties(r))}. Rule: the cheapest network (by {e(str(r.primary_cost))}, "
              f"then the other costs) within {e(tol)} of the most accurate, among {r.eligible} candidates above "
              f"the accuracy floor {r.floor:.3g}.</p><ul>"]
     for name, (bv, cv, ratio) in r.savings.items():
@@ -286,6 +291,14 @@ def _deploy_box(r: "Recommendation", acc_name: str) -> str:
                      "reaches the other's median), so the latency ratio is within measurement noise.</p>")
     parts.append("</div>")
     return "".join(parts)
+
+
+def _ties(r: "Recommendation") -> str:
+    """A note when other networks share the best accuracy (the first found is called the best)."""
+    others = [i for i in r.tied_best if i != r.best["id"]]
+    if not others:
+        return ""
+    return f" (tied with {', '.join(f'#{i}' for i in others)}; the first found is taken as the most accurate)"
 
 
 def _on_basis(results: list[dict[str, Any]], acc_name: str, basis: str, floor: float) -> list[dict[str, Any]]:
