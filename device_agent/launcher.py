@@ -67,15 +67,31 @@ class LocalAgent:
         self.stop()
 
 
+def split_cores() -> tuple[set[int], set[int]] | None:
+    """``(measure, train)``: the cores of this process split between a local agent (the last
+    one) and training (the others), so that on one machine the agent's timed runs never share a
+    core with the training of the next candidate; None with fewer than two cores."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return None
+    if len(cores) < 2:
+        return None
+    return {cores[-1]}, set(cores[:-1])
+
+
 def start_local_agent(*, token: str | None = None, extra_args: Sequence[str] = (),
                       env: Mapping[str, str] | None = None, timeout: float = 60.0,
-                      python: str | None = None, client_tls: Mapping[str, str] | None = None) -> LocalAgent:
+                      python: str | None = None, client_tls: Mapping[str, str] | None = None,
+                      cpus: set[int] | None = None) -> LocalAgent:
     """Start an agent on 127.0.0.1 (free port) and wait until it is SERVING.
 
     extra_args: more ``serve`` flags (``--cache-dir``, ``--backend table --table ...``); without
     ``--cache-dir`` the agent uses a cache folder that is removed on ``stop()``. client_tls: the
     TLS options of the readiness probe's :class:`AgentClient` for an agent that serves TLS.
-    Raises ``AgentUnavailable`` (with the agent's log tail) when it exits or is not ready in time.
+    cpus: run the agent (and the job processes it forks) on these cores only (see
+    :func:`split_cores`). Raises ``AgentUnavailable`` (with the agent's log tail) when it exits or
+    is not ready in time.
     """
     from device_agent.client import AgentClient
 
@@ -100,6 +116,9 @@ def start_local_agent(*, token: str | None = None, extra_args: Sequence[str] = (
                                 stdin=subprocess.DEVNULL)
     finally:
         log_file.close()
+    if cpus:
+        # set before the agent starts its forkserver: every job process inherits the cores
+        os.sched_setaffinity(proc.pid, cpus)
     agent = LocalAgent(process=proc, address="", token=token, workdir=workdir, log_path=log_path)
     end = time.monotonic() + timeout
     try:

@@ -114,6 +114,7 @@ class Fleet:
         #: set once the registry serves (agents may register from then on)
         self.registry_started = threading.Event()
         self._local_agent: Any = None
+        self._own_cpus: set[int] | None = None  # this thread's cores before a local agent took one
         tls = settings.client_tls()
         factory = None
         if tls:  # TLS / mutual TLS to the agents
@@ -152,11 +153,7 @@ class Fleet:
                 raise SearchError(f"no agent registered at {self.registry.address} in {self.wait_agents_s:g}s")
             return next(iter(pool.agents.values())).device_key
         if not self.addresses:
-            from device_agent.launcher import start_local_agent
-
-            self._local_agent = start_local_agent(token=self.token, extra_args=self.local_agent_args)
-            self.addresses = [self._local_agent.address]
-            self.store.event("local_agent_started", agent=self._local_agent.address)
+            self._start_local_agent()
         errors = [f"{a}: {e}" for a, e in pool.add_agents(self.addresses).items()]
         if not pool.agents:
             raise SearchError("no agent could be reached: " + "; ".join(errors))
@@ -164,6 +161,24 @@ class Fleet:
             log.warning("agent not reachable, continuing without it: %s", e)
         # the first listed agent that answered gives the default key (agents are added in parallel)
         return next(pool.agents[a].device_key for a in self.addresses if a in pool.agents)
+
+    def _start_local_agent(self) -> None:
+        """Start the loopback agent; with two or more cores, the agent measures on the last one
+        and this thread (which starts the training threads later) trains on the others, so a
+        measurement never competes with training for a core (restored by :meth:`close`)."""
+        import os
+
+        from device_agent.launcher import split_cores, start_local_agent
+
+        split = split_cores()
+        measure_cpus, train_cpus = split if split else (None, None)
+        self._local_agent = start_local_agent(token=self.token, extra_args=self.local_agent_args, cpus=measure_cpus)
+        if train_cpus:
+            self._own_cpus = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, train_cpus)  # this thread; threads it starts inherit it
+        self.addresses = [self._local_agent.address]
+        self.store.event("local_agent_started", agent=self._local_agent.address,
+                         detail={"measure_cpus": sorted(measure_cpus or ()), "train_cpus": sorted(train_cpus or ())})
 
     def bind(self, config: SearchConfig, default_key: str) -> tuple[list[Objective], list[Constraint], list[str]]:
         """The config's objectives and constraints bound to ``default_key``, and the device keys
@@ -199,6 +214,10 @@ class Fleet:
         if self._local_agent is not None:
             with contextlib.suppress(Exception):
                 self._local_agent.stop()
+        if self._own_cpus:
+            import os
+
+            os.sched_setaffinity(0, self._own_cpus)
 
 
 # --------------------------------------------------------------------------- the evaluator
