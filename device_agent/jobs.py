@@ -4,7 +4,9 @@
 energy pass in a child started from a ``forkserver`` (numpy / onnxruntime preloaded, so start-up
 is fast, and never ``fork`` of the threaded gRPC process) under a wall-clock timeout and an
 ``RLIMIT_DATA`` memory limit. Every outcome is a :class:`MeasureResult`: a timeout, crash, OOM
-or cancellation becomes ``error_kind`` ``timeout`` / ``crash`` / ``oom`` / ``cancelled``.
+or cancellation becomes ``error_kind`` ``timeout`` / ``crash`` / ``oom`` / ``cancelled``; a job
+process ended by SIGTERM/SIGHUP/SIGQUIT is ``interrupted`` (the search measures it again), and
+job processes ignore SIGINT (a terminal's Ctrl-C is the agent's to handle).
 
 Forkserver children import the caller's ``__main__`` module (as ``__mp_main__``), as with any
 ``spawn``/``forkserver`` start: the main module must keep its work under
@@ -173,6 +175,9 @@ def _artifact_child(p: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
 
 def _child_main(conn: Connection, task: str, payload: dict[str, Any]) -> None:
     """Entry point of the job process: apply limits, run ``task``, send one reply."""
+    # Ctrl-C in a terminal reaches the whole process group: the agent decides what happens to
+    # its jobs (drain or cancel), so a job must not turn SIGINT into a failed measurement
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     state: dict[str, Any] = {"stage": "start", "baseline_mb": _maxrss_mb()}
     try:
         limit = payload["memory_limit_mb"] * 2**20
@@ -247,6 +252,10 @@ def _run_child(task: str, payload: dict[str, Any], *, timeout_s: float,
             return {"ok": False, "error_kind": "oom",
                     "error": f"job process killed by {sig} (out of memory under a limit of "
                              f"{payload['memory_limit_mb']} MB?)"}
+        if -code in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            # Ctrl-C in the terminal reaches the job process too: not the model's fault
+            return {"ok": False, "error_kind": "interrupted",
+                    "error": f"job process interrupted by signal {sig} (not the model's fault; measured again)"}
         return {"ok": False, "error_kind": "crash", "error": f"job process killed by signal {sig}"}
     return {"ok": False, "error_kind": "crash", "error": f"job process exited with code {code} "
                                                            "without a result"}

@@ -2,7 +2,8 @@
 
 A failed job is a value, not an exception: ``error`` holds the reason and ``error_kind`` one of
 ``invalid_model``, ``build``, ``run``, ``output_mismatch``, ``timeout``, ``oom``, ``crash``,
-``cancelled``, ``unsupported``. Every metric says how it was obtained: ``status`` is
+``cancelled``, ``interrupted`` (a signal ended the job process: not the model's fault),
+``unsupported``. Every metric says how it was obtained: ``status`` is
 ``measured``, ``estimated`` or ``unavailable`` and ``method`` names the sensor or procedure.
 """
 from __future__ import annotations

@@ -34,6 +34,9 @@ log = logging.getLogger("hwnas.pool")
 
 #: error kinds that point at the model hurting the runtime rather than at a plain model defect
 CRASH_KINDS = frozenset({"crash", "timeout"})
+#: the agent, not the model, stopped the job (a signal to the job process, a draining agent):
+#: measured again, counted as a lost agent (``max_attempts``), never as the model's failure
+INTERRUPTED_KINDS = frozenset({"interrupted", "cancelled"})
 
 
 @dataclass(frozen=True)
@@ -399,6 +402,9 @@ class AgentPool:
 
     def _handle_result(self, state: AgentState, job: MeasureJob, result: dict[str, Any]) -> None:
         kind = result.get("error_kind")
+        if kind in INTERRUPTED_KINDS:
+            self._agent_lost(state, job, f"{kind}: {result.get('error')}")
+            return
         if kind in CRASH_KINDS:
             row = next(j for j in self.store.jobs(candidate_id=job.candidate_id) if j["id"] == job.job_id)
             crashes = row["crashes"] + 1

@@ -58,7 +58,8 @@ class SearchRunner:
         self.fleet = Fleet(store=self.store, config=self.config,
                            addresses=list(agents if agents is not None else self.config.agents.addresses),
                            on_done=lambda job, res, err: self._events.put(("measured", (job, res, err))),
-                           registry=registry, local_agent_args=local_agent_args, wait_agents_s=wait_agents_s)
+                           registry=registry, local_agent_args=local_agent_args, wait_agents_s=wait_agents_s,
+                           on_fatal=lambda reason: self._events.put(("fatal", reason)))
         self.evaluator = evaluator
         self.tracker: CandidateTracker | None = None
         self.device_keys: list[str] = []
@@ -156,6 +157,8 @@ class SearchRunner:
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "trained":
             self._trained(*payload)
+        elif kind == "fatal":  # the fleet cannot measure any more (a local agent that keeps dying)
+            raise SearchError(payload)
         else:
             self._measured(*payload)
 

@@ -102,7 +102,8 @@ class Fleet:
 
     def __init__(self, *, store: Store, config: SearchConfig, addresses: list[str],
                  on_done: Callable[..., None], registry: RegistrySettings | None = None,
-                 local_agent_args: tuple[str, ...] = (), wait_agents_s: float = 120.0) -> None:
+                 local_agent_args: tuple[str, ...] = (), wait_agents_s: float = 120.0,
+                 on_fatal: Callable[[str], None] | None = None, local_agent_restarts: int = 3) -> None:
         settings = config.agents
         self.store = store
         self.addresses = list(addresses)
@@ -115,6 +116,11 @@ class Fleet:
         self.registry_started = threading.Event()
         self._local_agent: Any = None
         self._own_cpus: set[int] | None = None  # this thread's cores before a local agent took one
+        self._measure_cpus: set[int] | None = None
+        #: times a dead local agent is started again before the search stops with the reason
+        self.local_agent_restarts = local_agent_restarts
+        self.on_fatal = on_fatal
+        self._closing = threading.Event()
         tls = settings.client_tls()
         factory = None
         if tls:  # TLS / mutual TLS to the agents
@@ -177,8 +183,54 @@ class Fleet:
             self._own_cpus = os.sched_getaffinity(0)
             os.sched_setaffinity(0, train_cpus)  # this thread; threads it starts inherit it
         self.addresses = [self._local_agent.address]
+        self._measure_cpus = measure_cpus
         self.store.event("local_agent_started", agent=self._local_agent.address,
                          detail={"measure_cpus": sorted(measure_cpus or ()), "train_cpus": sorted(train_cpus or ())})
+        threading.Thread(target=self._watch_local_agent, name="local-agent-watch", daemon=True).start()
+
+    def _watch_local_agent(self) -> None:
+        """Start a local agent that died again (its job goes back to the queue), at most
+        ``local_agent_restarts`` times; then stop the search through ``on_fatal`` with the reason,
+        rather than leave the queue waiting on an agent that is gone."""
+        from device_agent.errors import AgentUnavailable
+        from device_agent.launcher import start_local_agent
+
+        restarts = 0
+        while not self._closing.wait(0.5):
+            agent = self._local_agent
+            if agent is None or agent.alive() or self._closing.is_set():
+                continue
+            code = agent.process.returncode
+            reason = f"the local agent {agent.address} exited with code {code}"
+            self.store.event("local_agent_died", agent=agent.address, detail={"exit_code": code})
+            log.warning("%s; its log ends: %s", reason, agent.log_tail(800))
+            self.pool.remove_agent(agent.address, reason=f"died (exit code {code})")
+            with contextlib.suppress(Exception):
+                agent.stop(timeout=1.0)  # removes its temporary folder
+            if restarts >= self.local_agent_restarts:
+                self._fatal(f"{reason} and was restarted {restarts} time(s) already; stopping the search")
+                return
+            restarts += 1
+            try:
+                self._local_agent = start_local_agent(token=self.token, extra_args=self.local_agent_args,
+                                                      cpus=self._measure_cpus)
+            except AgentUnavailable as exc:
+                self._fatal(f"{reason}; starting it again failed: {exc}")
+                return
+            self.addresses = [self._local_agent.address]
+            errors = self.pool.add_agents(self.addresses)
+            if errors:
+                self._fatal(f"{reason}; the restarted agent cannot be reached: {errors}")
+                return
+            self.store.event("local_agent_restarted", agent=self._local_agent.address,
+                             detail={"restarts": restarts, "after": reason})
+            print(f"hwnas: {reason}; restarted it at {self._local_agent.address} "
+                  f"({restarts} of {self.local_agent_restarts} restarts)", file=sys.stderr, flush=True)
+
+    def _fatal(self, reason: str) -> None:
+        self.store.event("search_stopped", detail={"reason": reason})
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
 
     def bind(self, config: SearchConfig, default_key: str) -> tuple[list[Objective], list[Constraint], list[str]]:
         """The config's objectives and constraints bound to ``default_key``, and the device keys
@@ -208,6 +260,7 @@ class Fleet:
 
     def close(self) -> None:
         """Stop the registry, the pool and the local agent."""
+        self._closing.set()
         if self.registry is not None:
             self.registry.stop()
         self.pool.close()
