@@ -1,14 +1,14 @@
 """Every ``examples/*.toml`` is validated, and run with a tiny budget where it can run here.
 
-digits (the embedded default written out) and the two NAS-Bench-201 examples (one device key,
-two device keys) run end to end through real agent processes (table-backed agents answering
+digits (the embedded default written out; tests/test_readme_commands.py runs it through the
+CLI as the README shows) and the two NAS-Bench-201 examples (one device key, two device keys)
+run end to end through real agent processes (table-backed agents answering
 from the shared table, as the examples' comments start them). The CIFAR-10 example is validated
 (its dataset path resolves into the shared data); the Ray example needs the training work of
 issue 7 (``[train] executor``) and says so when that is not merged.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -30,16 +30,6 @@ def test_every_example_has_a_test():
 def test_digits_example_is_the_embedded_default():
     # `make demo` runs the embedded default; the example must not drift from it
     assert cfgmod.load(EXAMPLES / "digits.toml") == cfgmod.load(None)
-
-
-def test_digits_example_runs(tmp_path):
-    from search.loop.runner import SearchRunner
-
-    cfg = cfgmod.load(EXAMPLES / "digits.toml")
-    cfg = dataclasses.replace(cfg, budget=2, population_size=2,
-                              train=dataclasses.replace(cfg.train, max_epochs=1, time_budget_s=10.0))
-    summary = SearchRunner(config=cfg, run_dir=tmp_path / "run", progress=False).run()
-    assert summary["done"] == 2, summary
 
 
 def test_cifar10_example_validates():
