@@ -3,11 +3,15 @@
 ``write_report(results, out_dir, objectives=...)`` takes the results list of a run (the format
 of :mod:`search.reporting.results`) and writes into ``out_dir``:
 
-- ``index.html``: plain, self-contained apart from the PNGs: run summary, plots, the Pareto
-  table where every number says where it came from (measured / computed / estimated /
+- ``index.html``: plain, self-contained apart from the PNGs: first a "deploy this" box per
+  device key (:mod:`search.reporting.recommend`), then the run summary (split sizes, the
+  accuracy compared, the chance-level floor, the count of unstable measurements), plots, the
+  Pareto table where every number says where it came from (measured / computed / estimated /
   unavailable, and how), the near-best comparison and the failures with their reasons;
-- ``front_<objective>.png``: accuracy against each cost objective, every finished candidate in
-  grey, the run's Pareto members highlighted and the 2-D front of that pair connected;
+- ``front_<objective>.png``: accuracy against each cost objective, every finished candidate
+  above the floor in grey, the run's Pareto members highlighted, the 2-D front of that pair
+  connected, the latency spread of repeated runs as error bars, labels on the most accurate and
+  the recommended network only;
 - ``near_best.png``: the study of MENNDL-style searches (Young et al.): how many times cheaper
   the cheapest networks within 1 and 2 accuracy points of the most accurate one are;
 - ``near_best.json``: the rows of that comparison.
