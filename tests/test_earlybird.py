@@ -83,3 +83,16 @@ def replace_epochs(hp, epochs):
     from dataclasses import replace
 
     return replace(hp, epochs=epochs)
+
+
+def test_gamma_sparsity_adds_l1_subgradient():
+    from search.training.earlybird import add_gamma_sparsity
+
+    bn = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, -0.2, 1.0]))
+    handles = add_gamma_sparsity(bn, 0.1)
+    bn(torch.randn(4, 3, 2, 2)).sum().backward()  # d(sum)/d(gamma) is ~0 after normalisation
+    assert torch.allclose(bn.weight.grad, torch.tensor([0.1, -0.1, 0.1]), atol=1e-5)
+    for h in handles:
+        h.remove()

@@ -7,6 +7,9 @@ Hamming distance (fraction of channels whose keep/prune decision changed). The t
 when the last ``window`` distances (a FIFO, 5 in the paper) are all below ``eps`` (0.1 in the
 paper): the pruned structure has stopped moving, so training it alone is as good as training on.
 
+Optionally (:func:`add_gamma_sparsity`) the gammas carry the L1 sparsity penalty of network
+slimming, whose channel pruning the paper adopts.
+
 :func:`ticket_genome` turns the drawn mask into a physically smaller ``menndl`` genome (each
 conv-with-batch-norm layer keeps its kept-channel count; at least one) and :func:`build_ticket`
 builds it, copying the kept channels' weights (conv, batch norm, skip projections, first head
@@ -57,6 +60,18 @@ def mask_from_gammas(gammas: list[torch.Tensor], ratio: float) -> torch.Tensor:
 def channel_mask(model: nn.Module, ratio: float) -> torch.Tensor:
     """:func:`mask_from_gammas` over the model's batch-norm weights."""
     return mask_from_gammas([bn.weight for bn in bn_layers(model)], ratio)
+
+
+def add_gamma_sparsity(model: nn.Module, strength: float = 1e-4) -> list[Any]:
+    """L1 sparsity on batch-norm gammas as network slimming (Liu et al. 2017), which the paper's
+    channel pruning follows, trains with: adds ``strength * sign(gamma)`` to each gamma's
+    gradient through tensor hooks, so any training loop applies it. Returns the hook handles
+    (``handle.remove()`` turns it off)."""
+    handles = []
+    for bn in bn_layers(model):
+        weight = bn.weight
+        handles.append(weight.register_hook(lambda grad, w=weight: grad + strength * torch.sign(w.detach())))
+    return handles
 
 
 def mask_distance(a: torch.Tensor, b: torch.Tensor) -> float:
