@@ -96,3 +96,23 @@ def test_gamma_sparsity_adds_l1_subgradient():
     assert torch.allclose(bn.weight.grad, torch.tensor([0.1, -0.1, 0.1]), atol=1e-5)
     for h in handles:
         h.remove()
+
+
+def test_train_candidate_stops_when_a_callback_says_so():
+    from search.spaces.base import TrainHParams
+    from search.spaces.menndl import ConvGene, MenndlGenome, MenndlSpace
+    from search.train import train_candidate
+
+    class StopAt2:
+        seen: list[int] = []
+
+        def on_epoch_end(self, model, epoch):
+            self.seen.append(epoch)
+            return epoch == 2
+
+    genome = MenndlGenome((ConvGene(8),), hparams=TrainHParams(epochs=5))
+    splits = _tiny_digits()
+    cb = StopAt2()
+    res = train_candidate(MenndlSpace().build(genome, splits.task), splits, genome.hparams, callbacks=[cb],
+                          patience=10)
+    assert cb.seen == [1, 2] and res.epochs == 2 and res.stop_reason == "callback" and res.early_stopped
