@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from search.training.data import load_dataset  # noqa: E402
-from search.exporting import export_onnx  # noqa: E402
+from search.training.exporting import export_onnx  # noqa: E402
 from search.memory import peak_activation_kb  # noqa: E402
 from search.spaces.base import TrainHParams  # noqa: E402
 from search.spaces.menndl import ConvGene, HeadGene, MenndlGenome, MenndlSpace, PoolGene  # noqa: E402

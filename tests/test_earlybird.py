@@ -48,7 +48,7 @@ def _tiny_digits():
 
 
 def test_ticket_on_real_menndl_network_builds_exports_is_smaller_and_trains(tmp_path):
-    from search.exporting import export_onnx
+    from search.training.exporting import export_onnx
     from search.memory import peak_activation_kb
     from search.spaces.base import TaskSpec, TrainHParams
     from search.spaces.menndl import ConvGene, HeadGene, MenndlGenome, MenndlSpace, PoolGene

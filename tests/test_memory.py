@@ -63,7 +63,7 @@ def test_initializers_are_weights_not_activations():
 
 
 def test_exported_menndl_net_and_bad_input(tmp_path):
-    from search.exporting import export_onnx
+    from search.training.exporting import export_onnx
     from search.spaces.base import TaskSpec
     from search.spaces.menndl import ConvGene, MenndlGenome, MenndlSpace
 
