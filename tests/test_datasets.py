@@ -184,3 +184,27 @@ def test_augment_keeps_shape_dtype_and_is_seeded():
     k = augment_batch(x, AugmentSettings(crop_padding=2, flip=False), generator=torch.Generator().manual_seed(0))
     vals = set(x.flatten().tolist()) | {0.0}
     assert set(k.flatten().tolist()) <= vals
+
+
+def test_train_candidate_applies_augmentation(tmp_path):
+    from torch import nn
+
+    from search.spaces.base import TrainHParams
+    from search.train import train_candidate
+
+    _tree(tmp_path, n=10)
+    s = load_dataset(f"imagefolder:{tmp_path}", val_fraction=0.3)
+
+    def run(augment):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        r = train_candidate(model, s, TrainHParams(epochs=2, batch_size=8), seed=0, augment=augment)
+        return r, model
+
+    plain, m1 = run(None)
+    aug, m2 = run(AugmentSettings(crop_padding=4, flip=True, cutout=8))
+    again, m3 = run(AugmentSettings(crop_padding=4, flip=True, cutout=8))
+    assert aug.epochs == 2 and 0.0 <= aug.val_accuracy <= 1.0
+    w = lambda m: m[0].weight.detach()  # noqa: E731
+    assert not torch.equal(w(m1), w(m2)) and torch.equal(w(m2), w(m3))  # applied, and seeded
+    assert s.test_reads == 0  # training never read the test split
