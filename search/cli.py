@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--space", help="search space: menndl, nb201, mobile")
     s.add_argument("--algorithm", help="nsga2 (default), random, regevo, optuna-nsga2, optuna-tpe")
-    s.add_argument("--dataset", help="digits, fashion-mnist, cifar10, cifar100, imagefolder:PATH")
+    s.add_argument("--dataset", help="digits, fashion-mnist, cifar10:PATH, cifar100:PATH, cinic10:PATH, imagefolder:PATH (local pickle batches, an ImageFolder tree or a tar of one)")
     s.add_argument("--accuracy-table", dest="accuracy_table", metavar="CSV:COLUMN",
                    help="use a published accuracy instead of training (e.g. NAS-Bench-201)")
     s.add_argument("--objective", action="append", help="objective (repeatable), e.g. latency_ms@KEY")

@@ -312,14 +312,15 @@ def read_source(kind: str, path: Path, *, image_size: int = 32, subset: int | No
     """
     if not path.exists():
         raise SourceError(f"{path} does not exist")
-    pickles = _cifar_files(path, kind) if kind in ("cifar10", "cifar100") else None
-    decode_key = {"v": CACHE_VERSION, "kind": kind if pickles else "images", "size": image_size,
-                  "subset": subset, "seed": seed if subset else None}
+    # the key names the requested kind, so a cache hit needs no look inside the source
+    decode_key = {"v": CACHE_VERSION, "kind": kind, "size": image_size, "subset": subset,
+                  "seed": seed if subset else None}
     key = hashlib.sha256((content_hash(path) + json.dumps(decode_key, sort_keys=True)).encode()).hexdigest()
     entry = cache_dir() / f"{key}.npz"
     cached = _open_cached(entry) if use_cache else None
     if cached is not None:
         return cached
+    pickles = _cifar_files(path, kind) if kind in ("cifar10", "cifar100") else None
     if pickles is not None:
         classes, splits = _read_cifar(pickles, kind)
         splits = {s: (x[k], y[k]) for s, (x, y) in splits.items() for k in [_pick(y, subset, seed)]}
