@@ -37,12 +37,10 @@ import torch
 from torch.utils.data import Dataset
 
 from search.spaces.base import TaskSpec
-from search.training.datasets import SourceError, read_source
+from search.training.datasets import IN_MEMORY_LIMIT_BYTES, SourceError, read_source  # noqa: F401
 
 #: Debian's ``dataset-fashion-mnist`` install folder.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-#: Images decoded into memory when the split fits under this many bytes (uint8).
-IN_MEMORY_LIMIT_BYTES = 1 << 30
 
 
 class DatasetError(ValueError):
@@ -330,7 +328,10 @@ def _from_source(kind: str, path_s: str, root: str | None, seed: int, val_fracti
     nchw = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))  # noqa: E731
 
     def test() -> tuple[np.ndarray, np.ndarray] | None:
-        t = src.load_test()
+        try:
+            t = src.load_test()
+        except SourceError as exc:
+            raise DatasetError(str(exc)) from None
         return None if t is None else (nchw(t[0]), t[1])
 
     val = None if src.x_val is None else (nchw(src.x_val), src.y_val)

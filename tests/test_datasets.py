@@ -208,3 +208,12 @@ def test_train_candidate_applies_augmentation(tmp_path):
     w = lambda m: m[0].weight.detach()  # noqa: E731
     assert not torch.equal(w(m1), w(m2)) and torch.equal(w(m2), w(m3))  # applied, and seeded
     assert s.test_reads == 0  # training never read the test split
+
+
+def test_oversized_source_asks_for_a_subset(tmp_path, monkeypatch):
+    _tree(tmp_path)
+    monkeypatch.setattr(ds, "IN_MEMORY_LIMIT_BYTES", 10 * 32 * 32 * 3)
+    with pytest.raises(DatasetError, match="24 images at 32px need .* pass a subset"):
+        load_dataset(f"imagefolder:{tmp_path}")
+    s = load_dataset(f"imagefolder:{tmp_path}", subset=4)  # 4 train + 4 test fit
+    assert len(s.train) + len(s.val) == 4 and s.summary()["test"] == 4

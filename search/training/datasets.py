@@ -38,6 +38,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "test": "test"}
 #: Processes decoding images (the development machines have 2 shared cores).
 DECODE_WORKERS = 2
+#: Decoded images must fit under this many bytes (uint8) in memory; beyond it ask for a subset.
+IN_MEMORY_LIMIT_BYTES = 1 << 30
 #: Counts decodes in this process, so tests can see that a cache hit decoded nothing.
 DECODE_CALLS = {"count": 0}
 
@@ -69,7 +71,11 @@ class SourceArrays:
         if self._test_fn is None or self.n_test == 0:
             return None
         self.test_reads += 1
-        return self._test_fn()
+        try:
+            return self._test_fn()
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise SourceError(f"test split of {self.cache_path} is unreadable ({exc}); delete the "
+                              "file to rebuild it") from None
 
 
 # ---------------------------------------------------------------- cache
@@ -251,7 +257,9 @@ def _pick(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
     from sklearn.model_selection import train_test_split
 
     counts = np.bincount(labels)
-    strat = labels if counts[counts > 0].min() >= 2 and n >= (counts > 0).sum() else None
+    k = int((counts > 0).sum())
+    # stratify when both sides can hold every class (scikit-learn refuses otherwise)
+    strat = labels if counts[counts > 0].min() >= 2 and min(n, len(labels) - n) >= k else None
     keep, _ = train_test_split(np.arange(len(labels)), train_size=n, random_state=seed, stratify=strat)
     return np.sort(keep)
 
@@ -290,6 +298,11 @@ def _read_images(path: Path, size: int, subset: int | None, seed: int
     for split, cl in by_split.items():
         if sorted(cl) != classes:
             raise SourceError(f"class folders differ between splits of {path}: {classes} vs {sorted(cl)}")
+    per_split = [sum(len(v) for v in cl.values()) for cl in by_split.values()]
+    n_images = sum(min(subset or n, n) for n in per_split)
+    if n_images * size * size * 3 > IN_MEMORY_LIMIT_BYTES:
+        raise SourceError(f"{path}: {n_images} images at {size}px need "
+                          f"{n_images * size * size * 3 / 2**30:.1f} GiB in memory; pass a subset or a smaller image size")
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split, cl in sorted(by_split.items()):
         items = [it for c in classes for it in cl[c]]
