@@ -13,6 +13,12 @@ from search.data import ArrayDataset, DatasetError, known_datasets, load_dataset
 from _shared import CIFAR10_TAR as CIFAR_TAR
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    """Decoded folders go to a per-test cache, not the user's."""
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
+
+
 def test_digits_splits_are_disjoint_normalised_and_seeded():
     s = load_dataset("digits", seed=0)
     assert s.task.in_channels == 1 and s.task.image_size == 8 and s.task.num_classes == 10
