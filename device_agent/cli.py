@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from device_agent.daemon_config import TOKEN_ENV, AgentSettings, load_settings
+from device_agent.settings import TOKEN_ENV, DaemonSettings, load_settings
 
 
 def _metric(text: str) -> tuple[str, str]:
@@ -44,7 +44,7 @@ def add_client_tls_args(p: argparse.ArgumentParser, *, prefix: str = "", peer: s
 
 def client_tls_from_args(args: argparse.Namespace, *, prefix: str = "") -> dict[str, str]:
     """The flags of :func:`add_client_tls_args` that are set, as the keyword arguments of
-    :class:`device_agent.client.AgentClient` / :func:`device_agent.auth.client_channel`."""
+    :class:`device_agent.rpc.client.AgentClient` / :func:`device_agent.rpc.auth.client_channel`."""
     dest = prefix.replace("-", "_")
     tls = {f"tls_{name}": getattr(args, f"{dest}tls_{name}", None) for name, *_ in _CLIENT_TLS_FLAGS}
     return {k: v for k, v in tls.items() if v}
@@ -131,9 +131,9 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     return a
 
 
-def settings_from_args(args: argparse.Namespace) -> AgentSettings:
+def settings_from_args(args: argparse.Namespace) -> DaemonSettings:
     """Defaults < ``--config`` < ``$HWNAS_AGENT_TOKEN`` < flags."""
-    settings = load_settings(args.config) if args.config else AgentSettings()
+    settings = load_settings(args.config) if args.config else DaemonSettings()
     if os.environ.get(TOKEN_ENV):
         settings = replace(settings, token=os.environ[TOKEN_ENV])
     token = read_token(args.token, args.token_file)
@@ -150,13 +150,13 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
-    from device_agent.server import serve
+    from device_agent.rpc.server import serve
 
     try:
         settings = settings_from_args(args)
         settings.check_exposure()
         if getattr(args, "register", None):
-            from device_agent.registration import serve_registered
+            from device_agent.rpc.registration import serve_registered
 
             tls = client_tls_from_args(args, prefix="register-")
             if bool(tls.get("tls_cert")) != bool(tls.get("tls_key")):
@@ -169,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from device_agent.client import AgentClient
+    from device_agent.rpc.client import AgentClient
 
     token = (Path(args.token_file).read_text().strip() if args.token_file
              else args.token or os.environ.get(TOKEN_ENV))

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.config import MeasureConfig
-from device_agent.daemon_config import AgentSettings
-from device_agent.server import AgentServer, create_server
+from device_agent.settings import DaemonSettings
+from device_agent.rpc.server import AgentServer, create_server
 
 #: A measurement config that keeps a job well under a second on a busy 2-core machine.
 FAST = MeasureConfig(warmup_s=0.0, min_iterations=5, min_duration_s=0.0, max_duration_s=0.5,
@@ -41,7 +41,7 @@ def running_agent(tmp_path: Path, **settings: Any) -> Iterator[tuple[AgentServer
     """An agent server on 127.0.0.1:0 with a cache under ``tmp_path``; yields (server, address)."""
     settings.setdefault("cache_dir", str(tmp_path / "agent-cache"))
     settings.setdefault("drain_grace_s", 0.0)
-    server, port = create_server("127.0.0.1:0", config=AgentSettings(**settings))
+    server, port = create_server("127.0.0.1:0", config=DaemonSettings(**settings))
     server.start()
     try:
         yield server, f"127.0.0.1:{port}"

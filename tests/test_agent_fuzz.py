@@ -21,7 +21,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from device_agent import errors
-from device_agent.client import AgentClient
+from device_agent.rpc.client import AgentClient
 from device_agent.config import MeasureConfig
 from _agent_util import running_agent
 

@@ -1,4 +1,4 @@
-"""The agent over real gRPC on 127.0.0.1 port 0, with real ONNX Runtime jobs (device_agent.jobs)."""
+"""The agent over real gRPC on 127.0.0.1 port 0, with real ONNX Runtime jobs (device_agent.core.jobs)."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -16,9 +16,9 @@ import grpc
 import pytest
 
 from device_agent import errors
-from device_agent.client import AgentClient
+from device_agent.rpc.client import AgentClient
 from device_agent.config import BuildConfig
-from device_agent.daemon_config import MAX_CHUNK_BYTES
+from device_agent.settings import MAX_CHUNK_BYTES
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 from protos.hwnas.agent.v1 import agent_pb2_grpc as pb_grpc
 from _agent_util import FAST, external_data_onnx, hang_onnx, running_agent, tiny_cnn_onnx
@@ -343,8 +343,8 @@ def test_sigterm_drains_a_subprocess_agent(tmp_path):
 def test_client_retries_unavailable_until_the_agent_comes_up(tmp_path):
     import socket
 
-    from device_agent.daemon_config import AgentSettings
-    from device_agent.server import create_server
+    from device_agent.settings import DaemonSettings
+    from device_agent.rpc.server import create_server
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -355,7 +355,7 @@ def test_client_retries_unavailable_until_the_agent_comes_up(tmp_path):
             time.sleep(0.5)
             assert not fut.done()
             server, bound = create_server(f"127.0.0.1:{port}",
-                                          config=AgentSettings(cache_dir=str(tmp_path / "c")))
+                                          config=DaemonSettings(cache_dir=str(tmp_path / "c")))
             assert bound == port
             server.start()
             try:

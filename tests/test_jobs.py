@@ -15,7 +15,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from device_agent.config import BuildConfig, MeasureConfig
-from device_agent.jobs import JobFailed, build_artifact, run_job
+from device_agent.core.jobs import JobFailed, build_artifact, run_job
 
 FAST = MeasureConfig(warmup_s=0.02, min_iterations=30, min_duration_s=0.1, cv_threshold=10.0,
                      timeout_s=60)

@@ -11,7 +11,7 @@ import pytest
 
 from device_agent.backends import BackendError, Runner, UnsupportedError, get_backend, list_backends
 from device_agent.config import BuildConfig, MeasureConfig
-from device_agent.measure import (
+from device_agent.core.measure import (
     HOST_METHOD,
     OutputMismatch,
     check_outputs,

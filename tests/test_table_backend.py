@@ -11,8 +11,8 @@ import pytest
 from device_agent.backends import UnsupportedError, get_backend
 from device_agent.backends.table import TableBackend
 from device_agent.config import BuildConfig, MeasureConfig
-from device_agent.describe import describe_device
-from device_agent.jobs import run_job
+from device_agent.core.describe import describe_device
+from device_agent.core.jobs import run_job
 
 from _shared import NB201_TABLE
 

@@ -15,7 +15,7 @@ Lifecycle of a runner::
 
 Backends are registered with ``@register_backend(name)`` in their own module; the registry
 imports those modules lazily so that this package imports on machines without TensorRT/CUDA.
-Errors raised by backends carry the ``error_kind`` of ``device_agent.result``.
+Errors raised by backends carry the ``error_kind`` of ``device_agent.core.result``.
 """
 from __future__ import annotations
 

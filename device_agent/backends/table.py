@@ -18,7 +18,7 @@ from typing import Any
 
 from device_agent.backends.base import Backend, UnsupportedError, register_backend
 from device_agent.config import BuildConfig
-from device_agent.result import MEASURED, UNAVAILABLE, Energy, LatencyStats, MeasureResult, Metric
+from device_agent.core.result import MEASURED, UNAVAILABLE, Energy, LatencyStats, MeasureResult, Metric
 
 _SUPPORTED_METRICS = ("latency_ms", "energy_mj", "peak_memory_mb")
 _CACHE: dict[tuple[str, str, tuple[str, ...]], dict[str, tuple[float | None, ...]]] = {}

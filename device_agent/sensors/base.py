@@ -7,7 +7,7 @@ taken with a window::
     with sensor.window(idle_power_w=idle) as w:
         for _ in range(n):
             runner.run()
-    energy = w.energy(n)          # device_agent.result.Energy
+    energy = w.energy(n)          # device_agent.core.result.Energy
     result.flags += w.flags       # e.g. "energy_window_short", "throttled:SwThermal"
 
 The window starts a polling thread (``poll_hz``, at least 10 Hz). With an energy counter it
@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 
-from device_agent.result import MEASURED, UNAVAILABLE, Energy
+from device_agent.core.result import MEASURED, UNAVAILABLE, Energy
 
 #: Flag added when a window is shorter than the sensor's ``min_window_s`` / ``min_iterations``.
 FLAG_SHORT_WINDOW = "energy_window_short"

@@ -9,8 +9,8 @@ from typing import Any
 
 from device_agent.backends import list_backends
 from device_agent.config import MeasureConfig
-from device_agent.provenance import collect_provenance, default_device_key
-from device_agent.validate import DEFAULT_MAX_BYTES, DEFAULT_MAX_TENSOR_ELEMS
+from device_agent.core.provenance import collect_provenance, default_device_key
+from device_agent.core.validate import DEFAULT_MAX_BYTES, DEFAULT_MAX_TENSOR_ELEMS
 
 
 def _sensors() -> dict[str, dict[str, Any]]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import bdtr  # binomial CDF; lighter to import than scipy.stats
 
-from device_agent.result import LatencyStats
+from device_agent.core.result import LatencyStats
 
 
 def median_ci_indices(n: int, level: float = 0.95) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """The agent's domain core: models in the cache, one job at a time, a bounded queue, draining.
 
-The gRPC servicer (``device_agent.servicer``) only translates messages to calls on
+The gRPC servicer (``device_agent.rpc.servicer``) only translates messages to calls on
 :class:`AgentService` and its return values or :mod:`device_agent.errors` exceptions back.
 Measurements never overlap: :class:`JobQueue` runs one job at a time and lets at most
 ``queue_size`` more wait (one more -> ``AgentBusy``). A job is cancelled when its caller goes
@@ -19,14 +19,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from device_agent.cache import ContentCache, artifact_key, is_sha256
+from device_agent.core.cache import ContentCache, artifact_key, is_sha256
 from device_agent.config import BuildConfig, MeasureConfig
-from device_agent.daemon_config import MAX_CHUNK_BYTES, AgentSettings
+from device_agent.settings import MAX_CHUNK_BYTES, DaemonSettings
 from device_agent.errors import AgentUnavailable, InvalidRequest, ModelNotHeld
-from device_agent.jobqueue import JobQueue
-from device_agent.result import MeasureResult
+from device_agent.core.jobqueue import JobQueue
+from device_agent.core.result import MeasureResult
 
-log = logging.getLogger("device_agent.service")
+log = logging.getLogger("device_agent.core.service")
 
 AGENT_VERSION = "0.1.0"
 
@@ -58,7 +58,7 @@ class BuiltArtifact:
 class AgentService:
     """What an agent does, independent of gRPC (see the module docstring)."""
 
-    def __init__(self, *, settings: AgentSettings, cache: ContentCache | None = None) -> None:
+    def __init__(self, *, settings: DaemonSettings, cache: ContentCache | None = None) -> None:
         self.settings = settings
         self.cache = cache or ContentCache(root=settings.cache_dir,
                                            max_bytes=settings.cache_size_mb * 1024 * 1024)
@@ -79,12 +79,12 @@ class AgentService:
         """This machine's key; a table agent is named after its table column, not the host."""
         if self.settings.backend == "table":
             return f"table-{dict(self.settings.metrics)['latency_ms']}"
-        from device_agent.provenance import default_device_key
+        from device_agent.core.provenance import default_device_key
 
         return default_device_key()
 
     def _describe_device(self) -> dict[str, Any]:
-        from device_agent.describe import describe_device
+        from device_agent.core.describe import describe_device
 
         return dict(describe_device(device_key=self.device_key, default_backend=self.settings.backend,
                                     table=self._table()))
@@ -174,7 +174,7 @@ class AgentService:
             if sha256 in self._validated:
                 self._validated.move_to_end(sha256)
                 return self._validated[sha256]
-        from device_agent.validate import InvalidModel, validate_model
+        from device_agent.core.validate import InvalidModel, validate_model
 
         try:
             validate_model(path, max_bytes=self.settings.max_model_bytes,
@@ -242,7 +242,7 @@ class AgentService:
 
         A table-backed job runs no model: it needs no bytes and skips the queue.
         """
-        from device_agent.jobs import run_job
+        from device_agent.core.jobs import run_job
 
         job_id = req.job_id or uuid.uuid4().hex
         build = self.effective_build(req.build)
@@ -290,7 +290,7 @@ class AgentService:
     def build_engine(self, *, job_id: str, model_sha256: str, build: BuildConfig, timeout_s: float,
                      cancel: threading.Event) -> BuiltArtifact:
         """The deployable artifact of a held model (cached by model, backend, versions, build)."""
-        from device_agent.jobs import build_artifact
+        from device_agent.core.jobs import build_artifact
 
         build = self.effective_build(build)
         versions = self.describe().get("versions", {})

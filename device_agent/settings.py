@@ -51,7 +51,7 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass(frozen=True)
-class AgentSettings:
+class DaemonSettings:
     """Everything the daemon needs; defaults suit a local agent on loopback.
 
     token: shared secret every Agent RPC must carry (``authorization: Bearer <token>``).
@@ -130,7 +130,7 @@ class AgentSettings:
             f"refusing to listen on {self.host!r} (not loopback) without authentication: give "
             "--token/--token-file (or mutual TLS with --tls-client-ca), or --insecure to accept the risk")
 
-    def with_overrides(self, **changes: Any) -> "AgentSettings":
+    def with_overrides(self, **changes: Any) -> "DaemonSettings":
         """A copy with ``changes`` applied (``None`` values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
@@ -142,7 +142,7 @@ def _read_token_file(path: str) -> str:
     return token
 
 
-def settings_from_mapping(data: dict[str, Any], *, base: AgentSettings | None = None) -> AgentSettings:
+def settings_from_mapping(data: dict[str, Any], *, base: DaemonSettings | None = None) -> DaemonSettings:
     """Settings from a TOML-like mapping on top of ``base`` (unknown keys raise ``ValueError``)."""
     data = dict(data)
     if "token_file" in data:
@@ -155,14 +155,14 @@ def settings_from_mapping(data: dict[str, Any], *, base: AgentSettings | None = 
             data["metrics"] = tuple((str(k), str(v)) for k, v in metrics.items())
         else:
             data["metrics"] = tuple(tuple(m) for m in metrics)  # type: ignore[misc]
-    names = {f.name for f in fields(AgentSettings)}
+    names = {f.name for f in fields(DaemonSettings)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown agent settings: {unknown}")
-    return replace(base or AgentSettings(), **data)
+    return replace(base or DaemonSettings(), **data)
 
 
-def load_settings(path: str | os.PathLike[str], *, base: AgentSettings | None = None) -> AgentSettings:
+def load_settings(path: str | os.PathLike[str], *, base: DaemonSettings | None = None) -> DaemonSettings:
     """Read a TOML file (format in the module docstring)."""
     with open(path, "rb") as f:
         data = tomllib.load(f)

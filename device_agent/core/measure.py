@@ -20,8 +20,8 @@ import numpy as np
 
 from device_agent.backends.base import Runner, TensorSpec
 from device_agent.config import MeasureConfig
-from device_agent.result import UNAVAILABLE, Energy, LatencyStats
-from device_agent.stats import ci_tight_enough, summarize
+from device_agent.core.result import UNAVAILABLE, Energy, LatencyStats
+from device_agent.core.stats import ci_tight_enough, summarize
 
 HOST_METHOD = "host wall clock, time.perf_counter_ns around each synchronous run"
 DEVICE_METHOD = "device timer reported by the runner per iteration ({backend})"

@@ -1,6 +1,6 @@
 """The gRPC servicer of ``hwnas.agent.v1.Agent``: translation only.
 
-Each method decodes the request (``device_agent.wire``), calls :class:`AgentService`, and
+Each method decodes the request (``device_agent.rpc.wire``), calls :class:`AgentService`, and
 encodes the reply; a :mod:`device_agent.errors` exception becomes its status through the one
 table there. A candidate that fails is a normal ``MeasureReply`` with ``error`` set.
 """
@@ -14,14 +14,14 @@ from typing import Any, Callable, TypeVar
 
 import grpc
 
-from device_agent import wire
-from device_agent.daemon_config import MAX_CHUNK_BYTES
+from device_agent.rpc import wire
+from device_agent.settings import MAX_CHUNK_BYTES
 from device_agent.errors import AgentError, InvalidRequest, abort
-from device_agent.service import AgentService, MeasureRequest
+from device_agent.core.service import AgentService, MeasureRequest
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 from protos.hwnas.agent.v1 import agent_pb2_grpc as pb_grpc
 
-log = logging.getLogger("device_agent.servicer")
+log = logging.getLogger("device_agent.rpc.servicer")
 T = TypeVar("T")
 
 
