@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.settings import TOKEN_ENV, DaemonSettings, load_settings
+from device_agent.backends.base import BACKENDS
+from device_agent.tables import table_names
 
 
 def _metric(text: str) -> tuple[str, str]:
@@ -79,7 +81,7 @@ def _add_commands(sub: Any) -> None:
     tok.add_argument("--token-file", help="file holding the shared token")
     s.add_argument("--insecure", action="store_true", default=None,
                    help="allow a non-loopback address without token or mutual TLS")
-    s.add_argument("--backend", choices=["onnxruntime", "tensorrt", "table"],
+    s.add_argument("--backend", choices=[*BACKENDS.names(), *table_names()],
                    help="backend for requests; 'table' answers every request from --table")
     s.add_argument("--table", help="CSV (.csv or .csv.gz) of published measurements (table backend)")
     s.add_argument("--table-key-column", help="column holding the arch key (default arch_str)")

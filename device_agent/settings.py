@@ -25,6 +25,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from device_agent.tables import answers_by_arch_key
 
 #: Largest model-bytes chunk in one message (the client sends chunks of this size).
 MAX_CHUNK_BYTES = 1024 * 1024
@@ -99,8 +100,8 @@ class DaemonSettings:
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
-        if self.backend == "table" and not self.table:
-            raise ValueError("backend 'table' needs a table (CSV path)")
+        if answers_by_arch_key(self.backend) and not self.table:
+            raise ValueError(f"backend {self.backend!r} needs a table (CSV path)")
         if self.table and "latency_ms" not in dict(self.metrics):
             raise ValueError("a table needs the column of latency_ms (--metric latency_ms=COLUMN)")
 

@@ -33,6 +33,7 @@ from typing import Any
 from device_agent.config import BuildConfig, MeasureConfig
 from device_agent.core.result import MEASURED, Energy, LatencyStats, MeasureResult, Metric
 from device_agent.core.validate import DEFAULT_MAX_BYTES, DEFAULT_MAX_TENSOR_ELEMS
+from device_agent.tables import answers_by_arch_key
 
 PRELOAD = ["numpy", "onnx", "onnxruntime", "scipy.special", "device_agent.core.stats", "device_agent.core.jobs",
            "device_agent.core.measure", "device_agent.backends.onnxruntime_backend"]
@@ -260,8 +261,8 @@ def run_job(model_path: str, build: BuildConfig, measure: MeasureConfig, *, job_
             max_tensor_elems: int = DEFAULT_MAX_TENSOR_ELEMS) -> MeasureResult:
     """Measure the ONNX model at ``model_path`` on this device; never raises for a bad model.
 
-    ``table`` (a configured ``TableBackend``) answers ``build.backend == "table"`` jobs in
-    process from ``arch_key``. ``reference_model_path`` overrides the output check's reference
+    ``table`` (the agent's configured :class:`~device_agent.tables.TableSource`) answers jobs
+    whose ``build.backend`` names a table look-up, in process, from ``arch_key``. ``reference_model_path`` overrides the output check's reference
     model (tests). ``idle_power_w`` (the agent's idle baseline, with ``idle_method``) gives the
     net energy where a power sensor exists. The result carries ``build``/``measure`` and the
     device's provenance.
@@ -273,7 +274,7 @@ def run_job(model_path: str, build: BuildConfig, measure: MeasureConfig, *, job_
     sha = file_sha256(model_path) if model_path else ""
     base = dict(job_id=job_id, device_key=device_key, backend=build.backend, model_sha256=sha,
                 build_config=build.to_dict(), measure_config=measure.to_dict())
-    if build.backend == "table":
+    if answers_by_arch_key(build.backend):
         if table is None:
             return MeasureResult.failure(**base, error="no table configured on this agent",
                                          error_kind="unsupported")

@@ -21,6 +21,7 @@ from typing import Any
 
 from device_agent.core.cache import ContentCache, artifact_key, is_sha256
 from device_agent.config import BuildConfig, MeasureConfig
+from device_agent.tables import TableSource, answers_by_arch_key
 from device_agent.settings import MAX_CHUNK_BYTES, DaemonSettings
 from device_agent.errors import AgentUnavailable, InvalidRequest, ModelNotHeld
 from device_agent.core.jobqueue import JobQueue
@@ -68,7 +69,7 @@ class AgentService:
         self._lock = threading.Lock()
         self._validated: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self._description: dict[str, Any] | None = None
-        self._table_backend: Any = None
+        self._table_source: TableSource | None = None
         self._idle: Any = None  # IdleBaseline, False (no sensor) or None (not looked yet)
         if settings.table:
             self._table()  # a missing file or column fails at start, not on the first call
@@ -77,7 +78,7 @@ class AgentService:
     # ---- describe
     def _default_device_key(self) -> str:
         """This machine's key; a table agent is named after its table column, not the host."""
-        if self.settings.backend == "table":
+        if answers_by_arch_key(self.settings.backend):
             return f"table-{dict(self.settings.metrics)['latency_ms']}"
         from device_agent.core.provenance import default_device_key
 
@@ -162,7 +163,7 @@ class AgentService:
     def receive_for_measure(self, req: MeasureRequest, chunks: Iterable[bytes]) -> int:
         """Receive the model of a ``Measure`` (none needed for a table look-up); bytes received."""
         self.check_measure_config(req.measure)
-        if req.model_size == 0 and self.effective_build(req.build).backend == "table":
+        if req.model_size == 0 and answers_by_arch_key(self.effective_build(req.build).backend):
             if next(iter(chunks), None) is not None:
                 raise InvalidRequest("model bytes sent for a model_size of 0")
             return 0
@@ -206,19 +207,17 @@ class AgentService:
 
     def effective_build(self, build: BuildConfig) -> BuildConfig:
         """A table agent answers every request from its table; others honour the request."""
-        if self.settings.backend == "table" and build.backend != "table":
-            return replace(build, backend="table")
+        if answers_by_arch_key(self.settings.backend) and build.backend != self.settings.backend:
+            return replace(build, backend=self.settings.backend)
         return build
 
-    def _table(self) -> Any:
-        """The configured table backend (built once), or None."""
-        if self._table_backend is None and self.settings.table:
-            from device_agent.backends.table import TableBackend
-
-            self._table_backend = TableBackend(table_path=self.settings.table,
+    def _table(self) -> TableSource | None:
+        """The configured table source (built once), or None."""
+        if self._table_source is None and self.settings.table:
+            self._table_source = TableSource(table_path=self.settings.table,
                                                metrics=dict(self.settings.metrics) or None,
                                                key_column=self.settings.table_key_column)
-        return self._table_backend
+        return self._table_source
 
     def _idle_power(self, measure: MeasureConfig) -> tuple[float | None, str]:
         """The idle baseline (measured lazily inside the job slot, when nothing else runs)."""
@@ -246,7 +245,7 @@ class AgentService:
 
         job_id = req.job_id or uuid.uuid4().hex
         build = self.effective_build(req.build)
-        if build.backend == "table":
+        if answers_by_arch_key(build.backend):
             started = time.time()
             with self.cache.pin_model(req.model_sha256) as path:
                 result = run_job(str(path) if path else "", build, req.measure, job_id=job_id,
