@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from device_agent.settings import TOKEN_ENV, DaemonSettings, load_settings
+from device_agent.settings import TOKEN_ENV, DaemonSettings, load_settings, read_token
 from device_agent.backends.base import BACKENDS
 from device_agent.tables import table_names
 
@@ -50,17 +50,6 @@ def client_tls_from_args(args: argparse.Namespace, *, prefix: str = "") -> dict[
     dest = prefix.replace("-", "_")
     tls = {f"tls_{name}": getattr(args, f"{dest}tls_{name}", None) for name, *_ in _CLIENT_TLS_FLAGS}
     return {k: v for k, v in tls.items() if v}
-
-
-def read_token(token: str | None, token_file: str | None) -> str | None:
-    """``token``, or the contents of ``token_file`` (which keeps it out of ``ps``); an empty
-    file is a ``ValueError``."""
-    if not token_file:
-        return token
-    token = Path(token_file).read_text().strip()
-    if not token:
-        raise ValueError(f"token file {token_file} is empty")
-    return token
 
 
 def _client_tls_args(p: argparse.ArgumentParser) -> None:
@@ -173,8 +162,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> Any:
     from device_agent.rpc.client import AgentClient
 
-    token = (Path(args.token_file).read_text().strip() if args.token_file
-             else args.token or os.environ.get(TOKEN_ENV))
+    token = read_token(args.token, args.token_file, env=TOKEN_ENV)
     return AgentClient(args.agent, token=token, timeout=args.timeout, **client_tls_from_args(args))
 
 
@@ -222,7 +210,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
             result = client.measure(model, job_id=f"cli-{uuid.uuid4().hex[:8]}",
                                     build=BuildConfig(**bc), measure=MeasureConfig(**mc),
                                     arch_key=args.arch_key)
-    except AgentError as exc:
+    except (AgentError, ValueError) as exc:  # ValueError: a bad token file
         print(f"agent: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result.to_dict(), indent=2, default=str) if args.json else _summary(result))
@@ -236,7 +224,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     try:
         with _client(args) as client:
             print(json.dumps(client.describe(), indent=2, default=str))
-    except AgentError as exc:
+    except (AgentError, ValueError) as exc:  # ValueError: a bad token file
         print(f"agent: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -136,11 +136,25 @@ class DaemonSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-def _read_token_file(path: str) -> str:
-    token = Path(path).expanduser().read_text(encoding="utf-8").strip()
-    if not token:
-        raise ValueError(f"token file {path} is empty")
-    return token
+def read_token(token: str | None, token_file: str | None, *, env: str | None = None) -> str | None:
+    """The one token reader: ``token``, else the contents of ``token_file`` (which keeps the
+    token out of ``ps``), else ``$env`` when ``env`` names a variable (the agent client CLI
+    passes :data:`TOKEN_ENV`), else None.
+
+    Strict: a missing, unreadable or empty token file is a ``ValueError`` naming the file.
+    """
+    if token_file:
+        path = Path(token_file).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read token file {token_file}: {exc.strerror or exc}") from None
+        if not text:
+            raise ValueError(f"token file {token_file} is empty")
+        return text
+    if token:
+        return token
+    return (os.environ.get(env) or None) if env else None
 
 
 def settings_from_mapping(data: dict[str, Any], *, base: DaemonSettings | None = None) -> DaemonSettings:
@@ -149,7 +163,7 @@ def settings_from_mapping(data: dict[str, Any], *, base: DaemonSettings | None =
     if "token_file" in data:
         token_file = data.pop("token_file")
         if token_file:
-            data["token"] = _read_token_file(str(token_file))
+            data["token"] = read_token(None, str(token_file))
     if "metrics" in data:
         metrics = data["metrics"]
         if isinstance(metrics, dict):

@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from device_agent import errors
+from device_agent.rpc.status import from_rpc_error
 from device_agent.rpc.client import AgentClient
 from device_agent.config import BuildConfig
 from device_agent.settings import MAX_CHUNK_BYTES
@@ -132,7 +133,7 @@ def test_sha_mismatch_and_size_errors(tmp_path):
         with pytest.raises(grpc.RpcError) as ei:
             stub.Measure(iter([_header(model, sha=wrong), pb.MeasureRequest(chunk=model)]), timeout=10)
         assert ei.value.code() == grpc.StatusCode.DATA_LOSS
-        assert isinstance(errors.from_rpc_error(ei.value), errors.ChecksumMismatch)
+        assert isinstance(from_rpc_error(ei.value), errors.ChecksumMismatch)
         assert server.service.cache.model_size(wrong) is None  # nothing kept
         with pytest.raises(grpc.RpcError) as ei:  # fewer bytes than announced
             stub.Measure(iter([_header(model, size=len(model) + 5), pb.MeasureRequest(chunk=model)]),

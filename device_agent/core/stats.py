@@ -1,4 +1,4 @@
-"""Latency statistics of a timed loop (MEASUREMENT.md §3).
+"""Latency statistics of a timed loop (docs/measurement.md, "One job, step by step", latency).
 
 Percentiles use numpy's default (linear interpolation); ``std`` is the sample standard
 deviation (ddof=1); ``cv = std / mean``. The confidence interval of the median is

@@ -20,15 +20,14 @@ from device_agent.rpc.auth import bearer_metadata, client_channel
 from device_agent.config import BuildConfig, MeasureConfig
 from device_agent.settings import MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES
 from device_agent.errors import (
-    RETRYABLE,
     AgentError,
     AgentUnavailable,
     BuildFailed,
     ChecksumMismatch,
     DeadlineExceeded,
     ModelNotHeld,
-    from_rpc_error,
 )
+from device_agent.rpc.status import RETRYABLE, from_rpc_error
 from device_agent.core.result import MeasureResult
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 from protos.hwnas.agent.v1 import agent_pb2_grpc as pb_grpc

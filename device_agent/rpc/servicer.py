@@ -16,7 +16,8 @@ import grpc
 
 from device_agent.rpc import wire
 from device_agent.settings import MAX_CHUNK_BYTES
-from device_agent.errors import AgentError, InvalidRequest, abort
+from device_agent.errors import AgentError, Cancelled, InvalidRequest
+from device_agent.rpc.status import abort, status_of
 from device_agent.core.service import AgentService, MeasureRequest
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 from protos.hwnas.agent.v1 import agent_pb2_grpc as pb_grpc
@@ -63,9 +64,9 @@ class AgentServicer(pb_grpc.AgentServicer):
         except AgentError as exc:
             error: BaseException = exc
             log.info("call failed", extra={"event": "rpc_error", "method": method,
-                                           "code": exc.code.name, "detail": str(exc)[:300]})
+                                           "code": status_of(exc).name, "detail": str(exc)[:300]})
         except grpc.RpcError as exc:  # the request stream broke (client gone)
-            error = AgentError(f"request stream failed: {exc}", code=grpc.StatusCode.CANCELLED)
+            error = Cancelled(f"request stream failed: {exc}")
         except Exception as exc:  # noqa: BLE001 - a bug must become INTERNAL, not kill the agent
             log.exception("unexpected error", extra={"event": "rpc_internal", "method": method})
             error = exc
