@@ -49,26 +49,6 @@ def running_agent(tmp_path: Path, **settings: Any) -> Iterator[tuple[AgentServer
         server.shutdown(grace_s=0.0)
 
 
-@functools.lru_cache(maxsize=None)
-def hang_onnx() -> bytes:
-    """A valid model that runs (practically) forever: a Loop of 2**62 iterations."""
-    import numpy as np
-    from onnx import TensorProto as T
-    from onnx import helper as h
-    from onnx import numpy_helper as nh
-
-    body = h.make_graph(
-        [h.make_node("Identity", ["cond_in"], ["cond_out"]), h.make_node("Add", ["v_in", "one"], ["v_out"])],
-        "body", [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("cond_in", T.BOOL, []),
-                 h.make_tensor_value_info("v_in", T.FLOAT, [1])],
-        [h.make_tensor_value_info("cond_out", T.BOOL, []), h.make_tensor_value_info("v_out", T.FLOAT, [1])],
-        [nh.from_array(np.ones(1, np.float32), "one")])
-    g = h.make_graph([h.make_node("Loop", ["M", "cond", "x"], ["y"], body=body)], "hang",
-                     [h.make_tensor_value_info("x", T.FLOAT, [1])], [h.make_tensor_value_info("y", T.FLOAT, [1])],
-                     [nh.from_array(np.array(2**62, np.int64), "M"), nh.from_array(np.array(True), "cond")])
-    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)]).SerializeToString()
-
-
 def external_data_onnx(location: str = "weights.bin") -> bytes:
     """The tiny CNN with its largest initializer moved to (unread) external data."""
     import onnx

@@ -22,7 +22,8 @@ from device_agent.config import BuildConfig
 from device_agent.settings import MAX_CHUNK_BYTES
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 from protos.hwnas.agent.v1 import agent_pb2_grpc as pb_grpc
-from _agent_util import FAST, external_data_onnx, hang_onnx, running_agent, tiny_cnn_onnx
+from _agent_util import FAST, external_data_onnx, running_agent, tiny_cnn_onnx
+from conftest import hang_onnx, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,15 +37,6 @@ def _header(model: bytes, **kw) -> pb.MeasureRequest:
     h = pb.MeasureHeader(job_id=kw.pop("job_id", "raw"), model_sha256=kw.pop("sha", hashlib.sha256(model).hexdigest()),
                          model_size=kw.pop("size", len(model)), **kw)
     return pb.MeasureRequest(header=h)
-
-
-def _wait(pred, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def test_describe_and_measure_end_to_end(tmp_path):
@@ -168,7 +160,7 @@ def test_hanging_job_times_out_and_agent_answers_meanwhile(tmp_path):
             t0 = time.monotonic()
             fut = ex.submit(client.measure, hang_onnx(), job_id="hang",
                             measure=replace(FAST, timeout_s=3.0, check_outputs=False))
-            assert _wait(lambda: client.describe()["limits"]["queue_depth"] == 1)
+            assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 1)
             t1 = time.monotonic()
             assert client.describe()["device_key"] and time.monotonic() - t1 < 2.0
             assert not fut.done()
@@ -198,9 +190,9 @@ def test_jobs_never_overlap_and_full_queue_is_resource_exhausted(tmp_path):
         client.upload_model(hang_onnx())
         with cf.ThreadPoolExecutor(2) as ex:
             a = ex.submit(client.measure, hang_onnx(), job_id="q-a", measure=slow)
-            assert _wait(lambda: client.describe()["limits"]["queue_depth"] == 1)
+            assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 1)
             b = ex.submit(client.measure, hang_onnx(), job_id="q-b", measure=slow)
-            assert _wait(lambda: client.describe()["limits"]["queue_depth"] == 2)
+            assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 2)
             t0 = time.monotonic()
             with pytest.raises(errors.AgentBusy):
                 client.measure(hang_onnx(), job_id="q-c", measure=slow)
@@ -226,7 +218,7 @@ def test_client_deadline_and_cancel_stop_the_job(tmp_path):
         with pytest.raises(errors.DeadlineExceeded):
             client.measure(hang_onnx(), job_id="deadline", measure=long, timeout=2.0)
         assert time.monotonic() - t0 < 5
-        assert _wait(lambda: client.describe()["limits"]["queue_depth"] == 0, 5.0)
+        assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 0, 5.0)
 
         channel, stub = _stub(addr)
         sha = hashlib.sha256(hang_onnx()).hexdigest()
@@ -234,11 +226,11 @@ def test_client_deadline_and_cancel_stop_the_job(tmp_path):
         h.measure.timeout_s = 60.0
         h.measure.check_outputs = False
         fut = stub.Measure.future(iter([pb.MeasureRequest(header=h)]), timeout=60)
-        assert _wait(lambda: client.describe()["limits"]["queue_depth"] == 1, 5.0)
+        assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 1, 5.0)
         time.sleep(0.3)
         fut.cancel()
-        assert _wait(lambda: client.describe()["limits"]["queue_depth"] == 0, 5.0)
-        assert _wait(lambda: not job_children(), 5.0)
+        assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 0, 5.0)
+        assert wait_until(lambda: not job_children(), 5.0)
         r = client.measure(tiny_cnn_onnx(), job_id="next", measure=FAST)
         assert r.ok and r.provenance["agent_job"]["queue_wait_s"] < 0.5
         channel.close()
@@ -250,9 +242,9 @@ def test_graceful_drain_cancels_running_job_and_refuses_new_work(tmp_path):
         client.upload_model(hang_onnx())
         with cf.ThreadPoolExecutor(2) as ex:
             fut = ex.submit(client.measure, hang_onnx(), job_id="drain", measure=long)
-            assert _wait(lambda: server.service.queue.depth == 1)
+            assert wait_until(lambda: server.service.queue.depth == 1)
             stopper = ex.submit(server.shutdown, grace_s=1.0)
-            assert _wait(lambda: server.service.draining)
+            assert wait_until(lambda: server.service.draining)
             assert client.health() == "NOT_SERVING"
             with pytest.raises(errors.AgentUnavailable):
                 client.measure(tiny_cnn_onnx(), job_id="late", measure=FAST)
@@ -329,7 +321,7 @@ def test_sigterm_drains_a_subprocess_agent(tmp_path):
         with cf.ThreadPoolExecutor(1) as ex:
             fut = ex.submit(client.measure, hang_onnx(), job_id="term",
                             measure=replace(FAST, timeout_s=60.0, check_outputs=False))
-            assert _wait(lambda: client.describe()["limits"]["queue_depth"] == 1, 20)
+            assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 1, 20)
             lines_path = agent.log_path
             agent.process.send_signal(signal.SIGTERM)
             r = fut.result(30)

@@ -17,6 +17,7 @@ from device_agent.rpc.server import create_server
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 from protos.hwnas.agent.v1 import agent_pb2_grpc as pb_grpc
 from _agent_util import running_agent, tiny_cnn_onnx
+from conftest import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "correct-horse-battery-staple"
@@ -277,9 +278,7 @@ def test_registry_over_mutual_tls_with_a_tls_agent(tmp_path, pki):
     thread.start()
     agent = None
     try:
-        deadline = time.monotonic() + 30
-        while runner.registry is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: runner.registry is not None, 30)
         assert runner.registry is not None and runner.registry.tls
         # refused: plaintext, and TLS without a client certificate (handshake fails)
         request = registry_pb2.RegisterRequest(address="127.0.0.1:1", device_key="synth")
