@@ -26,6 +26,20 @@ def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: floa
     return bool(pred())
 
 
+def job_processes() -> list:
+    """The agent job child processes (named ``hwnas-job``) below this test process (psutil)."""
+    import psutil
+
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.name().startswith("hwnas-job") or "hwnas-job" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.NoSuchProcess:  # it ended while we looked
+            continue
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def hang_onnx() -> bytes:
     """A valid model that runs (practically) forever: a Loop of 2**62 iterations."""

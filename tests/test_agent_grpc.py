@@ -23,7 +23,7 @@ from device_agent.settings import MAX_CHUNK_BYTES
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 from protos.hwnas.agent.v1 import agent_pb2_grpc as pb_grpc
 from _agent_util import FAST, external_data_onnx, running_agent, tiny_cnn_onnx
-from conftest import hang_onnx, wait_until
+from conftest import hang_onnx, job_processes, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -203,14 +203,6 @@ def test_jobs_never_overlap_and_full_queue_is_resource_exhausted(tmp_path):
 
 
 def test_client_deadline_and_cancel_stop_the_job(tmp_path):
-    import psutil
-
-    me = psutil.Process()
-
-    def job_children():
-        return [p for p in me.children(recursive=True) if "hwnas-job" in " ".join(p.cmdline())
-                or p.name().startswith("hwnas-job")]
-
     long = replace(FAST, timeout_s=60.0, check_outputs=False)
     with running_agent(tmp_path) as (_, addr), AgentClient(addr, timeout=20) as client:
         client.upload_model(hang_onnx())
@@ -227,10 +219,10 @@ def test_client_deadline_and_cancel_stop_the_job(tmp_path):
         h.measure.check_outputs = False
         fut = stub.Measure.future(iter([pb.MeasureRequest(header=h)]), timeout=60)
         assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 1, 5.0)
-        time.sleep(0.3)
+        assert wait_until(job_processes, 10.0)  # the job runs in its child: cancel that
         fut.cancel()
         assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 0, 5.0)
-        assert wait_until(lambda: not job_children(), 5.0)
+        assert wait_until(lambda: not job_processes(), 5.0)
         r = client.measure(tiny_cnn_onnx(), job_id="next", measure=FAST)
         assert r.ok and r.provenance["agent_job"]["queue_wait_s"] < 0.5
         channel.close()

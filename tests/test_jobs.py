@@ -17,7 +17,7 @@ from onnx import numpy_helper as nh
 from device_agent.config import BuildConfig, MeasureConfig
 from device_agent.core.jobs import JobFailed, build_artifact, run_job
 
-from conftest import export_tiny_cnn, hang_onnx
+from conftest import export_tiny_cnn, hang_onnx, job_processes, wait_until
 
 FAST = MeasureConfig(warmup_s=0.02, min_iterations=30, min_duration_s=0.1, cv_threshold=10.0,
                      timeout_s=60)
@@ -136,7 +136,7 @@ def test_cancel_kills_child(models):
         cancel=cancel)))
     t0 = time.monotonic()
     t.start()
-    time.sleep(0.5)
+    assert wait_until(job_processes, 10.0)  # cancel the running child, not a job not yet started
     cancel.set()
     t.join(10)
     assert not t.is_alive() and out["r"].error_kind == "cancelled"
