@@ -1,4 +1,5 @@
-"""Settings of the agent daemon: a frozen dataclass, loadable from TOML.
+"""Settings of the agent daemon (:class:`DaemonSettings`, frozen, loadable from TOML), the one
+token reader (:func:`read_token`) and the one loopback rule (:func:`is_loopback`).
 
 File format (every key optional; command-line flags override the file)::
 
@@ -7,8 +8,8 @@ File format (every key optional; command-line flags override the file)::
     port = 50051
     token_file = "/etc/hwnas/agent.token"   # or token = "..." (a file keeps it out of `ps`)
     backend = "onnxruntime"                 # default backend when a request names none
-    table = "/data/nb201_tables.csv.gz"     # table backend: CSV of published measurements
-    metrics = { latency_ms = "lat_raspi4" } # table backend: metric -> column
+    table = "/data/nb201_tables.csv.gz"     # table look-ups: CSV of published measurements
+    metrics = { latency_ms = "lat_raspi4" } # table look-ups: metric -> column
     cache_dir = "/var/cache/hwnas-agent"
     cache_size_mb = 4096
     queue_size = 4

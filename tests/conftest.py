@@ -27,14 +27,15 @@ def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: floa
 
 
 def job_processes() -> list:
-    """The agent job child processes (named ``hwnas-job``) below this test process (psutil)."""
+    """The agent's job child processes below this test process: the children of the
+    multiprocessing forkserver that ``device_agent.core.jobs`` starts jobs from (psutil)."""
     import psutil
 
     out = []
-    for p in psutil.Process().children(recursive=True):
+    for p in psutil.Process().children():
         try:
-            if p.name().startswith("hwnas-job") or "hwnas-job" in " ".join(p.cmdline()):
-                out.append(p)
+            if "forkserver" in " ".join(p.cmdline()):
+                out.extend(p.children())
         except psutil.NoSuchProcess:  # it ended while we looked
             continue
     return out

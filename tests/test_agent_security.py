@@ -250,7 +250,6 @@ def test_registry_over_mutual_tls_with_a_tls_agent(tmp_path, pki):
     import dataclasses
     import socket
     import threading
-    import time
 
     from _agent_util import write_nb201_table
     from device_agent.launcher import start_local_agent

@@ -22,7 +22,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any
 
 from device_agent.core.result import MEASURED, UNAVAILABLE, Energy
 from device_agent.plugins import PluginRegistry
