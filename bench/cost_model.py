@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from search.costmodel import Measurement, extract_layers, fit_from_measurements, network_metrics
+from search.costmodel import (Measurement, extract_layers, fit_from_measurements, map_profile,
+                              network_metrics, node_index)
 
 TORCHVISION = ("resnet18", "resnet34", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_5",
                "squeezenet1_1", "mnasnet0_5", "efficientnet_b0", "regnet_x_400mf", "googlenet",
@@ -121,12 +122,21 @@ def measure(paths: list[str], *, rounds: int, iters: int) -> tuple[list[float], 
     return lat, list(zip(first, second)), profiles
 
 
-def report(title: str, meas: list[float], pred: list[float]) -> dict[str, Any]:
+def report(title: str, meas: list[float], pred: list[float], extra: str = "") -> dict[str, Any]:
     """Print and return the network metrics of one group."""
     m = network_metrics(meas, pred)
     print(f"  {title:28s} n={m['n']:4d}  within+-10%={m['within_10pct']:6.1%}  "
-          f"MAPE={m['mape_pct']:6.2f}%  Spearman={m['spearman']:.3f}")
+          f"MAPE={m['mape_pct']:6.2f}%  Spearman={m['spearman']:.3f}{extra}")
     return m
+
+
+def profiled_sums(paths: list[str], profiles: list[list[dict]]) -> list[float]:
+    """Sum of the profiled kernel times that map onto ONNX layers, per network."""
+    out = []
+    for p, prof in zip(paths, profiles):
+        mapped, _ = map_profile(node_index(p, extract_layers(p)), prof)
+        out.append(sum(mapped.values()))
+    return out
 
 
 def main() -> None:
@@ -171,8 +181,11 @@ def main() -> None:
             if not g.startswith("torchvision"):
                 groups.setdefault(f"  space {g}", []).append(i)
         print("test groups (estimated:%s vs measured):" % model.model_id)
+        psum = profiled_sums([p for _, p in allnets], profiles)
         for g, idx in groups.items():
-            report(g, [lat[i] for i in idx], [preds[i]["latency_ms"] for i in idx])
+            lay = network_metrics([psum[i] for i in idx], [preds[i]["layer_sum_ms"] for i in idx])
+            report(g, [lat[i] for i in idx], [preds[i]["latency_ms"] for i in idx],
+                   f"  | layer sum vs profiled sum: MAPE={lay['mape_pct']:.1f}%")
         cov = [i for i in groups.get("spaces (all)", []) if preds[i]["interval_ms"]]
         if cov:
             inside = np.mean([preds[i]["interval_ms"]["low"] <= lat[i] <= preds[i]["interval_ms"]["high"] for i in cov])

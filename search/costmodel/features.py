@@ -3,7 +3,7 @@
 A *layer* here is what a runtime executes as one kernel: an anchor node (Conv, Gemm, MatMul,
 a pool, ...) together with the element-wise nodes the runtime fuses into it. ONNX Runtime's CPU
 provider fuses a Conv with a following BatchNormalization, activation (Relu, Clip, Sigmoid,
-HardSigmoid, LeakyRelu) and a residual Add (the NCHWc ``Conv`` with ``activation``/``Sum``), so
+HardSigmoid, LeakyRelu, Tanh) and a residual Add (the NCHWc ``Conv`` with ``activation``/``Sum``), so
 a Conv absorbs a chain of those nodes when each link has a single consumer. Whatever the
 runtime actually fuses, the time of every profiled node that maps into a layer is summed into
 that layer, so the layer's cost is learned for the fused kernel as a whole.
@@ -12,7 +12,7 @@ Features (:data:`FEATURES`, all numbers, shapes from ``onnx.shape_inference`` wi
 axis fixed): batch, in/out channels, input and output height/width, kernel, stride, padding,
 groups, MACs (multiply-accumulates of the anchor), input/output elements, parameters, and the
 fused parts (BatchNormalization, activation, residual Add). Layer types (:func:`layer_type`)
-split Conv into dense, depthwise and grouped convolutions, as their kernels differ.
+split Conv into dense kxk, pointwise 1x1, depthwise and grouped convolutions, as their kernels differ.
 
 Profile names (:func:`map_profile`): ONNX Runtime reports a node by its name in the optimised
 graph. An unchanged node keeps its ONNX name; an NCHWc node is named after the output tensor of
@@ -31,7 +31,7 @@ FEATURES: tuple[str, ...] = (
     "macs", "in_elems", "out_elems", "params", "has_bn", "has_act", "has_add",
 )
 #: Element-wise ops the runtime fuses into a preceding Conv/Gemm/MatMul.
-FUSIBLE_ACT = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "LeakyRelu"})
+FUSIBLE_ACT = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "LeakyRelu", "Tanh"})
 FUSIBLE = FUSIBLE_ACT | {"BatchNormalization", "Add"}
 FUSE_ANCHORS = frozenset({"Conv", "Gemm", "MatMul"})
 #: Nodes that never run as kernels (folded into initializers by every runtime).
@@ -59,9 +59,12 @@ class Layer:
 
 
 def layer_type(op_type: str, feats: dict[str, float]) -> str:
-    """``Conv`` / ``DWConv`` (groups == in channels > 1) / ``GConv``; other ops keep their name."""
-    if op_type != "Conv" or feats.get("groups", 1) <= 1:
+    """``Conv`` (k > 1) / ``PWConv`` (1x1) / ``DWConv`` (groups == in channels > 1) / ``GConv``;
+    other ops keep their name."""
+    if op_type != "Conv":
         return op_type
+    if feats.get("groups", 1) <= 1:
+        return "PWConv" if feats.get("k", 1) == 1 else "Conv"
     return "DWConv" if feats["groups"] == feats["cin"] else "GConv"
 
 

@@ -35,7 +35,6 @@ class Measurement:
 class _Net:
     layers: list[Layer]
     times: list[float]  # profiled ms per layer (0 where the runtime removed it)
-    profiled_sum: float
     latency_ms: float
 
 
@@ -45,7 +44,7 @@ def _prepare(m: Measurement) -> _Net:
     times = [mapped.get(i, 0.0) for i in range(len(layers))]
     if m.latency_ms <= 0 or not np.isfinite(m.latency_ms):
         raise CostModelError(f"measured latency must be > 0 ms, got {m.latency_ms!r}")
-    return _Net(layers, times, float(sum(times)), float(m.latency_ms))
+    return _Net(layers, times, float(m.latency_ms))
 
 
 def _rows(nets: list[_Net]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -62,15 +61,22 @@ def _fit_type(x: np.ndarray, y: np.ndarray, kind: str) -> Any:
     return make_learner(kind, len(y)).fit(x, y)
 
 
-def _net_stage(nets: list[_Net]) -> list[float]:
+def _net_stage(nets: list[_Net], types: list[str]) -> list[float]:
+    """Least squares of relative error (rows weighted by 1/latency^2): non-negative constant and
+    per-type time scales, non-positive per-layer counts (the profiler's per-node cost)."""
     from sklearn.linear_model import LinearRegression
 
-    x = np.asarray([net_vector(n.layers, n.profiled_sum) for n in nets])
+    x = np.asarray([net_vector(n.layers, n.times, types) for n in nets])
     y = np.asarray([n.latency_ms for n in nets])
-    if len(nets) < 8:  # too few networks for four coefficients: overhead = mean residual only
-        return [float(np.mean(y - x[:, 0])), 1.0, 0.0, 0.0]
-    reg = LinearRegression().fit(x, y)
-    return [float(reg.intercept_)] + [float(c) for c in reg.coef_]
+    k = len(types)
+    if len(nets) < x.shape[1] + 5:  # too few networks: scale of the layer sum only
+        scale = float(np.median(y / np.maximum(x[:, 1:1 + k].sum(1), 1e-9)))
+        return [0.0] + [scale] * k + [0.0] * k
+    x[:, 1 + k:] *= -1.0  # so that one sign constraint gives counts a non-positive coefficient
+    coef = LinearRegression(positive=True, fit_intercept=False).fit(
+        x, y, sample_weight=1.0 / y ** 2).coef_.copy()
+    coef[1 + k:] *= -1.0
+    return [float(c) for c in coef]
 
 
 def _model(nets: list[_Net], choices: dict[str, str], device_key: str) -> CostModel:
@@ -81,8 +87,9 @@ def _model(nets: list[_Net], choices: dict[str, str], device_key: str) -> CostMo
     est[FALLBACK] = _fit_type(allx, ally, "boosting")
     ranges = {t: np.stack([x.min(0), x.max(0)], 1).tolist() for t, (x, _) in rows.items()}
     ranges[FALLBACK] = np.stack([allx.min(0), allx.max(0)], 1).tolist()
+    types = sorted(rows) + [FALLBACK]
     return CostModel(device_key=device_key, estimators=est, choices=dict(choices),
-                     ranges=ranges, net_coef=_net_stage(nets))
+                     ranges=ranges, net_coef=_net_stage(nets, types), net_types=types)
 
 
 def network_metrics(measured: Iterable[float], predicted: Iterable[float]) -> dict[str, float]:

@@ -5,10 +5,12 @@ same features (:data:`~search.costmodel.features.FEATURES`): NeuralPower's spars
 regression (``PolynomialFeatures(degree 2)`` + ``StandardScaler`` + ``LassoCV``, target the
 layer's runtime in ms, rows weighted by 1/runtime) and ``HistGradientBoostingRegressor`` (target
 log runtime). The one with the lower weighted absolute error on held-out networks' layers is kept for that type, and the
-choice is recorded (:attr:`CostModel.choices`). Network latency = ``b0 + b1 * sum(layer
-predictions) + b2 * layers + b3 * output elements`` (the *network stage*, a linear fit of the
-measured latency on the profiled layer sum: per-network overhead such as layout reorders and
-session dispatch, and the profiler's own per-node cost). The prediction interval is the 5th/95th
+choice is recorded (:attr:`CostModel.choices`). Network latency = ``b0 + sum over types t of (a_t * the type's predicted layer times + c_t *
+its number of layers)`` (the *network stage*, fitted by least squares of the relative error on
+the measured latencies and the profiled per-type sums, with ``b0, a_t >= 0`` and ``c_t <= 0``:
+``b0`` is the per-network overhead (session dispatch, layout reorders the runtime inserts),
+``c_t`` removes the profiler's own per-node cost, which makes profiled layers add up to more
+than the timed network). The prediction interval is the 5th/95th
 percentile of held-out networks' relative residuals. An op type never seen is predicted by a
 fallback model over all layers and flagged ``unseen_op``; features outside the training range
 are flagged ``out_of_range``; either marks the network ``extrapolated``.
@@ -57,8 +59,8 @@ class WeightedLassoPoly:
         from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
         self.pipe = make_pipeline(PolynomialFeatures(degree=2, include_bias=False), StandardScaler(),
-                                  LassoCV(cv=min(5, n_rows), eps=1e-6, alphas=60, max_iter=50000,
-                                          tol=1e-6, random_state=0))
+                                  LassoCV(cv=min(5, n_rows), eps=1e-5, alphas=30, max_iter=5000,
+                                          tol=1e-4, random_state=0))
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "WeightedLassoPoly":
         """Fit on runtime ``y`` (ms) with weights 1/max(y, floor)."""
@@ -105,7 +107,7 @@ def boosting(n_rows: int) -> Any:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     return LogTarget(HistGradientBoostingRegressor(max_iter=300, learning_rate=0.08,
-                                                   min_samples_leaf=min(20, max(2, n_rows // 10)),
+                                                   min_samples_leaf=min(5, max(2, n_rows // 10)),
                                                    random_state=0))
 
 
@@ -126,9 +128,16 @@ def wape(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.abs(p - y).sum() / max(float(np.abs(y).sum()), 1e-12))
 
 
-def net_vector(layers: list[Layer], layer_sum: float) -> list[float]:
-    """Inputs of the network stage: layer time sum, number of layers, output elements (M)."""
-    return [layer_sum, float(len(layers)), sum(l.features["out_elems"] for l in layers) / 1e6]
+def net_vector(layers: list[Layer], times: list[float], types: list[str]) -> list[float]:
+    """Inputs of the network stage: 1, then per type in ``types`` the sum of its layers' times,
+    then per type the number of its layers (types outside ``types`` count as the last one)."""
+    sums, counts = [0.0] * len(types), [0.0] * len(types)
+    pos = {t: i for i, t in enumerate(types)}
+    for layer, t in zip(layers, times):
+        i = pos.get(layer.type, len(types) - 1)
+        sums[i] += t
+        counts[i] += 1.0
+    return [1.0] + sums + counts
 
 
 @dataclass
@@ -140,6 +149,7 @@ class CostModel:
     choices: dict[str, str]
     ranges: dict[str, list[list[float]]]
     net_coef: list[float]
+    net_types: list[str]
     interval: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -169,16 +179,16 @@ class CostModel:
 
     def predict_layers(self, layers: list[Layer]) -> dict[str, Any]:
         """Network latency (ms) with interval, per-layer breakdown and extrapolation flags."""
-        rows, total, reasons = [], 0.0, []
+        rows, total, reasons, times = [], 0.0, [], []
         for layer in layers:
             ms, flags = self.layer_time(layer)
             total += ms
+            times.append(ms)
             reasons += [f"{layer.name}: {f}" for f in flags]
             rows.append({"name": layer.name, "type": layer.type, "nodes": layer.nodes,
                          "latency_ms": ms, "extrapolated": bool(flags), "flags": flags,
                          "features": dict(layer.features)})
-        b = self.net_coef
-        net = max(0.0, b[0] + float(np.dot(b[1:], net_vector(layers, total))))
+        net = max(0.0, float(np.dot(self.net_coef, net_vector(layers, times, self.net_types))))
         result: dict[str, Any] = {
             "latency_ms": net, "label": self.label, "model_id": self.model_id,
             "device_key": self.device_key, "layer_sum_ms": total,
@@ -195,7 +205,7 @@ class CostModel:
     def _manifest_core(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION, "device_key": self.device_key,
                 "features": list(FEATURES), "choices": self.choices, "ranges": self.ranges,
-                "net_coef": self.net_coef, "interval": self.interval, "metrics": self.metrics}
+                "net_coef": self.net_coef, "net_types": self.net_types, "interval": self.interval, "metrics": self.metrics}
 
     def save(self, path: str | Path) -> None:
         """Write the versioned zip file described in the module docstring."""
@@ -230,7 +240,7 @@ class CostModel:
             raise CostModelError(f"{path}: fitted with scikit-learn {m['sklearn']}, "
                                  f"this is {sklearn.__version__}; refit it")
         model = cls(device_key=m["device_key"], estimators=joblib.load(io.BytesIO(blob)),
-                    choices=m["choices"], ranges=m["ranges"], net_coef=m["net_coef"],
+                    choices=m["choices"], ranges=m["ranges"], net_coef=m["net_coef"], net_types=m["net_types"],
                     interval=m["interval"], metrics=m["metrics"])
         if model.model_id != m["model_id"]:
             raise CostModelError(f"{path}: manifest does not match its model id")
