@@ -35,7 +35,7 @@ from search.costmodel import (Measurement, extract_layers, fit_from_measurements
 
 TORCHVISION = ("resnet18", "resnet34", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_5",
                "squeezenet1_1", "mnasnet0_5", "efficientnet_b0", "regnet_x_400mf", "googlenet",
-               "densenet121", "alexnet")
+               "densenet121")
 
 
 def space_networks(n: int, seed: int, workdir: str) -> list[tuple[str, str]]:
