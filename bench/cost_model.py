@@ -149,18 +149,30 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", help="keep the fitted model in this file")
+    ap.add_argument("--cache", help="keep/reuse exported networks and measurements in this folder")
     args = ap.parse_args()
     n_fit, n_test = (60, 30) if args.quick else (args.fit, args.test)
     print(f"load before: {os.getloadavg()}")
     t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix="hwnas-costbench-") as wd:
-        nets = space_networks(n_fit + n_test, args.seed, wd)
-        tv = torchvision_networks(wd, TORCHVISION[: 8 if args.quick else None])
-        allnets = nets + tv
-        print(f"exported {len(allnets)} networks in {time.time() - t0:.0f} s")
-        t1 = time.time()
-        lat, halves, profiles = measure([p for _, p in allnets], rounds=args.rounds, iters=args.iters)
-        print(f"measured in {time.time() - t1:.0f} s ({args.rounds} interleaved rounds x {args.iters} runs)")
+    with tempfile.TemporaryDirectory(prefix="hwnas-costbench-") as tmp:
+        wd = args.cache or tmp
+        os.makedirs(wd, exist_ok=True)
+        cached = os.path.join(wd, f"measured_{n_fit}_{n_test}_{args.seed}.json")
+        if os.path.exists(cached):
+            with open(cached) as f:
+                allnets, lat, halves, profiles = json.load(f)
+            print(f"reusing {len(allnets)} networks and their measurements from {cached}")
+        else:
+            nets = space_networks(n_fit + n_test, args.seed, wd)
+            tv = torchvision_networks(wd, TORCHVISION[: 8 if args.quick else None])
+            allnets = nets + tv
+            print(f"exported {len(allnets)} networks in {time.time() - t0:.0f} s")
+            t1 = time.time()
+            lat, halves, profiles = measure([p for _, p in allnets], rounds=args.rounds, iters=args.iters)
+            print(f"measured in {time.time() - t1:.0f} s ({args.rounds} interleaved rounds x {args.iters} runs)")
+            if args.cache:
+                with open(cached, "w") as f:
+                    json.dump([allnets, lat, halves, profiles], f)
         fit_ms = [Measurement(onnx=p, latency_ms=lat[i], layers=tuple(profiles[i]))
                   for i, (_, p) in enumerate(allnets[:n_fit])]
         t2 = time.time()

@@ -79,9 +79,11 @@ def _net_stage(nets: list[_Net], types: list[str]) -> list[float]:
     return [float(c) for c in coef]
 
 
-def _model(nets: list[_Net], choices: dict[str, str], device_key: str) -> CostModel:
+def _model(nets: list[_Net], choices: dict[str, str], device_key: str,
+           fitted: dict[str, Any] | None = None) -> CostModel:
     rows = _rows(nets)
-    est = {t: _fit_type(x, y, choices.get(t, "lasso_poly")) for t, (x, y) in rows.items()}
+    fitted = fitted or {}
+    est = {t: fitted.get(t) or _fit_type(x, y, choices.get(t, "lasso_poly")) for t, (x, y) in rows.items()}
     allx = np.vstack([x for x, _ in rows.values()])
     ally = np.concatenate([y for _, y in rows.values()])
     est[FALLBACK] = _fit_type(allx, ally, "boosting")
@@ -119,15 +121,18 @@ def fit_from_measurements(measurements: Iterable[Measurement], *, device_key: st
     interval = None
     if held:
         train_rows, held_rows = _rows(train), _rows(held)
+        fitted: dict[str, Any] = {}  # the chosen learners fitted on the training networks
         for t, (x, y) in train_rows.items():
             errs = {}
             if t in held_rows:
                 hx, hy = held_rows[t]
-                errs = {k: wape(hy, np.maximum(_fit_type(x, y, k).predict(hx), 0.0)) for k in learners}
+                cands = {k: _fit_type(x, y, k) for k in learners}
+                errs = {k: wape(hy, np.maximum(e.predict(hx), 0.0)) for k, e in cands.items()}
                 choices[t] = min(errs, key=errs.get)
+                fitted[t] = cands[choices[t]]
             metrics["layer_types"][t] = {"rows": int(len(y)), "heldout_wape": errs,
                                          "chosen": choices[t]}
-        part = _model(train, choices, device_key)
+        part = _model(train, choices, device_key, fitted)
         pred = [part.predict_layers(n.layers)["latency_ms"] for n in held]
         meas = [n.latency_ms for n in held]
         rel = np.asarray(meas) / np.maximum(np.asarray(pred), 1e-9) - 1.0
