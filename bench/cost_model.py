@@ -1,7 +1,7 @@
 """Benchmark of the layer-wise cost model (issue 12) on this CPU, ONNX Runtime, 1 thread.
 
 Networks are sampled (seeded) from the menndl, nb201 and mobile spaces, exported with
-``search.exporting.export_onnx`` and measured here with ONNX Runtime *directly*, using the
+``search.training.exporting.export_onnx`` and measured here with ONNX Runtime *directly*, using the
 agent's session settings (``device_agent.backends.onnxruntime_backend.session_options`` with
 ``BuildConfig(intra_op_threads=1)``: ORT_ENABLE_ALL, sequential, 1 intra-op / 1 inter-op thread)
 and the agent's profile aggregation (``aggregate_profile``, 20 profiled runs after one warm-up in
@@ -40,7 +40,7 @@ TORCHVISION = ("resnet18", "resnet34", "mobilenet_v2", "mobilenet_v3_small", "sh
 
 def space_networks(n: int, seed: int, workdir: str) -> list[tuple[str, str]]:
     """``n`` (group, onnx path) drawn round-robin from the three spaces with a seeded RNG."""
-    from search.exporting import export_onnx
+    from search.training.exporting import export_onnx
     from search.spaces import TaskSpec, get_space
 
     rng = random.Random(seed)
@@ -66,7 +66,7 @@ def torchvision_networks(workdir: str, archs: tuple[str, ...], size: int = 64) -
     """torchvision architectures, weights=None, ``size`` x ``size`` input, 10 classes."""
     import torchvision
 
-    from search.exporting import export_onnx
+    from search.training.exporting import export_onnx
 
     out = []
     for arch in archs:

@@ -28,7 +28,7 @@ nn = torch.nn
 
 
 def _export(model, shape, path) -> str:
-    from search.exporting import export_onnx
+    from search.training.exporting import export_onnx
 
     with open(path, "wb") as f:
         f.write(export_onnx(model, shape))

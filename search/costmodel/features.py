@@ -87,7 +87,7 @@ def _load(model: Any, batch: int) -> Any:
             continue
         dims = inp.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_value = batch  # the dynamic batch axis of search.exporting's graphs
+            dims[0].dim_value = batch  # the dynamic batch axis of search.training.exporting's graphs
     try:
         return onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     except Exception as exc:
