@@ -166,7 +166,7 @@ def train_supernet(config: SupernetTrainConfig, *, checkpoint: str | Path, space
 
     def state(opt: torch.optim.Optimizer | None, done: bool) -> dict[str, Any]:
         return {"format": FORMAT, "config": asdict(config), "space": space_settings(space),
-                "task": asdict(splits.task), "model": model.state_dict(),
+                "task": asdict(splits.task), "data": splits.summary(), "model": model.state_dict(),
                 "optimizer": None if opt is None else opt.state_dict(), "phase": phase, "epoch": epoch,
                 "batch": batch, "done": done, "history": history, "train_time_s": time.perf_counter() - t0}
 
@@ -223,7 +223,7 @@ def train_supernet(config: SupernetTrainConfig, *, checkpoint: str | Path, space
         if not stopped:
             phase, epoch, batch = phase + 1, 0, 0
             _save(path, state(None, phase >= len(PHASES)))
-    return SupernetTrainResult(checkpoint=str(path), done=phase >= len(PHASES), phase=PHASES[min(phase, 4)],
+    return SupernetTrainResult(checkpoint=str(path), done=phase >= len(PHASES), phase=PHASES[min(phase, len(PHASES) - 1)],
                                steps=steps, train_time_s=time.perf_counter() - t0, history=history)
 
 
@@ -262,8 +262,9 @@ class SupernetAccuracy:
         self.splits = splits or load_dataset(cfg["dataset"], seed=cfg["seed"], val_fraction=cfg["val_fraction"],
                                              limit=cfg["limit"])
         task = TaskSpec(**saved["task"])
-        if self.splits.task != task:
-            raise ValueError(f"supernet was trained for {task}, the data is {self.splits.task}")
+        if self.splits.summary() != saved["data"]:
+            # Another split would score on images the supernet trained on.
+            raise ValueError(f"supernet was trained on {saved['data']}, not {self.splits.summary()}")
         self.done = bool(saved["done"])
         self.supernet = MobileSupernet(space=self.space, task=task)
         self.supernet.load_state_dict(saved["model"])
