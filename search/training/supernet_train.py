@@ -123,6 +123,17 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A supernet checkpoint's contents; ``ValueError`` (one line) if it is missing or not one."""
+    try:
+        saved = torch.load(Path(path), map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - unpickling raises many kinds
+        raise ValueError(f"cannot read supernet checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a supernet checkpoint ({FORMAT})")
+    return saved
+
+
 def _optimizer(model: nn.Module, cfg: SupernetTrainConfig, phase: int) -> torch.optim.Optimizer:
     lr = cfg.learning_rate * (1.0 if phase == 0 else cfg.elastic_lr_factor)
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
@@ -141,10 +152,8 @@ def train_supernet(config: SupernetTrainConfig, *, checkpoint: str | Path, space
     """
     path = Path(checkpoint)
     space = space or MobileSpace()
-    saved = torch.load(path, map_location="cpu", weights_only=False) if resume and path.exists() else None
+    saved = load_checkpoint(path) if resume and path.exists() else None
     if saved is not None:
-        if saved.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a supernet checkpoint ({FORMAT})")
         mine = asdict(replace(config, time_budget_s=None))
         theirs = {**saved["config"], "time_budget_s": None, "phase_epochs": tuple(saved["config"]["phase_epochs"])}
         if mine != theirs or saved["space"] != space_settings(space):
@@ -254,9 +263,7 @@ class SupernetAccuracy:
 
     def __init__(self, path: str | Path, *, splits: DatasetSplits | None = None,
                  recalibration_images: int | None = None, batch_size: int = 256) -> None:
-        saved = torch.load(Path(path), map_location="cpu", weights_only=False)
-        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a supernet checkpoint ({FORMAT})")
+        saved = load_checkpoint(path)
         cfg = saved["config"]
         self.space = MobileSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["space"].items()})
         self.splits = splits or load_dataset(cfg["dataset"], seed=cfg["seed"], val_fraction=cfg["val_fraction"],
