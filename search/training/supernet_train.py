@@ -141,13 +141,14 @@ def _optimizer(model: nn.Module, cfg: SupernetTrainConfig, phase: int) -> torch.
 
 def train_supernet(config: SupernetTrainConfig, *, checkpoint: str | Path, space: MobileSpace | None = None,
                    splits: DatasetSplits | None = None, resume: bool = True, max_steps: int | None = None,
-                   log: Callable[[str], None] | None = None) -> SupernetTrainResult:
+                   device: str | torch.device = "cpu", log: Callable[[str], None] | None = None
+                   ) -> SupernetTrainResult:
     """Train (or resume) a supernet of ``space`` (default: the ``mobile`` space's defaults).
 
     ``splits`` overrides loading ``config.dataset`` (then scoring needs the same splits passed
     to :class:`SupernetAccuracy`). Stops after all phases, after ``config.time_budget_s``
     seconds, or after ``max_steps`` steps in this call; the checkpoint is written at every
-    epoch's end and on stopping. With ``resume`` an existing checkpoint is continued; its
+    epoch's end and on stopping. ``device``: where to train (``cuda`` untested here). With ``resume`` an existing checkpoint is continued; its
     settings must match ``config`` (the time budget aside).
     """
     path = Path(checkpoint)
@@ -168,6 +169,7 @@ def train_supernet(config: SupernetTrainConfig, *, checkpoint: str | Path, space
         model.load_state_dict(saved["model"])
         phase, epoch, batch, history = saved["phase"], saved["epoch"], saved["batch"], saved["history"]
         opt_state, elapsed = saved["optimizer"], saved["train_time_s"]
+    model.to(device)
     n = len(splits.train)
     bs = min(config.batch_size, n)
     per_epoch = math.ceil(n / bs)
@@ -199,7 +201,7 @@ def train_supernet(config: SupernetTrainConfig, *, checkpoint: str | Path, space
                 step = epoch * per_epoch + batch
                 for g in opt.param_groups:
                     g["lr"] = base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-                x, y = splits.train.get_batch(order[batch * bs:(batch + 1) * bs])
+                x, y = (t.to(device) for t in splits.train.get_batch(order[batch * bs:(batch + 1) * bs]))
                 rng = random.Random(f"{config.seed}:{phase}:{epoch}:{batch}")
                 opt.zero_grad(set_to_none=True)
                 teacher = None
@@ -262,7 +264,8 @@ class SupernetAccuracy:
     """Accuracy of mobile-space genomes with weights inherited from a trained supernet checkpoint."""
 
     def __init__(self, path: str | Path, *, splits: DatasetSplits | None = None,
-                 recalibration_images: int | None = None, batch_size: int = 256) -> None:
+                 recalibration_images: int | None = None, batch_size: int = 256,
+                 device: str | torch.device = "cpu") -> None:
         saved = load_checkpoint(path)
         cfg = saved["config"]
         self.space = MobileSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["space"].items()})
@@ -275,7 +278,8 @@ class SupernetAccuracy:
         self.done = bool(saved["done"])
         self.supernet = MobileSupernet(space=self.space, task=task)
         self.supernet.load_state_dict(saved["model"])
-        self.supernet.eval()
+        self.supernet.to(device).eval()
+        self.device = device
         self.recalibration_images = int(recalibration_images or cfg["recalibration_images"])
         self.batch_size = batch_size
         n = min(self.recalibration_images, len(self.splits.train))
@@ -286,12 +290,13 @@ class SupernetAccuracy:
         """The genome's stand-alone network with inherited, recalibrated weights (eval mode)."""
         net = self.supernet.extract(self.space.validate(genome))
         chunks = self._calib.split(self.batch_size)
-        recalibrate_bn(net, (resize(self.splits.train.get_batch(c)[0], genome.resolution) for c in chunks))
+        batches = (resize(self.splits.train.get_batch(c)[0].to(self.device), genome.resolution) for c in chunks)
+        recalibrate_bn(net, batches)
         return net
 
     def score(self, genome: MobileGenome) -> float:
         """Validation accuracy (0..1) of ``genome`` with inherited weights, no training."""
-        return evaluate(self.network(genome), self.splits.val, resize_to=genome.resolution)
+        return evaluate(self.network(genome), self.splits.val, device=self.device, resize_to=genome.resolution)
 
 
 def main(argv: list[str] | None = None) -> int:
