@@ -148,8 +148,9 @@ def train_supernet(config: SupernetTrainConfig, *, checkpoint: str | Path, space
     ``splits`` overrides loading ``config.dataset`` (then scoring needs the same splits passed
     to :class:`SupernetAccuracy`). Stops after all phases, after ``config.time_budget_s``
     seconds, or after ``max_steps`` steps in this call; the checkpoint is written at every
-    epoch's end and on stopping. ``device``: where to train (``cuda`` untested here). With ``resume`` an existing checkpoint is continued; its
-    settings must match ``config`` (the time budget aside).
+    epoch's end and on stopping. ``device``: where to train (``cuda`` untested here). With
+    ``resume`` an existing checkpoint is continued; its settings must match ``config`` (the
+    time budget aside).
     """
     path = Path(checkpoint)
     space = space or MobileSpace()
