@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from device_agent.daemon_config import TOKEN_ENV
+from device_agent.settings import TOKEN_ENV
 from device_agent.errors import AgentUnavailable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +93,7 @@ def start_local_agent(*, token: str | None = None, extra_args: Sequence[str] = (
     :func:`split_cores`). Raises ``AgentUnavailable`` (with the agent's log tail) when it exits or
     is not ready in time.
     """
-    from device_agent.client import AgentClient
+    from device_agent.rpc.client import AgentClient
 
     workdir = tempfile.TemporaryDirectory(prefix="hwnas-agent-")
     port_file = Path(workdir.name) / "port"

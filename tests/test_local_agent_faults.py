@@ -87,7 +87,7 @@ def test_job_process_ignores_sigint_and_sigterm_is_interrupted(tmp_path):
     """The agent's own classification: a job process shrugs off a terminal's SIGINT (the agent
     handles it), and one ended by SIGTERM is ``interrupted``, not a crash of the model."""
     from device_agent.config import BuildConfig, MeasureConfig
-    from device_agent.jobs import run_job
+    from device_agent.core.jobs import run_job
     from test_jobs import hang_model  # a real ONNX model that runs (practically) forever
 
     path = hang_model(tmp_path / "hang.onnx")

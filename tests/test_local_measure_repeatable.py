@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from device_agent.client import AgentClient
+from device_agent.rpc.client import AgentClient
 from device_agent.launcher import split_cores, start_local_agent
 from search.config import DEMO_MEASURE
 from search.spaces.base import TaskSpec
