@@ -178,10 +178,13 @@ def _plot_front(done: list[dict], pareto: dict[int, bool], acc_o: Objective, cos
     ax.set_title(f"{title}: {acc_o.name} vs {cost.name}\n{len(pts)} candidates plotted,"
                  f" {int(member.sum())} Pareto members; not plotted: {n_chance} at chance level"
                  f" (<= {floor:.3g}), {n_failed} failed", fontsize=9)
+    lo_y, hi_y = ax.get_ylim()
+    ax.set_ylim(lo_y, hi_y + 0.08 * (hi_y - lo_y))  # headroom: the best's label stays under the title
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    # below the axes: inside, it would cover the points drawn on the lower edge
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return True
 
