@@ -72,7 +72,8 @@ def _search(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, **overrides).validate()
     agents = args.agent or None
     runner = SearchRunner(config=cfg, run_dir=run_dir, resume=bool(args.resume), agents=agents,
-                          progress=not args.no_progress, registry_port=args.registry_port,
+                          progress=not args.no_progress, progress_every_s=args.progress_every,
+                          registry_port=args.registry_port,
                           registry_host=args.registry_host,
                           registry_tls={"cert": args.registry_tls_cert, "key": args.registry_tls_key,
                                         "client_ca": args.registry_tls_client_ca})
@@ -104,7 +105,7 @@ def _report(args: argparse.Namespace) -> int:
     from search.reporting.results import collect, run_objectives
 
     results = collect(args.run_dir)
-    st = Store(args.run_dir)
+    st = Store(args.run_dir, read_only=True)
     objs, _ = run_objectives(st)
     st.close()
     out = args.out or str(Path(args.run_dir) / "report")
@@ -177,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--registry-tls-client-ca", metavar="PEM",
                    help="registry: require agents' client certificates signed by this CA (mutual TLS)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--progress-every", type=float, default=30.0, metavar="S",
+                   help="where stderr is not a terminal: a plain progress line every S seconds (default 30)")
     s.set_defaults(func=_search)
 
     r = sub.add_parser("results", help="print a run's candidates")
