@@ -125,8 +125,14 @@ def _export(args: argparse.Namespace) -> int:
                                  agent=args.agent, token=args.token, tls=client_tls_from_args(args))
     for e in exported:
         print(json.dumps(e, default=str))
-    print(f"{len(exported)} candidate(s) exported to {out}")
-    return 0
+    # a candidate without its ONNX, or without the artifact the agent was to build, is not exported
+    failed = [e for e in exported if e.get("error") or e.get("artifact_error")]
+    print(f"{len(exported) - len(failed)} candidate(s) exported to {out}"
+          + (f"; {len(failed)} could not be" if failed else "") + ("" if exported else " (none was chosen)"))
+    for e in failed:
+        why = e.get("error") or f"the agent's build failed: {e['artifact_error']}"
+        print(f"hwnas: error: candidate {e['candidate_id']} not exported: {why}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _status(args: argparse.Namespace) -> int:

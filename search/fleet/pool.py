@@ -339,7 +339,7 @@ class AgentPool:
         try:
             self._work(state, client)
         except Exception as exc:  # noqa: BLE001 - the store failed (disk full ...): stop the search
-            log.error("agent worker %s stopped: %s: %s", state.address, type(exc).__name__, exc)
+            log.info("agent worker %s stopped: %s: %s", state.address, type(exc).__name__, exc)
             with self._lock:
                 first = self.fatal is None
                 if first:

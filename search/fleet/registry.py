@@ -43,8 +43,10 @@ def check_exposure(host: str, token: str | None) -> None:
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     """Register/Heartbeat/Deregister against an :class:`~search.fleet.pool.AgentPool`."""
 
-    def __init__(self, *, pool: Any, heartbeat_s: float, missed: int) -> None:
+    def __init__(self, *, pool: Any, heartbeat_s: float, missed: int,
+                 describe_timeout_s: float = REGISTER_DESCRIBE_S) -> None:
         self.pool = pool
+        self.describe_timeout_s = describe_timeout_s
         self.heartbeat_s = heartbeat_s
         self.missed = missed
         self._lock = threading.Lock()
@@ -66,7 +68,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
                           "registrations are being checked; try again later")
         try:
             state = self.pool.add_agent(address, expect_key=request.device_key or None,
-                                        describe_timeout=REGISTER_DESCRIBE_S)
+                                        describe_timeout=self.describe_timeout_s)
         except ValueError as exc:  # announced key differs from the described one
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except Exception as exc:  # noqa: BLE001 - the agent could not be reached from here
@@ -124,15 +126,18 @@ class RegistryServer:
 
     def __init__(self, *, pool: Any, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  heartbeat_s: float = 2.0, missed: int = 3, tls_cert: str | None = None,
-                 tls_key: str | None = None, tls_client_ca: str | None = None) -> None:
+                 tls_key: str | None = None, tls_client_ca: str | None = None,
+                 describe_timeout_s: float = REGISTER_DESCRIBE_S) -> None:
         """tls_cert/tls_key: serve TLS (agents give ``--register-tls-ca``); tls_client_ca: also
-        require agents' client certificates signed by it (mutual TLS)."""
+        require agents' client certificates signed by it (mutual TLS); describe_timeout_s: how
+        long a registration's ``Describe`` check of the agent may take."""
         from device_agent.auth import TokenAuthInterceptor, server_credentials
 
         if heartbeat_s <= 0 or missed < 1:
             raise ValueError("heartbeat_s must be > 0 and missed >= 1")
         check_exposure(host, token)
-        self.servicer = RegistryServicer(pool=pool, heartbeat_s=heartbeat_s, missed=missed)
+        self.servicer = RegistryServicer(pool=pool, heartbeat_s=heartbeat_s, missed=missed,
+                                         describe_timeout_s=describe_timeout_s)
         interceptors = [TokenAuthInterceptor(token=token)] if token else []
         # registrations take at most MAX_PENDING_REGISTRATIONS threads: the rest always answer heartbeats
         workers = MAX_PENDING_REGISTRATIONS + 8

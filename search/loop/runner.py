@@ -79,7 +79,7 @@ class SearchRunner:
             addresses = self.store.get_meta("agents")
         if addresses is None:
             addresses = list(self.config.agents.addresses)
-        self.store.set_meta("agents", addresses)
+        self._addresses = list(addresses)
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.fleet = Fleet(store=self.store, config=self.config, addresses=list(addresses),
                            on_done=lambda job, res, err: self._events.put(("measured", (job, res, err))),
@@ -116,6 +116,7 @@ class SearchRunner:
         source = self._source
         try:
             objectives, constraints, self.device_keys = self.fleet.bind(cfg, self.fleet.start())
+            self.store.set_meta("agents", self._addresses)  # stored once they measure for the run
             if self.evaluator is None:
                 # a table-backed fleet measures by architecture key and needs no ONNX file, unless
                 # an objective or constraint is the ONNX size; the parameter count needs the model

@@ -96,8 +96,13 @@ def preflight(config: SearchConfig, *, registry: "RegistrySettings | None") -> S
     """Every start-up check that needs no agent, run before the run directory is touched (a
     failed start leaves nothing behind): the space and its options, the registry's exposure
     and certificate files. Returns the space."""
+    from search.config import ConfigError
     from search.fleet.registry import check_exposure
 
+    try:
+        config.validate()  # a config built in code, or restored from an older run store
+    except ConfigError as exc:
+        raise SearchError(str(exc)) from None
     space = make_space(config)
     if registry is not None:
         try:
