@@ -471,12 +471,12 @@ class AgentPool:
         self.store.event("agent_auth_failed", agent=state.address, detail={"reason": str(exc)})
 
     def _agent_lost(self, state: AgentState, job: MeasureJob, reason: str, exc: BaseException | None = None) -> None:
-        if exc is not None:
-            self._note_auth(state, exc)
         state.healthy = False
         state.lost += 1
         self.retries += 1
         self.store.event("agent_lost", agent=state.address, detail={"job": job.job_id, "reason": reason})
+        if exc is not None:
+            self._note_auth(state, exc)
         attempts = next((j["attempts"] for j in self.store.jobs(candidate_id=job.candidate_id)
                          if j["id"] == job.job_id), 0)
         if attempts >= self.max_attempts:
