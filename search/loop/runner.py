@@ -70,21 +70,12 @@ class SearchRunner:
         self._run_lock = lock_run(self.run_dir)  # one process per run directory, freed at exit
         try:
             self.store, self.config = open_run(self.run_dir, config, resume=resume)
+            self._init_fleet(agents, registry, local_agent_args, wait_agents_s)
         except BaseException:
+            if hasattr(self, "store"):
+                self.store.close()
             self._run_lock.release()
             raise
-        # the agents are stored (not their token): a resume without --agent measures on them again
-        addresses = list(agents) if agents is not None else None
-        if addresses is None and resume:
-            addresses = self.store.get_meta("agents")
-        if addresses is None:
-            addresses = list(self.config.agents.addresses)
-        self._addresses = list(addresses)
-        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.fleet = Fleet(store=self.store, config=self.config, addresses=list(addresses),
-                           on_done=lambda job, res, err: self._events.put(("measured", (job, res, err))),
-                           registry=registry, local_agent_args=local_agent_args, wait_agents_s=wait_agents_s,
-                           on_fatal=lambda exc: self._events.put(("fatal", exc)))
         self.evaluator = evaluator
         self.tracker: CandidateTracker | None = None
         self.device_keys: list[str] = []
@@ -97,6 +88,21 @@ class SearchRunner:
         #: candidates finished or failed in this process (see wait_closed)
         self.closed_count = 0
         self._progressed = threading.Condition()
+
+    def _init_fleet(self, agents: list[str] | None, registry: RegistrySettings | None,
+                    local_agent_args: tuple[str, ...], wait_agents_s: float) -> None:
+        # the agents are stored (not their token): a resume without --agent measures on them again
+        addresses = list(agents) if agents is not None else None
+        if addresses is None and self.resume:
+            addresses = self.store.get_meta("agents")
+        if addresses is None:
+            addresses = list(self.config.agents.addresses)
+        self._addresses = list(addresses)
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.fleet = Fleet(store=self.store, config=self.config, addresses=list(addresses),
+                           on_done=lambda job, res, err: self._events.put(("measured", (job, res, err))),
+                           registry=registry, local_agent_args=local_agent_args, wait_agents_s=wait_agents_s,
+                           on_fatal=lambda exc: self._events.put(("fatal", exc)))
 
     @property
     def pool(self):
