@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--space", choices=list_spaces(), help="search space (default menndl)")
     s.add_argument("--algorithm", choices=list_algorithms(), help="search algorithm (default nsga2)")
-    s.add_argument("--dataset", help="digits, fashion-mnist, cifar10, cifar100, imagefolder:PATH")
+    s.add_argument("--dataset", help="digits, fashion-mnist, cifar10:PATH, cifar100:PATH, cinic10:PATH, imagefolder:PATH (local pickle batches, an ImageFolder tree or a tar of one)")
     s.add_argument("--accuracy-table", dest="accuracy_table", metavar="CSV:COLUMN",
                    help="use a published accuracy instead of training (e.g. NAS-Bench-201)")
     s.add_argument("--objective", action="append", help="objective (repeatable), e.g. latency_ms@KEY")

@@ -77,7 +77,7 @@ class AgentsConfig:
     tls_server_name: str = ""
 
     def client_tls(self) -> dict[str, str]:
-        """The TLS keyword arguments of :class:`device_agent.client.AgentClient` that are set."""
+        """The TLS keyword arguments of :class:`device_agent.rpc.client.AgentClient` that are set."""
         opts = {"tls_ca": self.tls_ca, "tls_cert": self.tls_cert, "tls_key": self.tls_key,
                 "tls_server_name": self.tls_server_name}
         return {k: v for k, v in opts.items() if v}

@@ -74,7 +74,7 @@ def test_probe_12_rank0_inputs_pass_the_output_check(tmp_path):
     from onnx import helper as h
 
     from _agent_util import FAST, running_agent
-    from device_agent.client import AgentClient
+    from device_agent.rpc.client import AgentClient
 
     models = {
         "float Relu": _scalar_model([h.make_node("Relu", ["x"], ["y"])], [("x", T.FLOAT, [])], [("y", T.FLOAT, [])]),
@@ -99,7 +99,7 @@ def test_probe_14_rejected_models_never_stay_in_the_cache(tmp_path):
     import os
 
     from _agent_util import FAST, external_data_onnx, running_agent, tiny_cnn_onnx
-    from device_agent.client import AgentClient
+    from device_agent.rpc.client import AgentClient
 
     cache = tmp_path / "agent-cache"
 

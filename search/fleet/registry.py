@@ -20,6 +20,9 @@ from typing import Any
 
 import grpc
 
+from device_agent.errors import AgentBusy, AgentUnavailable, FailedPrecondition, InvalidRequest
+from device_agent.rpc.status import abort
+from device_agent.settings import is_loopback
 from protos.hwnas.registry.v1 import registry_pb2, registry_pb2_grpc
 
 log = logging.getLogger("hwnas.registry")
@@ -35,7 +38,7 @@ REGISTER_DESCRIBE_S = 10.0
 def check_exposure(host: str, token: str | None) -> None:
     """``ValueError`` for a registry on a non-loopback address without a token (anyone who
     reaches it could add agents)."""
-    if not token and host not in ("127.0.0.1", "localhost", "::1"):
+    if not token and not is_loopback(host):
         raise ValueError(f"registry on {host} without a token: anyone who reaches it could add agents "
                          "(set [agents] token / --token, or bind 127.0.0.1)")
 
@@ -57,23 +60,22 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     def Register(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC name
         address = request.address.strip()
         if not address or ":" not in address:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"address must be HOST:PORT, got {address!r}")
+            abort(context, InvalidRequest(f"address must be HOST:PORT, got {address!r}"))
         with self._lock:
             busy = address in self._pending or len(self._pending) >= MAX_PENDING_REGISTRATIONS
             if not busy:
                 self._pending.add(address)
         if busy:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"a registration of {address} is pending, or {MAX_PENDING_REGISTRATIONS} "
-                          "registrations are being checked; try again later")
+            abort(context, AgentBusy(f"a registration of {address} is pending, or {MAX_PENDING_REGISTRATIONS} "
+                                     "registrations are being checked; try again later"))
         try:
             state = self.pool.add_agent(address, expect_key=request.device_key or None,
                                         describe_timeout=self.describe_timeout_s)
         except ValueError as exc:  # announced key differs from the described one
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            abort(context, FailedPrecondition(str(exc)))
         except Exception as exc:  # noqa: BLE001 - the agent could not be reached from here
-            context.abort(grpc.StatusCode.UNAVAILABLE,
-                          f"the search server cannot reach {address}: {type(exc).__name__}: {exc}")
+            abort(context, AgentUnavailable(f"the search server cannot reach {address}: "
+                                            f"{type(exc).__name__}: {exc}"))
         finally:
             with self._lock:
                 self._pending.discard(address)
@@ -131,7 +133,7 @@ class RegistryServer:
         """tls_cert/tls_key: serve TLS (agents give ``--register-tls-ca``); tls_client_ca: also
         require agents' client certificates signed by it (mutual TLS); describe_timeout_s: how
         long a registration's ``Describe`` check of the agent may take."""
-        from device_agent.auth import TokenAuthInterceptor, server_credentials
+        from device_agent.rpc.auth import TokenAuthInterceptor, server_credentials
 
         if heartbeat_s <= 0 or missed < 1:
             raise ValueError("heartbeat_s must be > 0 and missed >= 1")

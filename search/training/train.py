@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from search.spaces.base import TrainHParams
+from search.training.augment import AugmentSettings, augment_batch
 
 
 class EpochCallback(Protocol):
@@ -128,7 +129,8 @@ def train_candidate(model: nn.Module, splits: Any, hparams: TrainHParams, *,
                     max_epochs: int | None = None, time_budget_s: float | None = None,
                     seed: int = 0, device: str | torch.device = "cpu", patience: int = 2,
                     resize_to: int | None = None, evaluate_test: bool = False,
-                    restore_best: bool = True, callbacks: Sequence[EpochCallback] = ()) -> TrainResult:
+                    restore_best: bool = True, callbacks: Sequence[EpochCallback] = (),
+                    augment: AugmentSettings | None = None) -> TrainResult:
     """Train ``model`` on ``splits.train``, validate on ``splits.val`` after every epoch.
 
     max_epochs caps ``hparams.epochs``; time_budget_s stops training (mid-epoch too) once spent,
@@ -137,6 +139,7 @@ def train_candidate(model: nn.Module, splits: Any, hparams: TrainHParams, *,
     built for 32x32). With ``restore_best`` the best epoch's weights end up in ``model``.
     callbacks: each one's ``on_epoch_end(model, epoch)`` runs after every validated epoch; any
     True stops training with stop reason ``"callback"`` (e.g. an Early-Bird ticket was drawn).
+    augment: tensor augmentation applied to every training batch on ``device`` (seeded by ``seed``).
     Raises :class:`TrainingError` if the loss becomes NaN or infinite.
     """
     epochs = int(hparams.epochs if max_epochs is None else min(hparams.epochs, max_epochs))
@@ -151,6 +154,8 @@ def train_candidate(model: nn.Module, splits: Any, hparams: TrainHParams, *,
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    # its own stream, so switching augmentation on leaves the batch order unchanged
+    aug_gen = torch.Generator().manual_seed(seed + 1)
     model.to(device)
     model.train()
     opt = _optimizer(model, hparams)
@@ -168,6 +173,8 @@ def train_candidate(model: nn.Module, splits: Any, hparams: TrainHParams, *,
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * f
             x, y = _prepare(x, device, resize_to), y.to(device)
+            if augment is not None:
+                x = augment_batch(x, augment, generator=aug_gen)
             out = model(x)
             loss = F.cross_entropy(out, y)
             if not torch.isfinite(loss):
