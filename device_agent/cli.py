@@ -149,6 +149,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if getattr(args, "parent_fd", None) is not None:
         from device_agent.launcher import watch_parent
 
+        try:
+            os.fstat(args.parent_fd)
+        except OSError as exc:
+            print(f"agent: error: --parent-fd {args.parent_fd}: {exc.strerror}", file=sys.stderr)
+            return 2
         watch_parent(args.parent_fd)
     try:
         settings = settings_from_args(args)

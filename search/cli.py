@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ConfigError, SearchError, StoreError, FileNotFoundError) as exc:
+    except (CLIError, ConfigError, SearchError, StoreError, OSError) as exc:  # OSError: a missing file, read-only media
         print(f"hwnas: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -274,6 +274,9 @@ def test_probe_07_read_commands_work_on_read_only_media(finished_run, tmp_path):
             proc = hwnas(*args, timeout=120)
             assert proc.returncode == 0, (args, proc.stderr[-2000:])
         assert len(json.loads(hwnas("results", str(ro / "run"), "--json").stdout)) == 8
+        for args in (["report", str(ro / "run")], ["export", str(ro / "run")]):  # default --out on the medium
+            line = one_line_error(hwnas(*args, timeout=120))
+            assert "Read-only file system" in line, line
 
 
 # ---------------------------------------------------------------------------------- item 10

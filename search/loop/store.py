@@ -144,8 +144,11 @@ class Store:
         """A read-only connection; on read-only media without a WAL beside the file the
         database is opened ``immutable`` (SQLite could not create its ``-shm`` file there)."""
         uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
-        wal = self.path.with_name(DB_NAME + "-wal")
-        tries = [uri] if wal.exists() and wal.stat().st_size else [uri, uri + "&immutable=1"]
+        try:  # a WAL with content must be read: never immutable then
+            wal_content = self.path.with_name(DB_NAME + "-wal").stat().st_size > 0
+        except OSError:
+            wal_content = False
+        tries = [uri] if wal_content else [uri, uri + "&immutable=1"]
         last: sqlite3.Error | None = None
         for u in tries:
             try:
