@@ -53,7 +53,7 @@ def test_objective_help_lists_every_metric():
 @pytest.mark.parametrize("args, words", [
     (["search", "--objective", "acuracy", "--budget", "1"], "unknown metric 'acuracy'"),
     (["search", "--config", "no/such.toml"], "config file no/such.toml does not exist"),
-    (["search", "--budget", "0"], "budget must be at least 1"),
+    (["search", "--budget", "0"], "budget must be >= 1, got 0"),
 ])
 def test_errors_in_the_users_words(args, words, tmp_path):
     proc = hwnas(*args, "--out", str(tmp_path / "run"))
