@@ -126,7 +126,7 @@ def _export(args: argparse.Namespace) -> int:
     from search.reporting.recommend import accuracy_floor
 
     results = collect(args.run_dir)
-    st = Store(args.run_dir)
+    st = Store(args.run_dir, read_only=True)
     floor = 0.0 if args.include_chance else accuracy_floor((st.get_meta("dataset") or {}).get("num_classes"))
     st.close()
     out = args.out or str(Path(args.run_dir) / "export")
