@@ -195,15 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if tasks:
         print(f"nb201_search: {len(tasks)} searches ({len(args.algorithms)} algorithms x {len(devices)} devices x "
-              f"{seeds} seeds) to {budget} evaluations, {args.jobs} worker(s); the full run takes tens of "
-              "minutes on 2 cores, --quick about one; the time left is printed as searches finish", flush=True)
+              f"{seeds} seeds) to {budget} evaluations, {args.jobs} worker(s); expect tens of minutes for the "
+              "full run on 2 cores (optuna-tpe dominates: ~20 CPU s per search to 300 evaluations, growing "
+              "faster than linearly), 1-2 minutes with --quick; the time left is printed as searches finish",
+              flush=True)
         with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             for k, (task, (rows, sec)) in enumerate(zip(tasks, pool.map(run_one, tasks)), 1):
                 runs[f"{task[0]}|{task[1]}|{task[2]}"] = rows
                 cpu[f"{task[0]}|{task[1]}|{task[2]}"] = sec
                 spent = time.time() - t0
                 print(f"[{k}/{len(tasks)}] {task[0]} on {task[1]}, seed {task[2]}: {sec:.1f} CPU s; "
-                      f"{spent:.0f} s elapsed, about {spent / k * (len(tasks) - k):.0f} s left", flush=True)
+                      f"{spent:.0f} s elapsed, about {_time_left(tasks[k:], cpu, args.jobs):.0f} s left",
+                      flush=True)
                 if args.save:  # keep partial results of long runs
                     Path(args.save).write_text(json.dumps(saved))
     elapsed = time.time() - t0
@@ -216,6 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(tasks)} searches run in {elapsed:.0f} s with {args.jobs} worker(s); "
           f"space={args.space}, seeds={seeds}, table={args.table}")
     return 0
+
+
+def _time_left(remaining: list[tuple], cpu: dict[str, float], jobs: int) -> float:
+    """Seconds left: each remaining search costs the mean CPU seconds of the finished searches of
+    its algorithm (the slowest algorithm's mean when none has finished yet), over ``jobs``."""
+    means: dict[str, float] = {}
+    for key, sec in cpu.items():
+        means.setdefault(key.split("|")[0], []).append(sec)  # type: ignore[arg-type, union-attr]
+    means = {a: statistics.mean(v) for a, v in means.items()}  # type: ignore[arg-type]
+    worst = max(means.values(), default=0.0)
+    return sum(means.get(t[0], worst) for t in remaining) / max(1, jobs)
 
 
 def report(runs, table, algorithms, devices, seeds, budgets) -> None:
