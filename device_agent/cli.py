@@ -230,15 +230,15 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``python -m device_agent``."""
-    p = argparse.ArgumentParser(prog="python -m device_agent", description="hwnas device agent")
+def build_parser(prog: str = "python -m device_agent") -> argparse.ArgumentParser:
+    """The parser of ``python -m device_agent`` (also ``hwnas-agent`` and ``hwnas agent``)."""
+    p = argparse.ArgumentParser(prog=prog, description="hwnas device agent")
     sub = p.add_subparsers(dest="command", metavar="{serve,measure,describe}", required=True)
     _add_commands(sub)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m device_agent``."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m device_agent") -> int:
+    """Entry point of ``python -m device_agent``, ``hwnas-agent`` and ``hwnas agent``."""
+    args = build_parser(prog).parse_args(argv)
     return int(args.func(args) or 0)

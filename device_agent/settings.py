@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from device_agent.compat import tomllib
 from device_agent.tables import answers_by_arch_key
 
 #: Largest model-bytes chunk in one message (the client sends chunks of this size).

@@ -211,8 +211,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Top-level modules of the ``search`` extra; an agent-only install (``pip install hwnas``) lacks them.
+_SEARCH_EXTRA = frozenset({"torch", "torchvision", "sklearn", "matplotlib", "tqdm", "pymoo", "moocore", "optuna"})
+
+
+def _missing_search_extra(exc: ModuleNotFoundError) -> int:
+    """One line instead of a traceback when a search command runs in an agent-only install."""
+    if (exc.name or "").split(".")[0] not in _SEARCH_EXTRA:
+        raise exc
+    print(f"hwnas: error: {exc.name} is not installed: the search commands need "
+          "pip install 'hwnas[search]' (this install serves `hwnas agent ...`)", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    """Entry point of ``hwnas``; ``hwnas agent ...`` needs only the agent's install (no torch)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["agent"]:
+        from device_agent.cli import main as agent_main
+
+        return agent_main(argv[1:], prog="hwnas agent")
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as exc:
+        return _missing_search_extra(exc)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -225,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ConfigError, SearchError, StoreError, FileNotFoundError) as exc:
         print(f"hwnas: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        return _missing_search_extra(exc)
     except KeyboardInterrupt:
         print("hwnas: interrupted; resume with: hwnas search --resume DIR", file=sys.stderr)
         return 130

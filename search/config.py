@@ -39,11 +39,11 @@ File format::
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from device_agent.compat import tomllib
 from device_agent.config import BuildConfig, MeasureConfig
 from search.objectives import Constraint, Objective
 

@@ -17,7 +17,6 @@ Test hooks: with ``HWNAS_TEST_HOOKS=1`` in the caller's environment, ``HWNAS_TES
 from __future__ import annotations
 
 import gc
-import hashlib
 import multiprocessing as mp
 import os
 import re
@@ -30,6 +29,7 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from device_agent.compat import sha256_stream
 from device_agent.config import BuildConfig, MeasureConfig
 from device_agent.core.result import MEASURED, Energy, LatencyStats, MeasureResult, Metric
 from device_agent.core.validate import DEFAULT_MAX_BYTES, DEFAULT_MAX_TENSOR_ELEMS
@@ -67,7 +67,7 @@ def file_sha256(path: str) -> str:
     """sha256 of the file at ``path`` ("" if unreadable)."""
     try:
         with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+            return sha256_stream(f)
     except OSError:
         return ""
 
