@@ -74,8 +74,10 @@ def _add_commands(sub: Any) -> None:
                    help="backend for requests; 'table' answers every request from --table")
     s.add_argument("--table", help="CSV (.csv or .csv.gz) of published measurements (table backend)")
     s.add_argument("--table-key-column", help="column holding the arch key (default arch_str)")
-    s.add_argument("--metric", action="append", type=_metric, metavar="METRIC=COLUMN",
-                   help="table backend: metric from a column, e.g. latency_ms=lat_raspi4 (repeat)")
+    s.add_argument("--metric", action="append", type=_metric, metavar="METRIC=COLUMN[:KIND]",
+                   help="table backend: metric from a column, e.g. latency_ms=lat_raspi4 (repeat); "
+                        "KIND is published (default: a benchmark's measurement) or simulated "
+                        "(latency_ms=lat_eyeriss:simulated)")
     s.add_argument("--cache-dir", help="model/artifact cache folder")
     s.add_argument("--cache-size-mb", type=int, help="cache size limit (LRU eviction)")
     s.add_argument("--queue-size", type=int, help="jobs that may wait behind the running one")

@@ -79,7 +79,9 @@ class AgentService:
     def _default_device_key(self) -> str:
         """This machine's key; a table agent is named after its table column, not the host."""
         if answers_by_arch_key(self.settings.backend):
-            return f"table-{dict(self.settings.metrics)['latency_ms']}"
+            from device_agent.tables.source import parse_column
+
+            return f"table-{parse_column(dict(self.settings.metrics)['latency_ms'])[0]}"
         from device_agent.core.provenance import default_device_key
 
         return default_device_key()
