@@ -81,8 +81,9 @@ class AgentsConfig:
         return {k: v for k, v in opts.items() if v}
 
 
-#: The measurement settings of the embedded default: short windows so a demo of ~40
-#: candidates fits in minutes on 2 cores. A real run uses MeasureConfig's defaults.
+#: The measurement settings of the embedded default (``hwnas search`` without ``--config``):
+#: short windows so a demo of ~40 candidates fits in minutes on 2 cores. A TOML config starts
+#: from MeasureConfig's documented defaults (docs/measurement.md); its [measure] overrides them.
 DEMO_MEASURE = MeasureConfig(warmup_s=0.1, min_iterations=50, min_duration_s=0.25, max_duration_s=5.0,
                              timeout_s=60.0, memory_limit_mb=2048)
 
@@ -111,7 +112,7 @@ class SearchConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
-    measure: MeasureConfig = DEMO_MEASURE
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
 
     def objective_list(self) -> list[Objective]:
         return [Objective.parse(o) for o in self.objectives]
@@ -186,7 +187,7 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
             train=_section(TrainSettings, data.get("train", {}), "train"),
             agents=_section(AgentsConfig, agents, "agents"),
             build=BuildConfig.from_dict(data.get("build")),
-            measure=replace(DEMO_MEASURE, **data["measure"]) if "measure" in data else DEMO_MEASURE,
+            measure=MeasureConfig.from_dict(data.get("measure")),
         )
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
@@ -198,7 +199,7 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
 def load(path: str | Path | None) -> SearchConfig:
     """Read a TOML config (``None``: the embedded default)."""
     if path is None:
-        return SearchConfig(space_options=dict(DEMO_SPACE_OPTIONS)).validate()
+        return SearchConfig(space_options=dict(DEMO_SPACE_OPTIONS), measure=DEMO_MEASURE).validate()
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")

@@ -213,11 +213,41 @@ class Backend(ABC):
             raise BackendUnavailable(f"backend {self.name!r} unavailable: {reason}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        return self.build_impl(model_path, build, workdir=workdir, batch_size=batch_size)
+        runner = self.build_impl(model_path, build, workdir=workdir, batch_size=batch_size)
+        problem = precision_problem(build.precision, runner.precision,
+                                    runner.info().get("precision_obtained"))
+        if problem is not None:  # a fallback (fp32 instead of fp16) is an error, not a label
+            runner.close()
+            raise BuildError(problem)
+        return runner
 
     @abstractmethod
     def build_impl(self, model_path: str, build: BuildConfig, *, workdir: str,
                    batch_size: int) -> Runner: ...
+
+
+def precision_problem(requested: str, obtained: str, detail: Any = None) -> str | None:
+    """Why a build that asked for ``requested`` and got ``obtained`` is not acceptable, or None.
+
+    ``obtained`` is fp32 / fp16 / int8 / mixed / unknown; ``detail`` may hold ``layer_types``
+    (layers per output type, from TensorRT's inspector). fp16 and int8 must be seen in the
+    engine (``mixed`` counts when that type has layers); fp32 accepts ``unknown`` because no
+    reduced-precision flag was set; ``best`` accepts anything the inspector could read.
+    """
+    if requested == obtained:
+        return None
+    layer_types = (detail or {}).get("layer_types", {}) if isinstance(detail, dict) else {}
+    if requested == "best" and obtained != "unknown":
+        return None
+    if requested == "fp32" and obtained == "unknown":
+        return None
+    if obtained == "mixed" and requested in ("fp16", "int8") and layer_types.get(requested, 0) > 0:
+        return None
+    if obtained == "unknown":
+        return (f"requested precision {requested} could not be confirmed: the runtime does not "
+                "report the precision it obtained")
+    return (f"requested precision {requested} was not obtained: the build gave {obtained}"
+            + (f" (layers by type: {layer_types})" if layer_types else ""))
 
 
 # ------------------------------------------------------------------------------------ registry

@@ -405,10 +405,8 @@ class TensorRTRunner(Runner):
 
     @property
     def precision(self) -> str:
-        """From the engine inspector; if it could not tell, the requested precision (for fp32
-        that is exact: no reduced-precision flag was set and TF32 was cleared)."""
-        got = str(self._info.get("precision_obtained", {}).get("precision", "unknown"))
-        return got if got != "unknown" else str(self._info.get("precision_requested", "unknown"))
+        """From the engine inspector; ``unknown`` when it could not tell (never the request)."""
+        return str(self._info.get("precision_obtained", {}).get("precision", "unknown"))
 
     def info(self) -> dict[str, Any]:
         return dict(self._info)
@@ -593,9 +591,11 @@ class TensorRTBackend(Backend):
             tensor = network.get_input(i)
             dims = tuple(tensor.shape)
             if any(d < 0 for d in dims):
-                shape = resolve_shape(tensor.name, dims, batch_size)
+                # --batch MIN,OPT,MAX: one engine for a range of batch sizes; else fixed at the job's
+                lo, opt, hi = ((build.batch_min, build.batch_opt, build.batch_max) if build.batch_max
+                               else (batch_size,) * 3)
                 profile = profile or builder.create_optimization_profile()
-                profile.set_shape(tensor.name, shape, shape, shape)
+                profile.set_shape(tensor.name, *(resolve_shape(tensor.name, dims, b) for b in (lo, opt, hi)))
         if profile is not None:
             config.add_optimization_profile(profile)
         tc_path = timing_cache_path(self.cache_dir, gpu_name, trt.__version__)

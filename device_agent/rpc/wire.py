@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import fields
+from collections.abc import Mapping
 from typing import Any
 
 from device_agent.config import BuildConfig, MeasureConfig
@@ -55,25 +56,40 @@ def _config_to_pb(cfg: Any, msg: Any) -> Any:
     return msg
 
 
-def _config_from_pb(cls: type, msg: Any) -> Any:
+def _config_from_pb(cls: type, msg: Any, defaults: Any = None) -> Any:
     data = {f.name: getattr(msg, f.name) for f in fields(cls) if msg.HasField(f.name)}
     for name, value in data.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidRequest(f"{cls.__name__}.{name} must be finite")
+    if defaults is not None:  # absent fields: the agent's defaults, not the dataclass's
+        data = {**defaults.to_dict(), **data}
     try:
         return cls.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"bad {cls.__name__}: {exc}") from None
 
 
-def build_to_pb(build: BuildConfig) -> pb.BuildConfig:
-    """``BuildConfig`` -> message (every field set)."""
+def build_to_pb(build: BuildConfig | Mapping[str, Any] | None) -> pb.BuildConfig:
+    """``BuildConfig`` -> message (every field set). A mapping sets only its fields and ``None``
+    none: the agent fills the others with its defaults (``agent serve --backend/--precision``)."""
+    if build is None:
+        return pb.BuildConfig()
+    if isinstance(build, Mapping):
+        try:
+            BuildConfig.from_dict(dict(build))  # names and values checked before sending
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"bad BuildConfig: {exc}") from None
+        msg = pb.BuildConfig()
+        for name, value in build.items():
+            setattr(msg, name, value)
+        return msg
     return _config_to_pb(build, pb.BuildConfig())
 
 
-def build_from_pb(msg: pb.BuildConfig) -> BuildConfig:
-    """Message -> ``BuildConfig`` (absent fields take the defaults); ``InvalidRequest`` if bad."""
-    return _config_from_pb(BuildConfig, msg)
+def build_from_pb(msg: pb.BuildConfig, defaults: BuildConfig | None = None) -> BuildConfig:
+    """Message -> ``BuildConfig``: absent fields take ``defaults`` (the agent's) or the
+    dataclass defaults; ``InvalidRequest`` if bad."""
+    return _config_from_pb(BuildConfig, msg, defaults)
 
 
 def measure_to_pb(measure: MeasureConfig) -> pb.MeasureConfig:
