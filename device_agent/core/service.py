@@ -84,7 +84,7 @@ class AgentService:
             return f"table-{parse_column(dict(self.settings.metrics)['latency_ms'])[0]}"
         from device_agent.core.provenance import default_device_key
 
-        return default_device_key()
+        return default_device_key(self.settings.default_build)
 
     def _describe_device(self) -> dict[str, Any]:
         from device_agent.core.describe import describe_device
