@@ -4,7 +4,9 @@
                  [--token T | --token-file F] [--agent-tls-ca PEM [--agent-tls-cert PEM --agent-tls-key PEM]]
     hwnas results DIR [--json]
     hwnas report DIR [--out DIR]
-    hwnas export DIR [--out DIR] [--all] [--agent HOST:PORT] [--token T] [--tls-ca PEM ...]
+    hwnas export DIR [--out DIR] [--all] [--agent HOST:PORT [--backend B] [--precision P] [--batch MIN,OPT,MAX]]
+                 [--token T] [--tls-ca PEM ...] [--check-images N] [--min-agreement F]
+    hwnas run MANIFEST IMAGE... [--artifact FILE] [--top K] [--json]
     hwnas status DIR [--json]
     hwnas agent serve|measure ...
 """
@@ -18,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from device_agent.cli import add_client_tls_args, client_tls_from_args, read_token
+from device_agent.cli import add_build_args, add_client_tls_args, build_overrides, client_tls_from_args, read_token
 
 
 class CLIError(Exception):
@@ -68,6 +70,8 @@ def _search(args: argparse.Namespace) -> int:
         agent_overrides["token"] = args.token
     if agent_overrides:
         overrides["agents"] = dataclasses.replace(cfg.agents, **agent_overrides)
+    if build_overrides(args):  # --backend/--precision/...: how every candidate is built on the agents
+        overrides["build"] = dataclasses.replace(cfg.build, **build_overrides(args))
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides).validate()
     agents = args.agent or None
@@ -118,10 +122,26 @@ def _export(args: argparse.Namespace) -> int:
     from deploy.export import export_candidates
     from search.reporting.results import collect
 
+    from deploy.data import load_export_data
+    from search.loop.store import Store
+    from search.reporting.results import run_objectives
+
     results = collect(args.run_dir)
     out = args.out or str(Path(args.run_dir) / "export")
+    build = build_overrides(args)
+    if build and not args.agent:
+        raise CLIError("--backend/--precision/--batch build on a device: give --agent HOST:PORT")
+    try:  # preprocessing, class names, check and test images: the run's dataset
+        data = load_export_data(args.run_dir, check_images=args.check_images)
+    except (ValueError, OSError) as exc:
+        raise CLIError(f"the run's dataset cannot be loaded for the manifest: {exc}") from None
+    st = Store(args.run_dir)
+    objectives, _ = run_objectives(st)
+    st.close()
     exported = export_candidates(results, args.run_dir, out, only_pareto=not args.all,
-                                 agent=args.agent, token=args.token, tls=client_tls_from_args(args))
+                                 agent=args.agent, token=args.token, tls=client_tls_from_args(args),
+                                 build=build or None, data=data, objectives=objectives,
+                                 min_agreement=args.min_agreement)
     for e in exported:
         print(json.dumps(e, default=str))
     print(f"{len(exported)} candidate(s) exported to {out}")
@@ -169,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--token", help="token the agents expect (visible in `ps`: prefer --token-file)")
     tok.add_argument("--token-file", help="file holding the token the agents expect")
     add_client_tls_args(s, prefix="agent-")
+    add_build_args(s)
     s.add_argument("--registry-port", type=int, metavar="P",
                    help="serve the agent registry here (0 = any free port): agents join with --register")
     s.add_argument("--registry-host", default="127.0.0.1", help="registry bind address (default 127.0.0.1)")
@@ -198,7 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     etok.add_argument("--token", help="token the agent expects (visible in `ps`: prefer --token-file)")
     etok.add_argument("--token-file", help="file holding the token")
     add_client_tls_args(e)
+    add_build_args(e, backends=["onnxruntime", "tensorrt"])
+    e.add_argument("--check-images", type=int, default=256, metavar="N",
+                   help="validation images the ONNX artifact's output check runs on (default 256)")
+    e.add_argument("--min-agreement", type=float, default=0.99, metavar="F",
+                   help="top-1 agreement with model.onnx the artifact must reach (default 0.99)")
     e.set_defaults(func=_export)
+
+    rn = sub.add_parser("run", help="classify images with an export's manifest.json (see hwnas run -h)",
+                        add_help=False)
+    rn.add_argument("rest", nargs=argparse.REMAINDER)
 
     st = sub.add_parser("status", help="agents, queue and progress of a run")
     st.add_argument("run_dir")
@@ -231,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from device_agent.cli import main as agent_main
 
         return agent_main(argv[1:], prog="hwnas agent")
+    if argv[:1] == ["run"]:  # the manifest runner: also in an agent-only install
+        from deploy.run import main as run_main
+
+        return run_main(argv[1:])
     try:
         parser = build_parser()
     except ModuleNotFoundError as exc:
