@@ -74,8 +74,9 @@ def test_cpu_only_key_is_unchanged(tmp_path):
 
 
 def test_serve_defaults_name_the_key_and_fill_requests(tmp_path):
-    """``agent serve --precision fp16``: a request without a precision runs at fp16 (ONNX Runtime
-    converts the model) and the result says so; one that asks fp32 gets fp32."""
+    """``agent serve --precision fp16``: a request without a precision is built at fp16 (ONNX
+    Runtime converts the model); one that asks fp32 gets fp32. Where the CPU provider has no fp16
+    kernels (x86) it runs the fp16 graph in fp32, and the job fails saying so."""
     from _agent_util import FAST, running_agent, tiny_cnn_onnx
     from device_agent.rpc.client import AgentClient
 
@@ -83,6 +84,7 @@ def test_serve_defaults_name_the_key_and_fill_requests(tmp_path):
         with AgentClient(address) as client:
             r16 = client.measure(tiny_cnn_onnx(), build=None, measure=FAST)
             r32 = client.measure(tiny_cnn_onnx(), build={"precision": "fp32"}, measure=FAST)
-    assert r16.ok and r16.build_config["precision"] == "fp16", r16.error
-    assert r16.provenance["precision_obtained"] == "fp16"
+    assert r16.build_config["precision"] == "fp16"
+    assert (r16.ok and r16.provenance["precision_obtained"] == "fp16") or (
+        r16.error_kind == "build" and "fp16 was not obtained: the build gave fp32" in r16.error), r16.error
     assert r32.ok and r32.provenance["precision_obtained"] == "fp32"

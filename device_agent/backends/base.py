@@ -246,8 +246,9 @@ def precision_problem(requested: str, obtained: str, detail: Any = None) -> str 
     if obtained == "unknown":
         return (f"requested precision {requested} could not be confirmed: the runtime does not "
                 "report the precision it obtained")
-    return (f"requested precision {requested} was not obtained: the build gave {obtained}"
-            + (f" (layers by type: {layer_types})" if layer_types else ""))
+    how = "; ".join(x for x in (f"layers by type: {layer_types}" if layer_types else "",
+                                 str((detail or {}).get("method", "")) if isinstance(detail, dict) else "") if x)
+    return f"requested precision {requested} was not obtained: the build gave {obtained}" + (f" ({how})" if how else "")
 
 
 # ------------------------------------------------------------------------------------ registry

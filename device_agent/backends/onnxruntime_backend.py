@@ -6,8 +6,10 @@ recorded, ``inter_op_num_threads=1``; the CUDA EP uses ``arena_extend_strategy=k
 so peak memory reflects the model. Inputs are bound once through IOBinding.
 
 Precision: ``fp16`` on the CPU or CUDA provider converts the graph with ONNX Runtime's own
-float16 converter (``onnxruntime.transformers.float16``, inputs and outputs kept float32) and
-reports what the converted graph holds; ``fp16`` on the TensorRT provider sets
+float16 converter (``onnxruntime.transformers.float16``, inputs and outputs kept float32). The
+precision obtained is read from the weights of the graph that runs: on the CPU provider the
+graph as ORT optimized it, because the CPU provider casts fp16 nodes it has no kernel for back
+to fp32 (on x86 it has none, so an fp16 request fails there: fp32 compute is not fp16); ``fp16`` on the TensorRT provider sets
 ``trt_fp16_enable`` but ORT cannot say what TensorRT picked, so the precision is ``unknown`` and
 the build fails (use the ``tensorrt`` backend, whose inspector can tell). ``int8`` needs a Q/DQ
 model; ``best`` is a TensorRT builder mode. A session whose providers do not start with the
@@ -121,7 +123,7 @@ def graph_precision(model: Any) -> dict[str, Any]:
     kinds = sorted(counts)
     precision = "unknown" if not kinds else kinds[0] if len(kinds) == 1 else "mixed"
     return {"precision": precision, "layer_types": dict(sorted(counts.items())),
-            "method": "dtypes of the graph's weight initializers"}
+            "method": "weight initializer dtypes"}
 
 
 def convert_to_fp16(model_path: str, out_path: str) -> str:
@@ -163,7 +165,15 @@ class OrtRunner(Runner):
         super().__init__()
         self._model_path, self._build, self._workdir = model_path, build, workdir
         self._providers = providers
-        self._so = session_options(build)
+        # The CPU provider runs fp16 nodes it has no kernels for by casting them to fp32 (x86
+        # MLAS has none): the precision obtained is read from the graph ORT actually runs.
+        self._optimized = os.path.join(workdir, "optimized.onnx") if build.execution_provider == "cpu" else None
+        self._so = session_options(build, optimized_path=self._optimized)
+        self._nvml_before: int | None = None
+        if build.execution_provider in ("cuda", "tensorrt"):  # accelerator memory: NVML delta
+            from device_agent.sensors.nvml import gpu_used_bytes
+
+            self._nvml_before = gpu_used_bytes()
         try:
             self._sess = ort.InferenceSession(model_path, sess_options=self._so, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises several exception types
@@ -177,7 +187,9 @@ class OrtRunner(Runner):
         else:
             import onnx
 
-            self._precision = graph_precision(onnx.load(model_path, load_external_data=False))
+            self._precision = graph_precision(onnx.load(self._optimized or model_path, load_external_data=False))
+            self._precision["method"] += (" of the graph as ORT optimized it for the CPU provider" if self._optimized
+                                          else " (the CUDA provider runs the graph's types)")
         self._specs = resolve_inputs(self._sess, batch_size)
         self._device = "cuda" if build.execution_provider in ("cuda", "tensorrt") else "cpu"
         self._binding: ort.IOBinding | None = None
@@ -193,7 +205,16 @@ class OrtRunner(Runner):
         return str(self._precision["precision"])
 
     def info(self) -> dict[str, Any]:
-        return {"onnxruntime": ort.__version__, "providers": self._sess.get_providers(),
+        out: dict[str, Any] = {}
+        if self._nvml_before is not None:
+            from device_agent.sensors.nvml import gpu_used_bytes
+
+            now = gpu_used_bytes()
+            if now is not None:
+                out["memory"] = {"nvml_used_delta_bytes": now - self._nvml_before,
+                                 "method": "NVML device-wide used memory, after the session ran minus "
+                                           "before it was created (other processes included)"}
+        return {**out, "onnxruntime": ort.__version__, "providers": self._sess.get_providers(),
                 "precision_obtained": dict(self._precision),
                 "intra_op_num_threads": self._so.intra_op_num_threads,
                 "inter_op_num_threads": self._so.inter_op_num_threads,
@@ -243,9 +264,10 @@ class OrtRunner(Runner):
 
     def serialize_impl(self) -> bytes | None:
         """The graph as optimized by ORT_ENABLE_ALL for this machine (a second session writes it)."""
-        path = os.path.join(self._workdir, "optimized.onnx")
-        so = session_options(self._build, optimized_path=path)
-        ort.InferenceSession(self._model_path, sess_options=so, providers=self._providers)
+        path = self._optimized or os.path.join(self._workdir, "optimized.onnx")
+        if self._optimized is None:
+            so = session_options(self._build, optimized_path=path)
+            ort.InferenceSession(self._model_path, sess_options=so, providers=self._providers)
         with open(path, "rb") as f:
             return f.read()
 
