@@ -23,6 +23,7 @@ class ExportData:
     check_images: np.ndarray
     test_images: np.ndarray | None
     test_labels: np.ndarray | None
+    calibration_images: np.ndarray | None = None  # from the training split (INT8 calibration)
 
 
 def _arrays(ds: Any, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -33,7 +34,7 @@ def _arrays(ds: Any, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     return x.numpy().astype(np.float32), y.numpy()
 
 
-def load_export_data(run_dir: str | Path, *, check_images: int = 256,
+def load_export_data(run_dir: str | Path, *, check_images: int = 256, calibration_images: int = 0,
                      test_limit: int | None = 2000) -> ExportData | None:
     """The run's dataset (module docstring), or None for a table run; ``ValueError`` if unreadable."""
     from search.config import restore
@@ -54,5 +55,6 @@ def load_export_data(run_dir: str | Path, *, check_images: int = 256,
     images, _ = _arrays(splits.val, check_images)
     test = splits.test
     tx, ty = _arrays(test, test_limit) if test is not None else (None, None)
+    calib = _arrays(splits.train, calibration_images)[0] if calibration_images > 0 else None
     return ExportData(info=splits.info, source=splits.source, check_images=images,
-                      test_images=tx, test_labels=ty)
+                      test_images=tx, test_labels=ty, calibration_images=calib)

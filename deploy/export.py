@@ -126,8 +126,21 @@ def _build_dict(build: Any) -> dict[str, Any] | None:
     return dict(build) if isinstance(build, dict) else (build.to_dict() if build is not None else None)
 
 
+def _with_calibration(client: Any, build: Any, ds: Any) -> Any:
+    """``build`` naming the calibration images, uploaded to the agent as a ``.npy`` (INT8)."""
+    if ds is None or ds.calibration_images is None:
+        return build
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, ds.calibration_images.astype(np.float32), allow_pickle=False)
+    sha = client.upload_model(buf.getvalue())["model_sha256"]
+    return {**(_build_dict(build) or {}), "calibration_sha256": sha}
+
+
 def _build_artifact(client: Any, agent: str, model: bytes, build: Any, dest: Path,
                     ds: Any = None, min_agreement: float = MIN_AGREEMENT) -> dict[str, Any]:
+    build = _with_calibration(client, build, ds)
     data, meta = client.build_engine(model, build=build)
     backend = str(meta.get("backend") or (_build_dict(build) or {}).get("backend") or "")
     name, fmt = _artifact_file(backend, data)

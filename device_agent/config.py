@@ -6,6 +6,7 @@ and come back inside the result, so every number can be traced to the settings t
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
@@ -38,6 +39,9 @@ class BuildConfig:
     workspace_mb: TensorRT builder workspace limit.
     batch_min / batch_opt / batch_max: TensorRT optimization profile of a dynamic batch
       dimension (0 = a fixed profile at the job's batch size).
+    calibration_sha256: INT8 calibration images (a ``.npy`` float32 NCHW array, preprocessed as
+      the model expects) that the caller uploaded to the agent like a model (``UploadModel``);
+      TensorRT calibrates on them (entropy calibrator), the calibration cache is kept.
     """
 
     backend: str = "onnxruntime"
@@ -48,8 +52,11 @@ class BuildConfig:
     batch_min: int = 0
     batch_opt: int = 0
     batch_max: int = 0
+    calibration_sha256: str = ""
 
     def __post_init__(self) -> None:
+        if self.calibration_sha256 and not re.fullmatch(r"[0-9a-f]{64}", self.calibration_sha256):
+            raise ValueError("calibration_sha256 must be a lowercase hex sha256")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         batch = (self.batch_min, self.batch_opt, self.batch_max)

@@ -4,8 +4,8 @@
                  [--token T | --token-file F] [--agent-tls-ca PEM [--agent-tls-cert PEM --agent-tls-key PEM]]
     hwnas results DIR [--json]
     hwnas report DIR [--out DIR]
-    hwnas export DIR [--out DIR] [--all] [--agent HOST:PORT [--backend B] [--precision P] [--batch MIN,OPT,MAX]]
-                 [--token T] [--tls-ca PEM ...] [--check-images N] [--min-agreement F]
+    hwnas export DIR [--out DIR] [--all] [--agent HOST:PORT [--backend B] [--precision P] [--batch MIN,OPT,MAX]
+                 [--calibration N]] [--token T] [--tls-ca PEM ...] [--check-images N] [--min-agreement F]
     hwnas run MANIFEST IMAGE... [--artifact FILE] [--top K] [--json]
     hwnas status DIR [--json]
     hwnas agent serve|measure ...
@@ -129,10 +129,13 @@ def _export(args: argparse.Namespace) -> int:
     results = collect(args.run_dir)
     out = args.out or str(Path(args.run_dir) / "export")
     build = build_overrides(args)
+    if args.calibration and build.get("precision") not in ("int8", "best"):
+        raise CLIError("--calibration N calibrates INT8: give --precision int8 or best")
     if build and not args.agent:
         raise CLIError("--backend/--precision/--batch build on a device: give --agent HOST:PORT")
     try:  # preprocessing, class names, check and test images: the run's dataset
-        data = load_export_data(args.run_dir, check_images=args.check_images)
+        data = load_export_data(args.run_dir, check_images=args.check_images,
+                                calibration_images=args.calibration)
     except (ValueError, OSError) as exc:
         raise CLIError(f"the run's dataset cannot be loaded for the manifest: {exc}") from None
     st = Store(args.run_dir)
@@ -222,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_build_args(e, backends=["onnxruntime", "tensorrt"])
     e.add_argument("--check-images", type=int, default=256, metavar="N",
                    help="validation images the ONNX artifact's output check runs on (default 256)")
+    e.add_argument("--calibration", type=int, default=0, metavar="N",
+                   help="INT8: send N training images of the run's dataset for TensorRT's calibrator")
     e.add_argument("--min-agreement", type=float, default=0.99, metavar="F",
                    help="top-1 agreement with model.onnx the artifact must reach (default 0.99)")
     e.set_defaults(func=_export)

@@ -125,3 +125,16 @@ def test_top1_check_of_an_fp16_graph_on_the_runs_images(run_and_agent, tmp_path)
     w.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(w), w.name))
     bad = agreement_check(ref, model.SerializeToString(), data.check_images)
     assert bad["status"] == "failed" and bad["top1_agreement"] < 0.5, bad
+
+
+def test_calibration_images_travel_and_onnxruntime_says_it_does_not_calibrate(run_and_agent, tmp_path, capsys):
+    """``--calibration N``: N training images are uploaded to the agent as a .npy and named in
+    the build; ONNX Runtime does not calibrate INT8, so the build fails saying TensorRT does."""
+    run_dir, agent = run_and_agent
+    out = tmp_path / "export"
+    assert _export(run_dir, out, agent, "--precision", "int8", "--calibration", "32") == 0
+    index = json.loads((out / "index.json").read_text())
+    assert all("does not calibrate INT8 (TensorRT does)" in e["artifact_error"] for e in index["exports"]), index
+    assert hwnas(["export", str(run_dir), "--out", str(out), "--agent", agent.address,
+                  "--precision", "fp16", "--calibration", "8"]) == 2
+    assert "--precision int8 or best" in capsys.readouterr().err

@@ -201,3 +201,20 @@ def test_build_run_profile_serialize_on_gpu(tmp_path):
     assert again.info()["engine_cache"] == "hit"
     again.close()
     assert any((tmp_path / "cache" / "timing").iterdir())
+
+
+def test_int8_by_calibration_and_best_flags():
+    """INT8 from calibration images (entropy calibrator) on TensorRT < 11; ``best`` sets FP16
+    (+ INT8 where the graph is quantized or calibrated); TensorRT 11 has no implicit calibration."""
+    from device_agent.backends.tensorrt import calibration_batches
+
+    assert select_precision("int8", (10, 3, 0), has_qdq=False, calibrated=True).set_flags == ("INT8",)
+    assert select_precision("best", (10, 3, 0), has_qdq=False).set_flags == ("FP16",)
+    assert select_precision("best", (8, 6, 1), has_qdq=False, calibrated=True).set_flags == ("FP16", "INT8")
+    with pytest.raises(UnsupportedError, match="no implicit INT8 calibration"):
+        select_precision("int8", (11, 0, 0), has_qdq=False, calibrated=True)
+    batches = calibration_batches(np.arange(7 * 3 * 2 * 2, dtype=np.float64).reshape(7, 3, 2, 2), 3)
+    assert [b.shape for b in batches] == [(3, 3, 2, 2)] * 2 and batches[0].dtype == np.float32
+    assert batches[1].flags["C_CONTIGUOUS"] and batches[1][0, 0, 0, 0] == 36.0
+    with pytest.raises(UnsupportedError, match="at least 8 images"):
+        calibration_batches(np.zeros((4, 3, 2, 2)), 8)

@@ -205,15 +205,22 @@ class Backend(ABC):
         """``(available, reason)``: whether this backend can run here, and why (not)."""
         return True, "available"
 
+    #: whether ``build(calibration=...)`` (INT8 calibration images) is understood
+    supports_calibration: bool = False
+
     def build(self, model_path: str, build: BuildConfig, *, workdir: str,
-              batch_size: int = 1) -> Runner:
-        """Compile ``model_path`` with ``build``; dynamic batch dims become ``batch_size``."""
+              batch_size: int = 1, calibration: str | None = None) -> Runner:
+        """Compile ``model_path`` with ``build``; dynamic batch dims become ``batch_size``;
+        ``calibration``: a ``.npy`` of INT8 calibration images (backends that calibrate)."""
         ok, reason = self.availability()
         if not ok:
             raise BackendUnavailable(f"backend {self.name!r} unavailable: {reason}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        runner = self.build_impl(model_path, build, workdir=workdir, batch_size=batch_size)
+        if calibration is not None and not self.supports_calibration:
+            raise UnsupportedError(f"backend {self.name!r} does not calibrate INT8 (TensorRT does)")
+        extra = {"calibration": calibration} if calibration is not None else {}
+        runner = self.build_impl(model_path, build, workdir=workdir, batch_size=batch_size, **extra)
         problem = precision_problem(build.precision, runner.precision,
                                     runner.info().get("precision_obtained"))
         if problem is not None:  # a fallback (fp32 instead of fp16) is an error, not a label

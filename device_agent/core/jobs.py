@@ -181,7 +181,8 @@ def _artifact_child(p: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     validate_model(p["model_path"], max_bytes=p["max_bytes"], max_tensor_elems=p["max_tensor_elems"])
     state["stage"] = "build"
     with tempfile.TemporaryDirectory(prefix="hwnas-artifact-") as workdir:
-        with get_backend(build.backend)().build(p["model_path"], build, workdir=workdir) as runner:
+        with get_backend(build.backend)().build(p["model_path"], build, workdir=workdir,
+                                                calibration=p.get("calibration_path")) as runner:
             blob = runner.serialize()
             prov = collect_provenance(build, device_key=p["device_key"])
             prov.update(runner=runner.info(), precision_obtained=runner.precision)
@@ -321,8 +322,8 @@ def run_job(model_path: str, build: BuildConfig, measure: MeasureConfig, *, job_
 
 
 def build_artifact(model_path: str, build: BuildConfig, *, job_id: str, timeout_s: float = 600.0,
-                   device_key: str | None = None,
-                   memory_limit_mb: int = 8192) -> tuple[bytes, dict[str, Any]]:
+                   device_key: str | None = None, memory_limit_mb: int = 8192,
+                   calibration_path: str | None = None) -> tuple[bytes, dict[str, Any]]:
     """Build the deployable artifact (ORT-optimized ONNX, TensorRT plan) in a child process.
 
     Returns ``(artifact bytes, provenance)``; raises :class:`JobFailed` with an ``error_kind``.
@@ -334,7 +335,7 @@ def build_artifact(model_path: str, build: BuildConfig, *, job_id: str, timeout_
     payload = dict(model_path=os.path.abspath(model_path), build=build.to_dict(), job_id=job_id,
                    device_key=device_key, memory_limit_mb=memory_limit_mb,
                    max_bytes=DEFAULT_MAX_BYTES, max_tensor_elems=DEFAULT_MAX_TENSOR_ELEMS,
-                   hook=_test_hook())
+                   hook=_test_hook(), calibration_path=calibration_path)
     r = _run_child("artifact", payload, timeout_s=timeout_s, cancel=None)
     if not r["ok"]:
         raise JobFailed(r["error_kind"], r["error"])

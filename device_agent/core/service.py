@@ -300,9 +300,13 @@ class AgentService:
         cached = self.cache.get_artifact(key)
         if cached is not None:
             return BuiltArtifact(data=cached[0], meta=dict(cached[1], cache_key=key), from_cache=True)
-        with self.cache.pin_model(model_sha256) as path:
+        with self.cache.pin_model(model_sha256) as path, \
+                self.cache.pin_model(build.calibration_sha256 or model_sha256) as calibration:
             if path is None:
                 raise ModelNotHeld(f"model {model_sha256[:12]} is not held by this agent; upload it first")
+            if build.calibration_sha256 and calibration is None:
+                raise ModelNotHeld(f"calibration data {build.calibration_sha256[:12]} is not held by this "
+                                   "agent; upload it first")
             reason = self._validation_error(model_sha256, path)
             if reason is not None:
                 return BuiltArtifact(data=b"", meta={}, error=f"invalid model: {reason}",
@@ -311,6 +315,7 @@ class AgentService:
                 try:
                     data, provenance = build_artifact(
                         str(path), build, job_id=job_id or uuid.uuid4().hex,
+                        calibration_path=str(calibration) if build.calibration_sha256 else None,
                         timeout_s=min(timeout_s or self.settings.build_timeout_s,
                                       self.settings.build_timeout_s))
                 except Exception as exc:  # noqa: BLE001 - a failed build is a value

@@ -25,7 +25,7 @@ SIMULATED: MetricStatus
 COMPUTED: MetricStatus
 
 class BuildConfig(_message.Message):
-    __slots__ = ("backend", "execution_provider", "precision", "intra_op_threads", "workspace_mb", "batch_min", "batch_opt", "batch_max")
+    __slots__ = ("backend", "execution_provider", "precision", "intra_op_threads", "workspace_mb", "batch_min", "batch_opt", "batch_max", "calibration_sha256")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class BuildConfig(_message.Message):
     BATCH_MIN_FIELD_NUMBER: _ClassVar[int]
     BATCH_OPT_FIELD_NUMBER: _ClassVar[int]
     BATCH_MAX_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_SHA256_FIELD_NUMBER: _ClassVar[int]
     backend: str
     execution_provider: str
     precision: str
@@ -42,7 +43,8 @@ class BuildConfig(_message.Message):
     batch_min: int
     batch_opt: int
     batch_max: int
-    def __init__(self, backend: _Optional[str] = ..., execution_provider: _Optional[str] = ..., precision: _Optional[str] = ..., intra_op_threads: _Optional[int] = ..., workspace_mb: _Optional[int] = ..., batch_min: _Optional[int] = ..., batch_opt: _Optional[int] = ..., batch_max: _Optional[int] = ...) -> None: ...
+    calibration_sha256: str
+    def __init__(self, backend: _Optional[str] = ..., execution_provider: _Optional[str] = ..., precision: _Optional[str] = ..., intra_op_threads: _Optional[int] = ..., workspace_mb: _Optional[int] = ..., batch_min: _Optional[int] = ..., batch_opt: _Optional[int] = ..., batch_max: _Optional[int] = ..., calibration_sha256: _Optional[str] = ...) -> None: ...
 
 class MeasureConfig(_message.Message):
     __slots__ = ("warmup_s", "min_iterations", "min_duration_s", "max_duration_s", "target_precision", "cv_threshold", "batch_size", "seed", "check_outputs", "profile_layers", "energy", "end_to_end", "timeout_s", "memory_limit_mb")
