@@ -127,14 +127,12 @@ def _build_dict(build: Any) -> dict[str, Any] | None:
 
 
 def _with_calibration(client: Any, build: Any, ds: Any) -> Any:
-    """``build`` naming the calibration images, uploaded to the agent as a ``.npy`` (INT8)."""
+    """``build`` naming the calibration images, uploaded to the agent in an ONNX container (INT8)."""
     if ds is None or ds.calibration_images is None:
         return build
-    import io
+    from device_agent.core.calibration import calibration_model
 
-    buf = io.BytesIO()
-    np.save(buf, ds.calibration_images.astype(np.float32), allow_pickle=False)
-    sha = client.upload_model(buf.getvalue())["model_sha256"]
+    sha = client.upload_model(calibration_model(ds.calibration_images))["model_sha256"]
     return {**(_build_dict(build) or {}), "calibration_sha256": sha}
 
 

@@ -39,8 +39,9 @@ class BuildConfig:
     workspace_mb: TensorRT builder workspace limit.
     batch_min / batch_opt / batch_max: TensorRT optimization profile of a dynamic batch
       dimension (0 = a fixed profile at the job's batch size).
-    calibration_sha256: INT8 calibration images (a ``.npy`` float32 NCHW array, preprocessed as
-      the model expects) that the caller uploaded to the agent like a model (``UploadModel``);
+    calibration_sha256: INT8 calibration images (float32 NCHW, preprocessed as the model
+      expects) that the caller uploaded like a model, in an ONNX container
+      (``device_agent.core.calibration``);
       TensorRT calibrates on them (entropy calibrator), the calibration cache is kept.
     """
 

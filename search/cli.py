@@ -120,12 +120,10 @@ def _report(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     args.token = _token(args)
-    from deploy.export import export_candidates
-    from search.reporting.results import collect
-
     from deploy.data import load_export_data
+    from deploy.export import export_candidates
     from search.loop.store import Store
-    from search.reporting.results import run_objectives
+    from search.reporting.results import collect, run_objectives
 
     results = collect(args.run_dir)
     out = args.out or str(Path(args.run_dir) / "export")
@@ -149,11 +147,13 @@ def _export(args: argparse.Namespace) -> int:
     for e in exported:
         print(json.dumps(e, default=str))
     # a candidate without its ONNX, or without the artifact the agent was to build, is not exported
-    failed = [e for e in exported if e.get("error") or e.get("artifact_error")]
+    failed = [e for e in exported if e.get("error") or e.get("artifact_error")
+              or any(a["output_check"] == "failed" for a in e.get("artifacts", []))]
     print(f"{len(exported) - len(failed)} candidate(s) exported to {out}"
           + (f"; {len(failed)} could not be" if failed else "") + ("" if exported else " (none was chosen)"))
     for e in failed:
-        why = e.get("error") or f"the agent's build failed: {e['artifact_error']}"
+        why = e.get("error") or (f"the agent's build failed: {e['artifact_error']}" if e.get("artifact_error")
+                                 else "the artifact failed its output check (see its manifest)")
         print(f"hwnas: error: candidate {e['candidate_id']} not exported: {why}", file=sys.stderr)
     return 1 if failed else 0
 

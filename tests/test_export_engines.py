@@ -48,14 +48,16 @@ def _export(run_dir, out, agent, *extra: str) -> int:
 def test_export_cli_builds_checks_and_labels_the_precision(run_and_agent, tmp_path, precision, capsys):
     run_dir, agent = run_and_agent
     out = tmp_path / "export"
-    assert _export(run_dir, out, agent, "--backend", "onnxruntime", "--precision", precision) == 0, \
-        capsys.readouterr().err
+    rc = _export(run_dir, out, agent, "--backend", "onnxruntime", "--precision", precision)
+    err = capsys.readouterr().err
     index = json.loads((out / "index.json").read_text())
     errors = [e.get("artifact_error") for e in index["exports"]]
     if precision == "fp16" and all(errors):  # the CPU provider ran fp16 as fp32: an error, not a label
+        assert rc == 1 and "fp16 was not obtained: the build gave fp32" in err
         assert all("fp16 was not obtained: the build gave fp32" in e for e in errors), errors
         assert all(not (out / e["dir"] / "model.ort.onnx").exists() for e in index["exports"])
         return
+    assert rc == 0, err
     assert index["exports"] and all(e["error"] is None and not e.get("artifact_error") for e in index["exports"]), index
     m = read_manifest(out / index["exports"][0]["manifest"])  # checks every file's sha256
     (art,) = m["artifacts"]
@@ -86,7 +88,7 @@ def test_export_cli_builds_checks_and_labels_the_precision(run_and_agent, tmp_pa
 def test_precision_the_backend_cannot_give_is_an_error(run_and_agent, tmp_path, capsys):
     run_dir, agent = run_and_agent
     out = tmp_path / "export"
-    assert _export(run_dir, out, agent, "--backend", "onnxruntime", "--precision", "int8") == 0
+    assert _export(run_dir, out, agent, "--backend", "onnxruntime", "--precision", "int8") == 1
     index = json.loads((out / "index.json").read_text())
     assert all("int8" in e["artifact_error"] for e in index["exports"]), index
     assert all(not (out / e["dir"] / "model.ort.onnx").exists() for e in index["exports"])
@@ -132,7 +134,7 @@ def test_calibration_images_travel_and_onnxruntime_says_it_does_not_calibrate(ru
     the build; ONNX Runtime does not calibrate INT8, so the build fails saying TensorRT does."""
     run_dir, agent = run_and_agent
     out = tmp_path / "export"
-    assert _export(run_dir, out, agent, "--precision", "int8", "--calibration", "32") == 0
+    assert _export(run_dir, out, agent, "--precision", "int8", "--calibration", "32") == 1
     index = json.loads((out / "index.json").read_text())
     assert all("does not calibrate INT8 (TensorRT does)" in e["artifact_error"] for e in index["exports"]), index
     assert hwnas(["export", str(run_dir), "--out", str(out), "--agent", agent.address,

@@ -218,3 +218,21 @@ def test_int8_by_calibration_and_best_flags():
     assert batches[1].flags["C_CONTIGUOUS"] and batches[1][0, 0, 0, 0] == 36.0
     with pytest.raises(UnsupportedError, match="at least 8 images"):
         calibration_batches(np.zeros((4, 3, 2, 2)), 8)
+
+
+def test_calibration_images_round_trip_through_a_valid_onnx_container(tmp_path):
+    """The agent keeps only valid models, so calibration images travel as one ONNX initializer."""
+    from device_agent.core.calibration import calibration_model, read_calibration
+    from device_agent.core.validate import validate_model
+
+    images = np.random.default_rng(0).standard_normal((5, 3, 4, 4)).astype(np.float32)
+    path = tmp_path / "cal.onnx"
+    path.write_bytes(calibration_model(images))
+    validate_model(str(path))  # passes the agent's hostile-input checks
+    assert np.array_equal(read_calibration(str(path)), images)
+    other = tmp_path / "model.onnx"
+    from tests._agent_util import tiny_cnn_onnx
+
+    other.write_bytes(tiny_cnn_onnx())
+    with pytest.raises(ValueError, match="calibration container"):
+        read_calibration(str(other))

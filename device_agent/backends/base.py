@@ -211,7 +211,7 @@ class Backend(ABC):
     def build(self, model_path: str, build: BuildConfig, *, workdir: str,
               batch_size: int = 1, calibration: str | None = None) -> Runner:
         """Compile ``model_path`` with ``build``; dynamic batch dims become ``batch_size``;
-        ``calibration``: a ``.npy`` of INT8 calibration images (backends that calibrate)."""
+        ``calibration``: the path of INT8 calibration images (``device_agent.core.calibration``)."""
         ok, reason = self.availability()
         if not ok:
             raise BackendUnavailable(f"backend {self.name!r} unavailable: {reason}")

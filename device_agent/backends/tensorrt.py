@@ -659,7 +659,9 @@ class TensorRTBackend(Backend):
             config.add_optimization_profile(profile)
         calibrator = None
         if calibration is not None and "INT8" in plan_cfg.set_flags:
-            images = np.load(calibration, allow_pickle=False)  # bytes from the network: no pickles
+            from device_agent.core.calibration import read_calibration
+
+            images = read_calibration(calibration)
             cal_path = Path(self.cache_dir, "calibration",
                             f"{slug(gpu_name)}-trt{slug(trt.__version__)}-{Path(calibration).stem[:16]}-{hashlib.sha256(data).hexdigest()[:16]}.cache")
             calibrator = _make_calibrator(trt, _import_cudart(), images=images,
