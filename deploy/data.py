@@ -41,7 +41,7 @@ def load_export_data(run_dir: str | Path, *, check_images: int = 256, calibratio
     from search.loop.store import Store
     from search.training.data import load_dataset
 
-    store = Store(run_dir)
+    store = Store(run_dir, read_only=True)
     try:
         stored = store.get_meta("config")
     finally:

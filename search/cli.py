@@ -137,7 +137,7 @@ def _export(args: argparse.Namespace) -> int:
                                 calibration_images=args.calibration)
     except (ValueError, OSError) as exc:
         raise CLIError(f"the run's dataset cannot be loaded for the manifest: {exc}") from None
-    st = Store(args.run_dir)
+    st = Store(args.run_dir, read_only=True)
     objectives, _ = run_objectives(st)
     st.close()
     exported = export_candidates(results, args.run_dir, out, only_pareto=not args.all,
