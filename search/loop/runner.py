@@ -26,6 +26,7 @@ from search.config import SearchConfig
 from search.fleet.pool import MeasureJob
 from search.loop.setup import (Fleet, RegistrySettings, SearchError, accuracy_source, make_evaluator, make_space,
                                open_run)
+from search.metrics import ONNX_METRICS
 from search.loop.tracker import Candidate, CandidateTracker, State, job_id
 from search.objectives import split_metric
 from search.training.evaluator import EvalRequest, Evaluator
@@ -95,7 +96,7 @@ class SearchRunner:
                 # an objective or constraint is the ONNX size; the parameter count needs the model
                 # built (not exported)
                 server_metrics = {split_metric(i.name)[0] for i in [*objectives, *constraints]}
-                export = "size_mb" in server_metrics or self.fleet.runs_onnx()
+                export = bool(server_metrics & ONNX_METRICS) or self.fleet.runs_onnx()
                 self.evaluator = make_evaluator(cfg, source, self.space, self.store, export=export,
                                                 build=export or "params" in server_metrics)
             algo = create_algorithm(cfg.algorithm, AlgorithmOptions(

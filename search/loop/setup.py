@@ -229,7 +229,8 @@ def make_evaluator(config: SearchConfig, source: Any, space: SearchSpace, store:
     from search.training.accuracy_table import AccuracyTable
     from search.training.evaluator import InProcessTrainer, TableEvaluator
 
-    common: dict[str, Any] = dict(space=space, model_path=store.model_path, export=export)
+    common: dict[str, Any] = dict(space=space, model_path=store.model_path, export=export,
+                                  precision=config.build.precision)
     if isinstance(source, AccuracyTable):
         return TableEvaluator(table=source, build=build, torch_threads=config.torch_threads, **common)
     return InProcessTrainer(splits=source, config=config, **common)

@@ -70,8 +70,9 @@ class _ModelEvaluator:
     inline = False
 
     def __init__(self, *, space: SearchSpace, task: TaskSpec, model_path: Callable[[str], Path],
-                 build: bool, export: bool, torch_threads: int = 1) -> None:
+                 build: bool, export: bool, torch_threads: int = 1, precision: str = "fp32") -> None:
         self.space, self.task = space, task
+        self.precision = precision
         self.model_path = model_path
         self.export = export
         self.build = build or export
@@ -104,9 +105,31 @@ class _ModelEvaluator:
                 tmp.write_bytes(data)
                 os.replace(tmp, path)
             out.size_mb = len(data) / 1e6
+            train["memory"] = memory_record(data, precision=self.precision)
         out.timings = {"train_s": t_train, "export_s": time.perf_counter() - t1 if out.model_sha256 else 0.0}
         train["server_timings"] = dict(out.timings)
         return out
+
+
+    def export_untrained(self, request: EvalRequest) -> Evaluation:
+        """The untrained network exported (cost first: latency, memory and energy do not depend
+        on the weights); ``train`` says so and holds no accuracy."""
+        t0 = time.perf_counter()
+        model = self._build(request.genome)
+        train = {"accuracy": None, "fidelity": None,
+                 "source": "untrained network exported to measure its costs first (no accuracy)"}
+        ev = self._package(request, model, train, 0.0)
+        ev.timings["export_s"] = time.perf_counter() - t0
+        return ev
+
+
+def memory_record(onnx_bytes: bytes, *, precision: str) -> dict[str, Any]:
+    """The memory figures :mod:`search.memory` computes from an ONNX graph (kind ``computed``)."""
+    from search.memory import peak_activation_kb, weights_kb
+
+    return {"peak_activation_kb": peak_activation_kb(onnx_bytes), "weights_kb": weights_kb(onnx_bytes, precision=precision),
+            "precision": precision, "batch": 1, "kind": "computed",
+            "method": "search.memory: live tensors over the ONNX node order; parameters x bytes at the precision"}
 
 
 class InProcessTrainer(_ModelEvaluator):
