@@ -35,3 +35,74 @@ def test_memory_metrics_are_objectives_and_constraints(tmp_path):
         assert r["objectives"]["weights_kb"] == pytest.approx(n * 4 / 1024) and 0 < n <= r["params"]
         status, how = provenance(r, "peak_activation_kb")
         assert status == "computed" and "search.memory" in how
+
+
+def _peaks(cfg, n):
+    """peak_activation_kb of the first ``n`` genomes the run's algorithm proposes (same seed)."""
+    from search.algorithms.base import AlgorithmOptions, create_algorithm
+    from search.loop.setup import make_space
+    from search.memory import peak_activation_kb
+    from search.objectives import Objective
+    from search.training.data import load_dataset
+    from search.training.exporting import export_onnx
+
+    space = make_space(cfg)
+    task = load_dataset(cfg.dataset, seed=cfg.seed).task
+    algo = create_algorithm(cfg.algorithm, AlgorithmOptions(space=space, objectives=(Objective.parse("accuracy"),),
+                                                            constraints=(), seed=cfg.seed,
+                                                            population_size=cfg.population_size))
+    out = []
+    for _ in range(n):
+        g = algo.ask().genome
+        out.append(peak_activation_kb(export_onnx(space.build(g, task), space.input_shape(g, task))))
+    return out
+
+
+def test_cost_first_never_trains_a_violator(tmp_path):
+    base = dataclasses.replace(FAST, budget=6, population_size=6, cost_first=True,
+                               objectives=("accuracy", "peak_activation_kb", "latency_ms"))
+    peaks = sorted(_peaks(base, 6))
+    bound = (peaks[2] + peaks[3]) / 2  # about half of the proposals violate it
+    assert peaks[2] < bound < peaks[3]
+    cfg = dataclasses.replace(base, constraints=(f"peak_activation_kb <= {bound}",))
+    summary = SearchRunner(config=cfg, run_dir=tmp_path, progress=False).run()
+    results = collect(tmp_path)
+    bad = [r for r in results if r["status"] == "infeasible"]
+    good = [r for r in results if r["status"] != "infeasible"]
+    assert len(bad) == 3 and summary["infeasible"] == 3
+    for r in bad:
+        assert r["objectives"]["peak_activation_kb"] > bound and "violates peak_activation_kb" in r["error"]
+        # never trained: no epochs, no accuracy; but its costs were measured on the untrained network
+        assert r["train"]["accuracy"] is None and "epochs" not in r["train"]
+        (m,) = r["measurements"]
+        assert m["ok"] and m["latency_ms"]["median"] > 0
+    for r in good:
+        assert r["status"] == "done" and r["train"]["epochs"] >= 1 and r["objectives"]["peak_activation_kb"] <= bound
+        assert len(r["measurements"]) == 1  # measured once, before training
+    st = Store(tmp_path)
+    assert len(st.events("candidate_infeasible")) == 3
+    st.close()
+
+
+def test_fidelity_rungs_promote_the_best_and_front_uses_the_top_rung(tmp_path):
+    cfg = dataclasses.replace(FAST, budget=6, population_size=6, fidelity=cfgmod.FidelitySettings(rungs=(1, 2), eta=2),
+                              objectives=("accuracy", "latency_ms"))
+    SearchRunner(config=cfg, run_dir=tmp_path, progress=False).run()
+    results = collect(tmp_path)
+    done = [r for r in results if r["status"] == "done"]
+    assert len(done) == 6
+    top = [r for r in done if r["fidelity"] == 2]
+    low = [r for r in done if r["fidelity"] == 1]
+    assert top and low and len(top) <= 4  # the first arrival always goes on; then the best half
+    for r in top:
+        assert [x["epochs"] for x in r["train"]["rungs"]] == [1, 2]
+        assert r["train"]["fidelity"]["epochs"] == 2 and r["train"]["epochs"] == 1  # trained on, one more epoch
+        assert r["objectives"]["accuracy"] == r["train"]["rungs"][-1]["accuracy"]
+        assert (tmp_path / "weights" / f"{r['id']}.pt").is_file()
+    for r in low:
+        assert len(r["train"]["rungs"]) == 1 and not r["pareto"]
+    assert any(r["pareto"] for r in top)
+    st = Store(tmp_path)
+    assert len(st.events("candidate_promoted")) == len(top)
+    assert len(st.measurements()) == 6  # costs measured once per candidate, not per rung
+    st.close()

@@ -233,4 +233,9 @@ def make_evaluator(config: SearchConfig, source: Any, space: SearchSpace, store:
                                   precision=config.build.precision)
     if isinstance(source, AccuracyTable):
         return TableEvaluator(table=source, build=build, torch_threads=config.torch_threads, **common)
+    t = config.train
+    if config.fidelity.enabled or t.early_bird or t.inherit_weights:
+        from search.training.fidelity import CheapTrainer
+
+        return CheapTrainer(splits=source, config=config, weights_dir=store.run_dir / "weights", **common)
     return InProcessTrainer(splits=source, config=config, **common)

@@ -38,8 +38,10 @@ class EvalRequest:
     candidate_id: int
     genome: Any
     arch_key: str
-    #: budget of a fidelity rung (fraction of the full training); None = full fidelity
+    #: budget of a fidelity rung (epochs, cumulative: search.loop.rungs); None = full fidelity
     fidelity: float | None = None
+    #: the candidate's parents (trial numbers), for weight inheritance
+    parents: tuple[int, ...] = ()
 
 
 @dataclass
