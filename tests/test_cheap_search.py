@@ -106,3 +106,25 @@ def test_fidelity_rungs_promote_the_best_and_front_uses_the_top_rung(tmp_path):
     assert len(st.events("candidate_promoted")) == len(top)
     assert len(st.measurements()) == 6  # costs measured once per candidate, not per rung
     st.close()
+
+
+def test_early_bird_stops_training_and_children_inherit_weights(tmp_path):
+    # a loose Early-Bird test (one distance below 0.5) so that it fires within a few epochs on digits
+    train = cfgmod.TrainSettings(max_epochs=3, time_budget_s=5.0, patience=3, early_bird=True, early_bird_window=1,
+                                 early_bird_eps=0.5, inherit_weights=True)
+    cfg = dataclasses.replace(FAST, budget=5, population_size=2, train=train, objectives=("accuracy", "latency_ms"),
+                              space_options={**FAST.space_options, "min_epochs": 3})
+    SearchRunner(config=cfg, run_dir=tmp_path, progress=False).run()
+    done = [r for r in collect(tmp_path) if r["status"] == "done"]
+    assert len(done) >= 3
+    stopped = [r for r in done if r["train"]["early_bird"]["stopped"]]
+    assert stopped, [r["train"]["early_bird"] for r in done]
+    for r in stopped:
+        eb = r["train"]["early_bird"]
+        assert r["train"]["stop_reason"] == "callback" and eb["drawn_at_epoch"] == r["train"]["epochs"] >= 2
+        assert eb["distances"][-1] < 0.5
+    children = [r for r in done if r["parents"] and r["train"].get("inherited")]
+    assert children, [(r["parents"], r["train"].get("inherited")) for r in done]
+    for r in children:
+        inh = r["train"]["inherited"]
+        assert inh["parent"] in r["parents"] and 0 < inh["tensors"] <= inh["of"]

@@ -32,6 +32,15 @@ from search.spaces.base import TrainHParams
 from search.training.evaluator import EvalRequest, Evaluation, InProcessTrainer
 
 
+def early_bird_callback(settings: Any, *, stop: bool = True) -> Any:
+    """An :class:`~search.training.earlybird.EarlyBirdCallback` from ``[train]``'s early_bird_*
+    settings (also the hook for final training: ``train_candidate(..., callbacks=[...])``)."""
+    from search.training.earlybird import EarlyBirdCallback, EarlyBirdDetector, EarlyBirdSettings
+
+    det = EarlyBirdDetector(settings=EarlyBirdSettings(eps=settings.early_bird_eps, window=settings.early_bird_window))
+    return EarlyBirdCallback(detector=det, stop=stop)
+
+
 class CheapTrainer(InProcessTrainer):
     """:class:`InProcessTrainer` with rungs, Early-Bird stop and inherited weights (module docstring)."""
 
@@ -71,13 +80,10 @@ class CheapTrainer(InProcessTrainer):
         return None
 
     def _early_bird(self, saved: dict[str, Any] | None) -> Any:
-        from search.training.earlybird import EarlyBirdCallback, EarlyBirdDetector, EarlyBirdSettings
-
-        s = self.settings
-        det = EarlyBirdDetector(settings=EarlyBirdSettings(eps=s.early_bird_eps, window=s.early_bird_window))
+        cb = early_bird_callback(self.settings)
         for k, v in ((saved or {}).get("early_bird") or {}).items():
-            setattr(det, k, v)  # the mask history of the lower rungs
-        return EarlyBirdCallback(detector=det)
+            setattr(cb.detector, k, v)  # the mask history of the lower rungs
+        return cb
 
     def evaluate(self, request: EvalRequest) -> Evaluation:
         """Train at the request's fidelity (from the saved state when there is one), save, export."""
