@@ -178,3 +178,36 @@ class TableEvaluator(_ModelEvaluator):
         train = {"accuracy": self.table.lookup(request.arch_key), "source": self.table.source}
         model = self._build(request.genome) if self.build else None
         return self._package(request, model, train, time.perf_counter() - t0)
+
+
+class SupernetEvaluator(_ModelEvaluator):
+    """``--accuracy supernet:PATH``: a ``mobile`` sub-network's accuracy with weights inherited
+    from a trained once-for-all supernet (batch norm recalibrated), no training; the exported
+    ONNX is that network. Its fidelity is recorded as ``inherited weights``. The run's space
+    must be the one the supernet was trained for, and accuracy is on the supernet's own
+    validation split (:class:`~search.training.supernet_train.SupernetAccuracy`)."""
+
+    def __init__(self, *, scorer: Any, path: str, space: SearchSpace, **kwargs: Any) -> None:
+        from search.training.supernet import space_settings
+
+        if space.name != "mobile" or space_settings(space) != space_settings(scorer.space):
+            raise ValueError(f"supernet {path} covers the mobile space {space_settings(scorer.space)}, "
+                             f"not this run's {space.name} space (set [search].space_options to match)")
+        super().__init__(space=space, task=scorer.supernet.task, **kwargs)
+        self.scorer, self.path = scorer, path
+        self.lock = threading.Lock()  # one scorer: BN recalibration is not thread-safe
+
+    def evaluate(self, request: EvalRequest) -> Evaluation:
+        """Inherit, recalibrate, score on the validation split; export that network."""
+        from search.training.train import evaluate
+
+        t0 = time.perf_counter()
+        g = request.genome
+        with self.lock:
+            net = self.scorer.network(g)
+            acc = evaluate(net, self.scorer.splits.val, resize_to=g.resolution)
+        train = {"accuracy": acc, "fidelity": {"kind": "inherited weights", "supernet": self.path,
+                                               "supernet_done": self.scorer.done},
+                 "source": f"weights inherited from supernet {self.path} (batch norm recalibrated), "
+                           f"accuracy on the validation split of {self.scorer.splits.source}; not trained"}
+        return self._package(request, net, train, time.perf_counter() - t0)
