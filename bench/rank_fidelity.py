@@ -19,8 +19,8 @@ Methods (each network trained once per arm, seeded by its index):
   Compare with ``rung@E0`` (same cost, from scratch).
 
 Default: a seeded sample of 50 spread over the accuracy range (one per quantile bin of the
-published accuracy). ``--quick``: 10 networks, C=8 N=1, 2000 images per split (1600 train /
-400 validation), rungs 1,3, Early-Bird window 1.
+published accuracy). ``--quick``: 10 networks, C=8 N=1, 1200 images per split (960 train /
+240 validation), rungs 1,3, Early-Bird window 1.
 
 Usage: ``python bench/rank_fidelity.py [--archs FILE] [--quick] [--n 50] [--rungs 1,3,9]``
 """
@@ -86,7 +86,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", help="file of NAS-Bench-201 architecture strings, one a line")
     ap.add_argument("--quick", action="store_true",
-                    help="10 networks, C=8 N=1, 2000 images per split, rungs 1,3, Early-Bird window 1")
+                    help="10 networks, C=8 N=1, 1200 images per split, rungs 1,3, Early-Bird window 1")
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--rungs", default="1,3,9")
     ap.add_argument("--subset", type=int, default=5000, help="images per split (stratified, seeded)")
@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     if a.quick:
-        a.n, a.rungs, a.subset, a.C, a.N, a.eb_window = 10, "1,3", 2000, 8, 1, 1
+        a.n, a.rungs, a.subset, a.C, a.N, a.eb_window = 10, "1,3", 1200, 8, 1, 1
     rungs = [int(r) for r in a.rungs.split(",")]
     torch.set_num_threads(1)
     table = published()

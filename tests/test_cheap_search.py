@@ -102,6 +102,11 @@ def test_fidelity_rungs_promote_the_best_and_front_uses_the_top_rung(tmp_path):
     for r in low:
         assert len(r["train"]["rungs"]) == 1 and not r["pareto"]
     assert any(r["pareto"] for r in top)
+    from search.cli import main as hwnas
+
+    assert hwnas(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert f"trained to the highest rung reached (2 epochs); {len(low)} stopped at lower rungs" in page
     st = Store(tmp_path)
     assert len(st.events("candidate_promoted")) == len(top)
     assert len(st.measurements()) == 6  # costs measured once per candidate, not per rung
