@@ -110,6 +110,27 @@ def test_fidelity_rungs_promote_the_best_and_front_uses_the_top_rung(tmp_path):
     st = Store(tmp_path)
     assert len(st.events("candidate_promoted")) == len(top)
     assert len(st.measurements()) == 6  # costs measured once per candidate, not per rung
+    # a server stopped while a promoted candidate trained on: put one back in that state
+    t = top[0]
+    import json
+
+    import torch
+
+    wpath = tmp_path / "weights" / f"{t['id']}.pt"
+    state = torch.load(wpath, weights_only=False)
+    state["epochs"] = 1
+    torch.save(state, wpath)
+    with st._tx() as db:
+        db.execute("UPDATE candidates SET status='promoted', objectives=NULL, train=? WHERE id=?",
+                   (json.dumps({**t["train"], "rungs": t["train"]["rungs"][:1]}), t["id"]))
+    st.close()
+    SearchRunner(config=cfg, run_dir=tmp_path, resume=True, progress=False).run()
+    again = {r["id"]: r for r in collect(tmp_path)}[t["id"]]
+    assert again["status"] == "done" and [x["epochs"] for x in again["train"]["rungs"]] == [1, 2]
+    assert again["train"]["fidelity"]["epochs"] == 2 and again["train"]["epochs"] == 1  # on from the saved state
+    st = Store(tmp_path)
+    assert len(st.measurements()) == 6  # its costs were not measured again
+    assert st.events("resumed")[-1]["detail"]["promoted"] == [t["id"]]
     st.close()
 
 

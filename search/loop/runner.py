@@ -232,7 +232,7 @@ class SearchRunner:
     # -- resume -----------------------------------------------------------------------------
     def _replay(self) -> None:
         """Feed a resumed store to the algorithm; evaluate or measure again what was in flight."""
-        algo, to_train, to_measure = self.tracker.algorithm, [], []
+        algo, to_train, to_measure, to_promote = self.tracker.algorithm, [], [], []
         for c in self.store.candidates():
             genome, parents = self.space.from_json(c["genome"]), tuple(c["parents"])
             if self.ladder is not None and c["status"] == "done":
@@ -242,17 +242,31 @@ class SearchRunner:
                 algo.observe(genome, c["objectives"] if c["status"] == "done" else None, number=c["id"],
                              parents=parents)
                 continue
-            # a promoted row starts again from its first step (its rung state is not resumed)
             algo.reserve(c["id"], genome, parents)
+            if c["status"] == "promoted" and self.ladder is not None:
+                to_promote.append(c)
+                continue
             trained = c["status"] == "trained"
             self.tracker.add(c["id"], genome, c["arch_key"], state=State.TRAINED if trained else State.PROPOSED,
                              row=c)
             (to_measure if trained else to_train).append(c["id"])
+        for c in to_promote:
+            self._train_promoted(c)
         for cid in to_train:
             self._evaluate(cid)
         for cid in to_measure:
             self._measure_again(cid)
-        self.store.event("resumed", detail={"train": to_train, "measure": to_measure})
+        self.store.event("resumed", detail={"train": to_train, "measure": to_measure,
+                                            "promoted": [c["id"] for c in to_promote]})
+
+    def _train_promoted(self, c: dict[str, Any]) -> None:
+        """A resumed promoted candidate: its measured costs back, training on at its next rung
+        from the weights it saved."""
+        cand = self.tracker.add(c["id"], self.space.from_json(c["genome"]), c["arch_key"], row=c)
+        cand.rung = c["train"]["rungs"][-1]["rung"] + 1
+        cand.results = {m["device_key"]: m["result"] for m in self.store.measurements(c["id"], ok_only=True)}
+        self.tracker.training(c["id"])
+        self._submit(c["id"], self.evaluator.evaluate)
 
     def _measure_again(self, cid: int) -> None:
         """A resumed trained candidate: keep its finished jobs, issue the others again."""

@@ -94,6 +94,8 @@ class CheapTrainer(InProcessTrainer):
         model = self._build(genome)
         hp = self.space.hparams(genome) or TrainHParams()
         saved = self._load(cid) if request.fidelity is not None else None
+        if saved is not None and int(saved["epochs"]) >= request.fidelity:
+            saved = None  # not a lower rung's state (a resumed run redoing its first rung): start afresh
         done = int(saved["epochs"]) if saved else 0
         extra: dict[str, Any] = {}
         if saved is not None:
