@@ -40,3 +40,18 @@ def test_fidelity_section_parses_and_rejects_bad_rungs():
             cfgmod.from_dict({"fidelity": bad})
     with pytest.raises(cfgmod.ConfigError, match="supernet:PATH"):
         cfgmod.from_dict({"search": {"accuracy": "table.csv"}})
+
+
+def test_cli_flags_become_config_overrides():
+    from search.cli import CLIError, _cheap_overrides, build_parser
+
+    cfg = cfgmod.load(None)
+    args = build_parser().parse_args(["search", "--cost-first", "--rungs", "1,3,9", "--eta", "4", "--early-bird",
+                                      "--inherit-weights", "--accuracy", "supernet:x.pt"])
+    out = _cheap_overrides(args, cfg)
+    assert out["cost_first"] and out["accuracy"] == "supernet:x.pt"
+    assert out["fidelity"] == cfgmod.FidelitySettings(rungs=(1, 3, 9), eta=4)
+    assert out["train"].early_bird and out["train"].inherit_weights and out["train"].max_epochs == cfg.train.max_epochs
+    with pytest.raises(CLIError, match="--rungs"):
+        _cheap_overrides(build_parser().parse_args(["search", "--rungs", "1,x"]), cfg)
+    assert _cheap_overrides(build_parser().parse_args(["search"]), cfg) == {}
