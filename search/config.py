@@ -16,11 +16,21 @@ File format::
     accuracy_table = ""         # CSV:COLUMN, replaces training by a published accuracy
     train_workers = 1
     torch_threads = 1
+    cost_first = false          # export the untrained network, measure it, never train a violator
+    accuracy = ""               # "" (train) | "supernet:PATH" (inherited weights, mobile space)
 
     [train]
     max_epochs = 6
     time_budget_s = 20.0
     patience = 2
+    early_bird = false          # stop a training once its Early-Bird ticket is drawn
+    early_bird_window = 5       # ... the last N mask distances all below early_bird_eps
+    early_bird_eps = 0.1
+    inherit_weights = false     # a child starts from its parent's trained weights where shapes agree
+
+    [fidelity]                  # asynchronous successive halving (off: rungs = [])
+    rungs = [1, 3, 9]           # epochs at each rung
+    eta = 3                     # the best 1/eta at a rung go on to the next
 
     [agents]
     addresses = ["10.0.0.5:50051"]   # none: one local agent is started on loopback
@@ -59,6 +69,23 @@ class TrainSettings:
     max_epochs: int = 6
     time_budget_s: float = 20.0
     patience: int = 2
+    early_bird: bool = False
+    early_bird_window: int = 5
+    early_bird_eps: float = 0.1
+    inherit_weights: bool = False
+
+
+@dataclass(frozen=True)
+class FidelitySettings:
+    """The `[fidelity]` section: rung budgets in epochs (ascending; empty: off) and eta."""
+
+    rungs: tuple[int, ...] = ()
+    eta: int = 3
+
+    @property
+    def enabled(self) -> bool:
+        """Whether candidates climb rungs (more than one rung)."""
+        return len(self.rungs) > 1
 
 
 @dataclass(frozen=True)
@@ -111,7 +138,10 @@ class SearchConfig:
     accuracy_table: str = ""
     train_workers: int = 1
     torch_threads: int = 1
+    cost_first: bool = False
+    accuracy: str = ""
     train: TrainSettings = field(default_factory=TrainSettings)
+    fidelity: FidelitySettings = field(default_factory=FidelitySettings)
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
@@ -155,6 +185,13 @@ class SearchConfig:
                 raise ConfigError(f"[agents].{name}: no file {getattr(a, name)!r}")
         if self.measure.min_duration_s > self.measure.max_duration_s:
             raise ConfigError("[measure]: min_duration_s must not exceed max_duration_s")
+        f = self.fidelity
+        if f.rungs and (list(f.rungs) != sorted(set(f.rungs)) or f.rungs[0] < 1 or f.eta < 2):
+            raise ConfigError("[fidelity]: rungs must be ascending distinct epoch counts >= 1 and eta >= 2")
+        if self.accuracy and not self.accuracy.startswith("supernet:"):
+            raise ConfigError(f"accuracy {self.accuracy!r}: expected '' (train) or 'supernet:PATH'")
+        if self.train.early_bird_window < 1 or self.train.early_bird_eps <= 0:
+            raise ConfigError("[train]: early_bird_window must be >= 1 and early_bird_eps > 0")
         try:
             self.objective_list()
             self.constraint_list()
@@ -230,10 +267,10 @@ def _check_ranges(cfg: "SearchConfig") -> None:
 def from_dict(data: dict[str, Any]) -> SearchConfig:
     """Build a config from the parsed TOML structure."""
     data = dict(data)
-    unknown = sorted(set(data) - {"search", "train", "agents", "build", "measure"})
+    unknown = sorted(set(data) - {"search", "train", "agents", "build", "measure", "fidelity"})
     if unknown:
         raise ConfigError(f"unknown sections {unknown}")
-    for name in ("search", "train", "agents", "build", "measure"):
+    for name in ("search", "train", "agents", "build", "measure", "fidelity"):
         if not isinstance(data.get(name, {}), dict):
             raise ConfigError(f"[{name}] must be a table")
     s = dict(data.get("search", {}))
@@ -254,6 +291,7 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
             cfg,
             train=_section(TrainSettings, data.get("train", {}), "train"),
             agents=_section(AgentsConfig, agents, "agents"),
+            fidelity=_fidelity(data.get("fidelity", {})),
             build=BuildConfig.from_dict(build),
             measure=MeasureConfig.from_dict(measure),
         )
@@ -262,6 +300,15 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return cfg.validate()
+
+
+def _fidelity(data: dict[str, Any]) -> FidelitySettings:
+    d = dict(data)
+    if "rungs" in d:
+        if not isinstance(d["rungs"], list) or not all(isinstance(r, int) for r in d["rungs"]):
+            raise ConfigError("[fidelity].rungs must be a list of epoch counts, e.g. [1, 3, 9]")
+        d["rungs"] = tuple(d["rungs"])
+    return _section(FidelitySettings, d, "fidelity")
 
 
 def load(path: str | Path | None) -> SearchConfig:
@@ -293,5 +340,8 @@ def restore(data: dict[str, Any]) -> SearchConfig:
     d["constraints"] = tuple(d["constraints"])
     agents["addresses"] = tuple(agents["addresses"])
     agents.pop("token_set", None)  # see SearchConfig.to_stored
+    fid = dict(d.pop("fidelity", None) or {})  # absent in runs stored before [fidelity]
+    fid["rungs"] = tuple(fid.get("rungs", ()))
     return SearchConfig(**d, train=TrainSettings(**train), agents=AgentsConfig(**agents),
+                        fidelity=FidelitySettings(**fid),
                         build=BuildConfig.from_dict(build), measure=MeasureConfig.from_dict(measure))
