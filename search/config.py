@@ -16,11 +16,21 @@ File format::
     accuracy_table = ""         # CSV:COLUMN, replaces training by a published accuracy
     train_workers = 1
     torch_threads = 1
+    cost_first = false          # export the untrained network, measure it, never train a violator
+    accuracy = ""               # "" (train) | "supernet:PATH" (inherited weights, mobile space)
 
     [train]
     max_epochs = 6
     time_budget_s = 20.0
     patience = 2
+    early_bird = false          # stop a training once its Early-Bird ticket is drawn
+    early_bird_window = 5       # ... the last N mask distances all below early_bird_eps
+    early_bird_eps = 0.1
+    inherit_weights = false     # a child starts from its parent's trained weights where shapes agree
+
+    [fidelity]                  # asynchronous successive halving (off: rungs = [])
+    rungs = [1, 3, 9]           # epochs at each rung
+    eta = 3                     # the best 1/eta at a rung go on to the next
 
     [agents]
     addresses = ["10.0.0.5:50051"]   # none: one local agent is started on loopback
@@ -41,12 +51,12 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from device_agent.compat import tomllib
 from device_agent.config import BuildConfig, MeasureConfig
 from search.objectives import Constraint, Objective
 
@@ -60,6 +70,23 @@ class TrainSettings:
     max_epochs: int = 6
     time_budget_s: float = 20.0
     patience: int = 2
+    early_bird: bool = False
+    early_bird_window: int = 5
+    early_bird_eps: float = 0.1
+    inherit_weights: bool = False
+
+
+@dataclass(frozen=True)
+class FidelitySettings:
+    """The `[fidelity]` section: rung budgets in epochs (ascending; empty: off) and eta."""
+
+    rungs: tuple[int, ...] = ()
+    eta: int = 3
+
+    @property
+    def enabled(self) -> bool:
+        """Whether candidates climb rungs (more than one rung)."""
+        return len(self.rungs) > 1
 
 
 @dataclass(frozen=True)
@@ -84,8 +111,9 @@ class AgentsConfig:
         return {k: v for k, v in opts.items() if v}
 
 
-#: The measurement settings of the embedded default: short windows so a demo of ~40
-#: candidates fits in minutes on 2 cores. A real run uses MeasureConfig's defaults.
+#: The measurement settings of the embedded default (``hwnas search`` without ``--config``):
+#: short windows so a demo of ~40 candidates fits in minutes on 2 cores. A TOML config starts
+#: from MeasureConfig's documented defaults (docs/measurement.md); its [measure] overrides them.
 DEMO_MEASURE = MeasureConfig(warmup_s=0.1, min_iterations=50, min_duration_s=0.25, max_duration_s=5.0,
                              timeout_s=60.0, memory_limit_mb=2048)
 
@@ -120,10 +148,13 @@ class SearchConfig:
     accuracy_table: str = ""
     train_workers: int = 1
     torch_threads: int = 1
+    cost_first: bool = False
+    accuracy: str = ""
     train: TrainSettings = field(default_factory=TrainSettings)
+    fidelity: FidelitySettings = field(default_factory=FidelitySettings)
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
-    measure: MeasureConfig = DEMO_MEASURE
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
 
     def objective_list(self) -> list[Objective]:
         return [Objective.parse(o) for o in self.objectives]
@@ -164,6 +195,13 @@ class SearchConfig:
                 raise ConfigError(f"[agents].{name}: no file {getattr(a, name)!r}")
         if self.measure.min_duration_s > self.measure.max_duration_s:
             raise ConfigError("[measure]: min_duration_s must not exceed max_duration_s")
+        f = self.fidelity
+        if f.rungs and (list(f.rungs) != sorted(set(f.rungs)) or f.rungs[0] < 1 or f.eta < 2):
+            raise ConfigError("[fidelity]: rungs must be ascending distinct epoch counts >= 1 and eta >= 2")
+        if self.accuracy and not self.accuracy.startswith("supernet:"):
+            raise ConfigError(f"accuracy {self.accuracy!r}: expected '' (train) or 'supernet:PATH'")
+        if self.train.early_bird_window < 1 or self.train.early_bird_eps <= 0:
+            raise ConfigError("[train]: early_bird_window must be >= 1 and early_bird_eps > 0")
         try:
             self.objective_list()
             self.constraint_list()
@@ -239,10 +277,10 @@ def _check_ranges(cfg: "SearchConfig") -> None:
 def from_dict(data: dict[str, Any]) -> SearchConfig:
     """Build a config from the parsed TOML structure."""
     data = dict(data)
-    unknown = sorted(set(data) - {"search", "train", "agents", "build", "measure"})
+    unknown = sorted(set(data) - {"search", "train", "agents", "build", "measure", "fidelity"})
     if unknown:
         raise ConfigError(f"unknown sections {unknown}")
-    for name in ("search", "train", "agents", "build", "measure"):
+    for name in ("search", "train", "agents", "build", "measure", "fidelity"):
         if not isinstance(data.get(name, {}), dict):
             raise ConfigError(f"[{name}] must be a table")
     s = dict(data.get("search", {}))
@@ -266,8 +304,9 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
             cfg,
             train=_section(TrainSettings, data.get("train", {}), "train"),
             agents=_section(AgentsConfig, agents, "agents"),
+            fidelity=_fidelity(data.get("fidelity", {})),
             build=BuildConfig.from_dict(build),
-            measure=replace(DEMO_MEASURE, **measure),
+            measure=MeasureConfig.from_dict(measure),
         )
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
@@ -295,11 +334,20 @@ def _expand(value: str) -> str:
     return os.path.expanduser(os.path.expandvars(value))
 
 
+def _fidelity(data: dict[str, Any]) -> FidelitySettings:
+    d = dict(data)
+    if "rungs" in d:
+        if not isinstance(d["rungs"], list) or not all(isinstance(r, int) for r in d["rungs"]):
+            raise ConfigError("[fidelity].rungs must be a list of epoch counts, e.g. [1, 3, 9]")
+        d["rungs"] = tuple(d["rungs"])
+    return _section(FidelitySettings, d, "fidelity")
+
+
 def load(path: str | Path | None) -> SearchConfig:
     """Read a TOML config (``None``: the embedded default)."""
     if path is None:
         return SearchConfig(space_options=dict(DEMO_SPACE_OPTIONS), train=DEMO_TRAIN, budget=DEMO_BUDGET,
-                            population_size=16).validate()
+                            population_size=16, measure=DEMO_MEASURE).validate()
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
@@ -325,5 +373,8 @@ def restore(data: dict[str, Any]) -> SearchConfig:
     d["constraints"] = tuple(d["constraints"])
     agents["addresses"] = tuple(agents["addresses"])
     agents.pop("token_set", None)  # see SearchConfig.to_stored
+    fid = dict(d.pop("fidelity", None) or {})  # absent in runs stored before [fidelity]
+    fid["rungs"] = tuple(fid.get("rungs", ()))
     return SearchConfig(**d, train=TrainSettings(**train), agents=AgentsConfig(**agents),
+                        fidelity=FidelitySettings(**fid),
                         build=BuildConfig.from_dict(build), measure=MeasureConfig.from_dict(measure))

@@ -50,11 +50,17 @@ def provenance(c: dict[str, Any], name: str) -> tuple[str, str]:
     metric, key = split_metric(name)
     entry = CATALOGUE[metric]
     value = (c.get("objectives") or {}).get(name, c.get(name) if metric in CANDIDATE_COSTS else None)
+    if entry.source == "train" and entry.kind == "computed":  # from the exported graph (memory)
+        rec = (c.get("train") or {}).get(entry.path[0]) or {}
+        value = value if value is not None else entry.read(c)
+        how = f"{entry.description}; {rec.get('method', 'computed')}"
+        return (entry.kind if value is not None else "unavailable"), how
     if entry.source == "train":
         train = c.get("train") or {}
         src = train.get("source") or "as recorded in the run's results (no training record)"
         how = src + (f"; {train['epochs']} epochs" if train.get("epochs") else "")
-        return (entry.kind if value is not None else "unavailable"), how
+        kind = "published" if str(src).startswith("table:") else entry.kind  # --accuracy-table
+        return (kind if value is not None else "unavailable"), how
     if entry.source == "candidate":
         return (entry.kind if value is not None else "unavailable"), entry.description
     m = _measurement_for(c, key)
@@ -63,10 +69,13 @@ def provenance(c: dict[str, Any], name: str) -> tuple[str, str]:
     if m.get("error"):
         return "unavailable", f"measurement failed: {m['error']}"
     where = f"on {m.get('device_key')}" + (f" via {m['agent']}" if m.get("agent") else "")
-    if entry.status_field is None:  # latency: a statistic of the timed runs
+    if entry.path[0] == "latency_ms":  # a statistic of the timed runs, or a table's value
         lat = m.get("latency_ms") or {}
         if not lat:
             return "unavailable", f"no latency {where}"
+        status = entry.status(m)
+        if status in ("published", "simulated"):
+            return status, f"{lat.get('method') or 'a table'} {where}"
         stat = entry.path[-1]
         if "unstable" in (m.get("flags") or ()):
             # a CI of the median over runs that drift is tight and wrong: give the spread instead
@@ -76,15 +85,16 @@ def provenance(c: dict[str, Any], name: str) -> tuple[str, str]:
             ci = (f", 95% CI of median [{fmt(lat.get('ci_low'))}, {fmt(lat.get('ci_high'))}]"
                   if lat.get("ci_low") is not None else "")
         flags = f"; flags: {', '.join(m['flags'])}" if m.get("flags") else ""
-        return "measured", (f"{stat} of {lat.get('count', '?')} timed runs {where}"
-                            f" ({lat.get('method') or m.get('backend') or 'timed loop'}){ci}{flags}")
+        return status, (f"{stat} of {lat.get('count', '?')} timed runs {where}"
+                        f" ({lat.get('method') or m.get('backend') or 'timed loop'}){ci}{flags}")
     part = m.get(entry.path[0]) or {}
     return entry.status(m), f"{part.get('method') or 'not reported'} {where}"
 
 
 def cost_values(c: dict[str, Any], objectives: Sequence[Objective]) -> dict[str, float]:
-    """Every cost number of ``c``: cost objectives, params, size_mb, and the measured latency,
-    peak memory and energy on each device (energy only where a sensor gave a value)."""
+    """Every cost number of ``c``: cost objectives, params, size_mb, and the latency, host and
+    device memory and energy on each device (energy only where a sensor or table gave a value);
+    what each number is comes from :func:`provenance`."""
     out: dict[str, float] = {}
     objs = c.get("objectives") or {}
     for o in objectives:
@@ -101,6 +111,6 @@ def cost_values(c: dict[str, Any], objectives: Sequence[Objective]) -> dict[str,
         for name in DEVICE_COSTS:
             entry = CATALOGUE[name]
             v = num(entry.read({}, m))
-            if v is not None and entry.status(m) in ("measured", "estimated"):
+            if v is not None and entry.status(m) != "unavailable":
                 out.setdefault(f"{name}@{dk}", v)
     return out

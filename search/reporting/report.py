@@ -97,6 +97,16 @@ def _pareto_flags(results: Sequence[dict[str, Any]], objectives: Sequence[Object
     return flags
 
 
+def _fidelity_note(results: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """With fidelity rungs: at which budget the front's accuracies were taken."""
+    budgets = [c.get("fidelity") for c in results if c.get("status") == "done" and c.get("fidelity") is not None]
+    if not budgets:
+        return {}
+    top = max(budgets)
+    return {"accuracy fidelity": f"front among the {budgets.count(top)} candidates trained to the highest rung "
+                                 f"reached ({top:g} epochs); {len(budgets) - budgets.count(top)} stopped at lower rungs"}
+
+
 # ---------------------------------------------------------------- plots
 
 def _plot_front(done: list[dict], pareto: dict[int, bool], acc_o: Objective, cost: Objective,
@@ -392,6 +402,7 @@ def write_report(results: list[dict[str, Any]], out_dir: str, *, objectives: lis
         "Pareto members at chance level": ", ".join(f"#{c['id']}" for c in chance) or "none",
         "unstable measurements": (f"{n_unstable} of {n_meas} (the agent's timed runs drifted: their latency "
                                   "is given with its spread, min to p90, not a confidence interval)"),
+        **_fidelity_note(results),
         "report written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if rows:
