@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rn = sub.add_parser("run", help="classify images with an export's manifest.json (see hwnas run -h)",
                         add_help=False)
-    rn.add_argument("rest", nargs=argparse.REMAINDER)
+    rn.add_argument("rest", nargs=argparse.REMAINDER, help="the arguments of hwnas run (see hwnas run -h)")
 
     st = sub.add_parser("status", help="agents, queue and progress of a run")
     st.add_argument("run_dir", help="run directory (the --out of the search)")

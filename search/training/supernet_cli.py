@@ -9,16 +9,16 @@ from typing import Any
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of a supernet training (``hwnas supernet train`` and ``python -m``)."""
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--dataset", default="digits", help="dataset to train on (default digits)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many images per split (quick runs)")
     p.add_argument("--out", required=True, help="checkpoint path (resumed when it exists)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and training (default 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
+    p.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
     p.add_argument("--phase-epochs", default="4,2,2,2,2",
                    help="epochs per phase: full, kernel, depth, expand, width (progressive shrinking)")
     p.add_argument("--time-budget", type=float, default=None, help="seconds; resume later to continue")
-    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if --out exists")
     p.add_argument("--space", default="mobile", choices=["mobile"], help="the space the supernet covers")
     p.add_argument("--space-options", default="{}", metavar="JSON",
                    help="keyword arguments of the space, as the search's [search].space_options")
