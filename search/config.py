@@ -36,6 +36,15 @@ File format::
 
     [build]    # device_agent.config.BuildConfig fields
     [measure]  # device_agent.config.MeasureConfig fields
+
+    [predictor]   # issue 12: per-device-key cost model and screening (off by default)
+    enabled = false             # on: agents profile layers, a cost model per key is fitted as
+                                # measurements arrive, and candidates are screened once it is good
+    min_networks = 12           # profiled networks of a key before its first fit (>= 10: held-out)
+    refit_every = 6             # refit after this many more
+    max_heldout_mape_pct = 15.0 # screen with a key's model only when its held-out MAPE is below
+    audit_share = 0.2           # this share of screened candidates is trained and measured anyway
+    screen = true               # false: fit and log predictions, never screen
 """
 from __future__ import annotations
 
@@ -81,6 +90,19 @@ class AgentsConfig:
         return {k: v for k, v in opts.items() if v}
 
 
+@dataclass(frozen=True)
+class PredictorConfig:
+    """The `[predictor]` section (issue 12): fleet-fitted cost models and screening; see
+    :mod:`search.loop.screening`."""
+
+    enabled: bool = False
+    min_networks: int = 12
+    refit_every: int = 6
+    max_heldout_mape_pct: float = 15.0
+    audit_share: float = 0.2
+    screen: bool = True
+
+
 #: The measurement settings of the embedded default: short windows so a demo of ~40
 #: candidates fits in minutes on 2 cores. A real run uses MeasureConfig's defaults.
 DEMO_MEASURE = MeasureConfig(warmup_s=0.1, min_iterations=50, min_duration_s=0.25, max_duration_s=5.0,
@@ -112,6 +134,7 @@ class SearchConfig:
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     measure: MeasureConfig = DEMO_MEASURE
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
 
     def objective_list(self) -> list[Objective]:
         return [Objective.parse(o) for o in self.objectives]
@@ -153,6 +176,12 @@ class SearchConfig:
             self.constraint_list()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        pr = self.predictor
+        if pr.min_networks < 10 or pr.refit_every < 1 or not 0.0 <= pr.audit_share <= 1.0:
+            raise ConfigError("[predictor]: min_networks >= 10 (a held-out share is needed), "
+                              "refit_every >= 1, 0 <= audit_share <= 1")
+        if pr.enabled and not self.measure.profile_layers:  # the model learns from the profiles
+            return replace(self, measure=replace(self.measure, profile_layers=True))
         return self
 
 
@@ -167,7 +196,7 @@ def _section(cls: type, data: dict[str, Any], where: str) -> Any:
 def from_dict(data: dict[str, Any]) -> SearchConfig:
     """Build a config from the parsed TOML structure."""
     data = dict(data)
-    unknown = sorted(set(data) - {"search", "train", "agents", "build", "measure"})
+    unknown = sorted(set(data) - {"search", "train", "agents", "build", "measure", "predictor"})
     if unknown:
         raise ConfigError(f"unknown sections {unknown}")
     s = dict(data.get("search", {}))
@@ -187,6 +216,7 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
             agents=_section(AgentsConfig, agents, "agents"),
             build=BuildConfig.from_dict(data.get("build")),
             measure=replace(DEMO_MEASURE, **data["measure"]) if "measure" in data else DEMO_MEASURE,
+            predictor=_section(PredictorConfig, data.get("predictor", {}), "predictor"),
         )
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
@@ -224,5 +254,7 @@ def restore(data: dict[str, Any]) -> SearchConfig:
     d["constraints"] = tuple(d["constraints"])
     agents["addresses"] = tuple(agents["addresses"])
     agents.pop("token_set", None)  # see SearchConfig.to_stored
+    predictor = PredictorConfig(**d.pop("predictor", {}))  # absent in runs stored before issue 12
     return SearchConfig(**d, train=TrainSettings(**train), agents=AgentsConfig(**agents),
-                        build=BuildConfig.from_dict(build), measure=MeasureConfig.from_dict(measure))
+                        build=BuildConfig.from_dict(build), measure=MeasureConfig.from_dict(measure),
+                        predictor=predictor)

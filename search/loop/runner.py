@@ -26,6 +26,7 @@ from search.config import SearchConfig
 from search.fleet.pool import MeasureJob
 from search.loop.setup import (Fleet, RegistrySettings, SearchError, accuracy_source, make_evaluator, make_space,
                                open_run)
+from search.loop.screening import Screener, Verdict, prediction_error
 from search.loop.tracker import Candidate, CandidateTracker, State, job_id
 from search.objectives import split_metric
 from search.training.evaluator import EvalRequest, Evaluator
@@ -48,6 +49,11 @@ class SearchRunner:
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.store, self.config = open_run(self.run_dir, config, resume=resume)
+        if self.config.predictor.enabled:  # validate() turns the agents' layer profiles on
+            self.config = self.config.validate()
+        self.models: Any = None  # FleetModels, with [predictor] enabled
+        self.screener: Screener | None = None
+        self._predictions: dict[int, dict[str, Any]] = {}
         self.space = make_space(self.config)
         self.progress = progress
         registry = None
@@ -103,10 +109,43 @@ class SearchRunner:
                 seed=cfg.seed, population_size=cfg.population_size))
             self.tracker = CandidateTracker(store=self.store, algorithm=algo, objectives=objectives,
                                             constraints=constraints, on_closed=self._advance)
+            if cfg.predictor.enabled:
+                self._start_predictor(objectives, constraints)
             self.started.set()
             return self._loop(t_start)
         finally:
             self.close()
+
+    def _start_predictor(self, objectives: list, constraints: list) -> None:
+        """Per-key cost models fitted from this run's profiles; screening where the evaluator
+        builds networks in a training thread (a table look-up has no network to export)."""
+        from search.costmodel.fleet import FleetModels
+
+        pr = self.config.predictor
+        self.models = FleetModels(store=self.store, min_networks=pr.min_networks, refit_every=pr.refit_every,
+                                  seed=self.config.seed)
+        self.models.start()
+        task = getattr(self.evaluator, "task", None)
+        if task is None or self.evaluator.inline:
+            self.store.event("screening_unavailable", detail={
+                "reason": "the evaluator builds no network before training (table look-up inline)"})
+            return
+        self.screener = Screener(models=self.models, space=self.space, task=task, objectives=objectives,
+                                 constraints=constraints, store=self.store, max_mape_pct=pr.max_heldout_mape_pct,
+                                 audit_share=pr.audit_share, batch=self.config.measure.batch_size,
+                                 screen=pr.screen)
+
+    def _screen_then_evaluate(self, request: EvalRequest) -> Any:
+        """In a training thread: screen first (a screened candidate returns its Verdict, never
+        reaching the evaluator), else evaluate; ``(evaluation, verdict or None)``."""
+        verdict = None
+        try:
+            verdict = self.screener.check(request.genome)
+        except Exception as exc:  # noqa: BLE001 - a prediction that fails screens nothing
+            self._events.put(("note", ("prediction_failed", request.candidate_id, f"{type(exc).__name__}: {exc}")))
+        if verdict is not None and verdict.screened:
+            return verdict
+        return self.evaluator.evaluate(request), verdict
 
     # -- the candidate's way ----------------------------------------------------------------
     def _evaluate(self, cid: int) -> None:
@@ -122,7 +161,8 @@ class SearchRunner:
                 fut.set_exception(exc)
             self._events.put(("trained", (cid, fut)))
             return
-        fut = self._executor.submit(self.evaluator.evaluate, request)
+        fut = self._executor.submit(self._screen_then_evaluate if self.screener else self.evaluator.evaluate,
+                                    request)
         fut.add_done_callback(lambda f, cid=cid: self._events.put(("trained", (cid, f))))
 
     def _trained(self, cid: int, fut: cf.Future) -> None:
@@ -131,6 +171,14 @@ class SearchRunner:
         except Exception as exc:  # noqa: BLE001 - a failed candidate is a value
             self.tracker.fail(cid, f"build/train failed: {type(exc).__name__}: {exc}")
             return
+        if isinstance(ev, Verdict):
+            self.tracker.screen(cid, prediction=ev.prediction, reason=ev.reason)
+            return
+        if isinstance(ev, tuple):  # from _screen_then_evaluate
+            ev, verdict = ev
+            if verdict is not None:
+                self.store.set_prediction(cid, verdict.prediction)
+                self._predictions[cid] = verdict.prediction
         for k in self.timings:
             self.timings[k] += ev.timings.get(k, 0.0)
         self.tracker.trained(cid, train=ev.train, params=ev.params, size_mb=ev.size_mb,
@@ -148,12 +196,28 @@ class SearchRunner:
         self.tracker.settle(cand.id)
 
     def _measured(self, job: MeasureJob, result: dict[str, Any] | None, error: str | None) -> None:
+        if result is not None and error is None:
+            self._learn(job, result)
         self.tracker.measured(job.candidate_id, job.device_key, result, error)
         self.tracker.settle(job.candidate_id)
+
+    def _learn(self, job: MeasureJob, result: dict[str, Any]) -> None:
+        """A profile feeds the key's cost model; a predicted candidate's error is logged."""
+        if self.models is not None and result.get("layers"):
+            self.models.observe(job.device_key)
+        pred = self._predictions.get(job.candidate_id)
+        err = prediction_error(pred, {job.device_key: result}) if pred else {}
+        if err:
+            self.store.event("prediction_checked", candidate_id=job.candidate_id,
+                             detail={"audit": bool(pred.get("audit")), "reason": pred.get("screen_reason"),
+                                     **err[job.device_key], "device_key": job.device_key})
 
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "trained":
             self._trained(*payload)
+        elif kind == "note":
+            what, cid, detail = payload
+            self.store.event(what, candidate_id=cid, detail={"error": detail})
         else:
             self._measured(*payload)
 
@@ -171,7 +235,7 @@ class SearchRunner:
         algo, to_train, to_measure = self.tracker.algorithm, [], []
         for c in self.store.candidates():
             genome, parents = self.space.from_json(c["genome"]), tuple(c["parents"])
-            if c["status"] in ("done", "failed"):
+            if c["status"] in ("done", "failed", "screened"):
                 algo.observe(genome, c["objectives"] if c["status"] == "done" else None, number=c["id"],
                              parents=parents)
                 continue
@@ -246,6 +310,7 @@ class SearchRunner:
         counts = self.store.count()
         summary = {"run_dir": str(self.run_dir), "candidates": sum(counts.values()),
                    "done": counts.get("done", 0), "failed": counts.get("failed", 0),
+                   "screened": counts.get("screened", 0),
                    "wall_s": time.perf_counter() - t_start, "train_s": self.timings["train_s"],
                    "export_s": self.timings["export_s"], "retries": self.pool.retries,
                    "pareto_size": len(self._pareto_ids())}
@@ -293,6 +358,8 @@ class SearchRunner:
         if self._closed.is_set():
             return
         self._closed.set()
+        if self.models is not None:  # a fit in flight writes its event before the store closes
+            self.models.join()
         self.fleet.close()
         self.store.close()
 
