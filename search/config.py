@@ -45,6 +45,7 @@ File format::
     max_heldout_mape_pct = 15.0 # screen with a key's model only when its held-out MAPE is below
     audit_share = 0.2           # this share of screened candidates is trained and measured anyway
     screen = true               # false: fit and log predictions, never screen
+    screen_out_of_range = true  # also screen on predictions with features outside the fit's range
 """
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ class PredictorConfig:
     max_heldout_mape_pct: float = 15.0
     audit_share: float = 0.2
     screen: bool = True
+    screen_out_of_range: bool = True
 
 
 #: The measurement settings of the embedded default: short windows so a demo of ~40

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -51,12 +52,11 @@ def screened_run(tmp_path_factory):
                          model_path=lambda d: out / "models" / f"{d}.onnx", export=True)
 
     class _Runner(SearchRunner):
-        def _trained(self, cid, fut):  # hold proposals until the first model exists, so the
-            # test does not depend on how fast this machine fits it
-            if self.models is not None and self.models.fits == 0 and len(self.store.profiles(
-                    self.device_keys[0])) >= CFG.predictor.min_networks:
-                self.models.join(120)
-            super()._trained(cid, fut)
+        def _propose(self):  # once the first fit runs, wait for it, so that the test does
+            # not depend on how fast this host fits
+            if self.models.fits == 0:
+                self.models.wait_fitted(1, 300)
+            super()._propose()
 
     summary = _Runner(config=CFG, run_dir=out, progress=False, evaluator=ev).run()
     return out, ev, summary
@@ -176,3 +176,35 @@ def test_old_run_dir_opens(tmp_path):
     assert m["result"]["layers"] == [{"name": "n"}] and m["layers"] is None
     assert st.profiles("d") == []
     st.close()
+
+
+def test_report_shows_where_the_time_goes(screened_run, tmp_path):
+    from search.objectives import Objective
+    from search.reporting.report import write_report
+
+    out, _, _ = screened_run
+    assert hwnas(["report", str(out), "--out", str(tmp_path / "cli")]) == 0
+    assert "Where the time goes" in (tmp_path / "cli" / "index.html").read_text()
+    # the run's constraint leaves no feasible member: the front of its finished candidates
+    # without the constraint (write_report computes it when no flag is set) has the profiles
+    results = [dict(r, pareto=False, feasible=True) for r in collect(out)]
+    key = next(m["device_key"] for r in results for m in r["measurements"] if m["ok"])
+    objs = [Objective("accuracy", "max"), Objective(f"latency_ms@{key}", "min"), Objective("params", "min")]
+    page = Path(write_report(results, str(tmp_path / "rep"), objectives=objs)).read_text()
+    charts = list((tmp_path / "rep").glob("layers_*.png"))
+    assert "Where the time goes" in page and "Energy-precision ratio" in page
+    assert charts and all(f"<img src='{c.name}'" in page for c in charts)
+    # no power sensor here: the ratio is unavailable, never invented
+    assert "unavailable: no power sensor" in page or "unavailable:" in page
+
+
+def test_energy_precision_ratio_needs_measured_energy():
+    from search.reporting.layers import energy_precision_ratio
+
+    cand = {"objectives": {"accuracy": 0.9}}
+    m = {"energy": {"status": "measured", "value_mj": 4.0, "method": "nvml"}, "measure_config": {"batch_size": 2}}
+    epr, how = energy_precision_ratio(cand, m, "accuracy")
+    assert epr == pytest.approx(0.1 * 2.0) and "measured energy" in how
+    epr, how = energy_precision_ratio(cand, {"energy": {"status": "unavailable", "value_mj": None,
+                                                         "method": "no power sensor"}}, "accuracy")
+    assert epr is None and "no power sensor" in how

@@ -49,8 +49,7 @@ def predict_main(args: argparse.Namespace) -> int:
 
 def fit_main(args: argparse.Namespace) -> int:
     """``hwnas predictor fit``: a run's profiled measurements on one key -> a model file."""
-    from search.costmodel.fit import fit_from_measurements
-    from search.costmodel.fleet import measurements_from_store
+    from search.costmodel.fleet import fit_single_threaded, measurements_from_store
     from search.costmodel.model import CostModelError
     from search.loop.store import Store, StoreError
 
@@ -67,7 +66,7 @@ def fit_main(args: argparse.Namespace) -> int:
         return _fail(f"no profiled measurements on device key {args.device_key!r} in {args.run_dir} "
                      f"(keys measured: {keys or 'none'}; profiles need a run with --predictor)")
     try:
-        model = fit_from_measurements(ms, device_key=args.device_key, holdout=args.holdout, seed=args.seed)
+        model = fit_single_threaded(ms, device_key=args.device_key, holdout=args.holdout, seed=args.seed)
     except CostModelError as exc:
         return _fail(str(exc))
     model.save(args.output)

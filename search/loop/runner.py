@@ -133,7 +133,7 @@ class SearchRunner:
         self.screener = Screener(models=self.models, space=self.space, task=task, objectives=objectives,
                                  constraints=constraints, store=self.store, max_mape_pct=pr.max_heldout_mape_pct,
                                  audit_share=pr.audit_share, batch=self.config.measure.batch_size,
-                                 screen=pr.screen)
+                                 screen=pr.screen, screen_out_of_range=pr.screen_out_of_range)
 
     def _screen_then_evaluate(self, request: EvalRequest) -> Any:
         """In a training thread: screen first (a screened candidate returns its Verdict, never
@@ -359,7 +359,7 @@ class SearchRunner:
             return
         self._closed.set()
         if self.models is not None:  # a fit in flight writes its event before the store closes
-            self.models.join()
+            self.models.close()
         self.fleet.close()
         self.store.close()
 

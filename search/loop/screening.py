@@ -12,8 +12,10 @@ with the model's prediction interval. The candidate is screened when
   accuracy 1.0, since it is not trained) and better in one. An objective the model cannot
   predict (memory, energy) keeps the candidate in.
 
-A prediction flagged ``extrapolated`` (an op the model never saw, features out of its range) is
-not used to screen. A screened candidate is recorded ``screened`` with the prediction and is
+A prediction that needs an op type the model never saw (``unseen_op``) is never used to screen;
+one with features outside the model's training range (``out_of_range``) is used only with
+``[predictor] screen_out_of_range`` (default on: with the first fits, on a dozen networks, most
+new candidates have some feature out of range; the audited share measures how wrong that is). A screened candidate is recorded ``screened`` with the prediction and is
 neither trained nor measured, except for a fixed share (every ``round(1/audit_share)``-th), which
 is trained and measured anyway; the loop logs the prediction error of every candidate that has a
 prediction and was measured (``prediction_checked`` events). Predicted numbers carry the model's
@@ -53,10 +55,11 @@ class Screener:
 
     def __init__(self, *, models: FleetModels, space: Any, task: Any, objectives: Sequence[Objective],
                  constraints: Sequence[Constraint], store: Any, max_mape_pct: float, audit_share: float,
-                 batch: int = 1, screen: bool = True) -> None:
+                 batch: int = 1, screen: bool = True, screen_out_of_range: bool = True) -> None:
         self.models, self.space, self.task, self.store = models, space, task, store
         self.objectives, self.constraints = list(objectives), list(constraints)
         self.max_mape_pct, self.batch, self.screen = max_mape_pct, batch, screen
+        self.screen_out_of_range = screen_out_of_range
         self.audit_every = round(1 / audit_share) if audit_share > 0 else 0
         self._lock = threading.Lock()
         self.ruled_out = 0  # candidates with a reason, audited ones included
@@ -86,7 +89,10 @@ class Screener:
             r = fm.model.predict_layers(layers)
             pred["latency_ms"][k] = {
                 "value": r["latency_ms"], "interval": r["interval_ms"], "label": r["label"],
-                "extrapolated": r["extrapolated"], "heldout_mape_pct": fm.heldout_mape_pct,
+                "extrapolated": r["extrapolated"],
+                "unseen_op": any(": unseen_op:" in x for x in r["extrapolation"]),
+                "out_of_range": any(": out_of_range:" in x for x in r["extrapolation"]),
+                "heldout_mape_pct": fm.heldout_mape_pct,
                 "n_networks": fm.n_networks}
         return pred
 
@@ -96,7 +102,7 @@ class Screener:
         if metric in _COMPUTED:
             return (float(pred["computed"][metric]),)
         p = pred["latency_ms"].get(key) if metric == "latency_ms" else None
-        if p is None or p["extrapolated"]:
+        if p is None or p["unseen_op"] or (p["out_of_range"] and not self.screen_out_of_range):
             return None
         iv = p["interval"]
         return (p["value"],) + ((iv["low"], iv["high"]) if iv else ())
