@@ -12,7 +12,7 @@ Both runs: objectives accuracy (max) and latency_ms (min), one constraint ``late
 B is the median latency of ``--probe`` untrained networks sampled from the space and timed here
 in-process with ONNX Runtime (1 thread), so that about half the space violates it. The
 reference run has no predictor; the screening run has ``[predictor]`` on (first fit after 10
-profiled networks, refit every 8, screening once the held-out MAPE is <= ``--max-mape``, 20 %
+profiled networks, refit every ``--refit-every``, screening once the held-out MAPE is <= ``--max-mape``, 20 %
 of screened candidates measured anyway). Both have the same budget of proposals and seed.
 
 Printed: per run, trainings (candidates given to the trainer), device measurements (jobs
@@ -21,7 +21,7 @@ accuracy 0, latency B); and, for the same hypervolume (``--hv-share`` x the refe
 final), how many trainings and measurements each run had spent when its front first reached it,
 and the saving. The load of the machine is printed with the figures.
 
-Run: ``python -m bench.screening [--budget 36] [--probe 12] [--max-mape 25] [--keep DIR]``
+Run: ``python -m bench.screening [--budget 36] [--probe 12] [--max-mape 25] [--refit-every 8] [--keep DIR]``
 """
 from __future__ import annotations
 
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=int, default=36)
     ap.add_argument("--probe", type=int, default=12, help="untrained networks timed to set the bound")
     ap.add_argument("--max-mape", type=float, default=25.0, help="held-out MAPE (%%) needed to screen")
+    ap.add_argument("--refit-every", type=int, default=8, help="refit after this many more profiled networks")
     ap.add_argument("--hv-share", type=float, default=1.0, help="target = this x the reference's final HV")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", help="keep the two run directories here")
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     bound = probe_bound(base, args.probe, args.seed)
     base = dataclasses.replace(base, constraints=(f"latency_ms <= {bound:.5f}",)).validate()
     screen = dataclasses.replace(base, predictor=cfgmod.PredictorConfig(
-        enabled=True, min_networks=10, refit_every=8, max_heldout_mape_pct=args.max_mape,
+        enabled=True, min_networks=10, refit_every=args.refit_every, max_heldout_mape_pct=args.max_mape,
         audit_share=0.2)).validate()
     print(f"bound: latency_ms <= {bound:.4f} ms (median of {args.probe} untrained networks, ORT 1 thread); "
           f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
