@@ -16,11 +16,21 @@ File format::
     accuracy_table = ""         # CSV:COLUMN, replaces training by a published accuracy
     train_workers = 1
     torch_threads = 1
+    cost_first = false          # export the untrained network, measure it, never train a violator
+    accuracy = ""               # "" (train) | "supernet:PATH" (inherited weights, mobile space)
 
     [train]
     max_epochs = 6
     time_budget_s = 20.0
     patience = 2
+    early_bird = false          # stop a training once its Early-Bird ticket is drawn
+    early_bird_window = 5       # ... the last N mask distances all below early_bird_eps
+    early_bird_eps = 0.1
+    inherit_weights = false     # a child starts from its parent's trained weights where shapes agree
+
+    [fidelity]                  # asynchronous successive halving (off: rungs = [])
+    rungs = [1, 3, 9]           # epochs at each rung
+    eta = 3                     # the best 1/eta at a rung go on to the next
 
     [agents]
     addresses = ["10.0.0.5:50051"]   # none: one local agent is started on loopback
@@ -49,7 +59,9 @@ File format::
 """
 from __future__ import annotations
 
+import math
 import tomllib
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -67,6 +79,23 @@ class TrainSettings:
     max_epochs: int = 6
     time_budget_s: float = 20.0
     patience: int = 2
+    early_bird: bool = False
+    early_bird_window: int = 5
+    early_bird_eps: float = 0.1
+    inherit_weights: bool = False
+
+
+@dataclass(frozen=True)
+class FidelitySettings:
+    """The `[fidelity]` section: rung budgets in epochs (ascending; empty: off) and eta."""
+
+    rungs: tuple[int, ...] = ()
+    eta: int = 3
+
+    @property
+    def enabled(self) -> bool:
+        """Whether candidates climb rungs (more than one rung)."""
+        return len(self.rungs) > 1
 
 
 @dataclass(frozen=True)
@@ -132,7 +161,10 @@ class SearchConfig:
     accuracy_table: str = ""
     train_workers: int = 1
     torch_threads: int = 1
+    cost_first: bool = False
+    accuracy: str = ""
     train: TrainSettings = field(default_factory=TrainSettings)
+    fidelity: FidelitySettings = field(default_factory=FidelitySettings)
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     measure: MeasureConfig = DEMO_MEASURE
@@ -157,22 +189,33 @@ class SearchConfig:
         return d
 
     def validate(self) -> "SearchConfig":
-        if self.budget < 1:
-            raise ConfigError("budget must be at least 1")
-        if self.train_workers < 1:
-            raise ConfigError("train_workers must be at least 1")
+        """Every setting's type and range, names, files; ``ConfigError`` naming the key."""
+        from search.algorithms.base import list_algorithms
+        from search.spaces.base import list_spaces
+
+        _check_ranges(self)
         if not isinstance(self.space_options, dict):
             raise ConfigError("[search].space_options must be a table")
+        if self.space not in list_spaces():
+            raise ConfigError(f"[search].space: unknown space {self.space!r}; known: {', '.join(list_spaces())}")
+        if self.algorithm not in list_algorithms():
+            raise ConfigError(f"[search].algorithm: unknown algorithm {self.algorithm!r}; "
+                              f"known: {', '.join(list_algorithms())}")
         a = self.agents
         if bool(a.tls_cert) != bool(a.tls_key):
             raise ConfigError("[agents]: tls_cert and tls_key go together (mutual TLS)")
         for name in ("tls_ca", "tls_cert", "tls_key"):
             if getattr(a, name) and not Path(getattr(a, name)).is_file():
                 raise ConfigError(f"[agents].{name}: no file {getattr(a, name)!r}")
-        if a.straggler_s < 0 or a.lease_s <= 0:
-            raise ConfigError("[agents]: lease_s must be > 0 and straggler_s >= 0")
-        if self.population_size < 2:
-            raise ConfigError("population_size must be at least 2")
+        if self.measure.min_duration_s > self.measure.max_duration_s:
+            raise ConfigError("[measure]: min_duration_s must not exceed max_duration_s")
+        f = self.fidelity
+        if f.rungs and (list(f.rungs) != sorted(set(f.rungs)) or f.rungs[0] < 1 or f.eta < 2):
+            raise ConfigError("[fidelity]: rungs must be ascending distinct epoch counts >= 1 and eta >= 2")
+        if self.accuracy and not self.accuracy.startswith("supernet:"):
+            raise ConfigError(f"accuracy {self.accuracy!r}: expected '' (train) or 'supernet:PATH'")
+        if self.train.early_bird_window < 1 or self.train.early_bird_eps <= 0:
+            raise ConfigError("[train]: early_bird_window must be >= 1 and early_bird_eps > 0")
         try:
             self.objective_list()
             self.constraint_list()
@@ -187,20 +230,79 @@ class SearchConfig:
         return self
 
 
-def _section(cls: type, data: dict[str, Any], where: str) -> Any:
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
+def _type_ok(value: Any, want: Any) -> bool:
+    """Whether a TOML value has the field's type (an integer is a float; a bool is neither)."""
+    origin = typing.get_origin(want) or want
+    if isinstance(value, bool) and origin is not bool:
+        return False
+    if origin is float:
+        return isinstance(value, (int, float))
+    if origin is tuple:
+        item = (typing.get_args(want) or (Any,))[0]
+        return isinstance(value, (list, tuple)) and all(item is Any or isinstance(v, item) for v in value)
+    return origin is Any or isinstance(value, origin)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               tuple: "a list of strings", dict: "a table"}
+
+
+def check_types(cls: type, data: dict[str, Any], where: str) -> None:
+    """Every key of a TOML section ``[where]`` is a field of ``cls`` with the field's type;
+    otherwise one :class:`ConfigError` naming the key."""
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
     if unknown:
-        raise ConfigError(f"[{where}]: unknown keys {unknown}; known: {sorted(names)}")
+        raise ConfigError(f"[{where}]: unknown keys {unknown}; known: {sorted(hints)}")
+    for key, value in data.items():
+        want = hints[key]
+        if not _type_ok(value, want):
+            name = _TYPE_NAMES.get(typing.get_origin(want) or want, str(want))
+            raise ConfigError(f"[{where}].{key} must be {name}, got {value!r}")
+
+
+def _section(cls: type, data: dict[str, Any], where: str) -> Any:
+    check_types(cls, data, where)
     return cls(**data)
+
+
+#: (section, key) -> (low, high) closed range of every numeric setting (None: unbounded)
+_RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
+    ("search", "budget"): (1, None), ("search", "seed"): (0, 2**32 - 1), ("search", "population_size"): (2, None),
+    ("search", "train_workers"): (1, 256), ("search", "torch_threads"): (1, 1024),
+    ("train", "max_epochs"): (1, None), ("train", "time_budget_s"): (1e-3, None), ("train", "patience"): (0, None),
+    ("agents", "lease_s"): (1e-3, None), ("agents", "max_attempts"): (1, None),
+    ("agents", "max_crashes"): (1, None), ("agents", "straggler_s"): (0, None),
+    ("build", "intra_op_threads"): (0, 1024), ("build", "workspace_mb"): (1, None),
+    ("measure", "warmup_s"): (0, None), ("measure", "min_iterations"): (1, None),
+    ("measure", "min_duration_s"): (0, None), ("measure", "max_duration_s"): (1e-3, None),
+    ("measure", "target_precision"): (0, 1), ("measure", "cv_threshold"): (0, None),
+    ("measure", "batch_size"): (1, None), ("measure", "seed"): (0, 2**32 - 1),
+    ("measure", "timeout_s"): (1e-3, None), ("measure", "memory_limit_mb"): (1, None),
+}
+
+
+def _check_ranges(cfg: "SearchConfig") -> None:
+    sections = {"search": cfg, "train": cfg.train, "agents": cfg.agents, "build": cfg.build, "measure": cfg.measure}
+    for (where, key), (low, high) in _RANGES.items():
+        obj = sections[where]
+        value = getattr(obj, key)
+        if not _type_ok(value, typing.get_type_hints(type(obj))[key]):  # a command-line override
+            raise ConfigError(f"[{where}].{key} must be a number, got {value!r}")
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            bounds = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+            raise ConfigError(f"[{where}].{key} must be {bounds}, got {value!r}")
 
 
 def from_dict(data: dict[str, Any]) -> SearchConfig:
     """Build a config from the parsed TOML structure."""
     data = dict(data)
-    unknown = sorted(set(data) - {"search", "train", "agents", "build", "measure", "predictor"})
+    unknown = sorted(set(data) - {"search", "train", "agents", "build", "measure", "fidelity", "predictor"})
     if unknown:
         raise ConfigError(f"unknown sections {unknown}")
+    for name in ("search", "train", "agents", "build", "measure", "fidelity", "predictor"):
+        if not isinstance(data.get(name, {}), dict):
+            raise ConfigError(f"[{name}] must be a table")
     s = dict(data.get("search", {}))
     for key in ("objectives", "constraints"):
         if key in s:
@@ -210,14 +312,18 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
     try:
         cfg = _section(SearchConfig, s, "search")
         agents = dict(data.get("agents", {}))
-        if "addresses" in agents:
+        if isinstance(agents.get("addresses"), list):
             agents["addresses"] = tuple(agents["addresses"])
+        build, measure = dict(data.get("build", {})), dict(data.get("measure", {}))
+        check_types(BuildConfig, build, "build")
+        check_types(MeasureConfig, measure, "measure")
         cfg = replace(
             cfg,
             train=_section(TrainSettings, data.get("train", {}), "train"),
             agents=_section(AgentsConfig, agents, "agents"),
-            build=BuildConfig.from_dict(data.get("build")),
-            measure=replace(DEMO_MEASURE, **data["measure"]) if "measure" in data else DEMO_MEASURE,
+            fidelity=_fidelity(data.get("fidelity", {})),
+            build=BuildConfig.from_dict(build),
+            measure=replace(DEMO_MEASURE, **measure),
             predictor=_section(PredictorConfig, data.get("predictor", {}), "predictor"),
         )
     except TypeError as exc:
@@ -225,6 +331,15 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return cfg.validate()
+
+
+def _fidelity(data: dict[str, Any]) -> FidelitySettings:
+    d = dict(data)
+    if "rungs" in d:
+        if not isinstance(d["rungs"], list) or not all(isinstance(r, int) for r in d["rungs"]):
+            raise ConfigError("[fidelity].rungs must be a list of epoch counts, e.g. [1, 3, 9]")
+        d["rungs"] = tuple(d["rungs"])
+    return _section(FidelitySettings, d, "fidelity")
 
 
 def load(path: str | Path | None) -> SearchConfig:
@@ -256,7 +371,9 @@ def restore(data: dict[str, Any]) -> SearchConfig:
     d["constraints"] = tuple(d["constraints"])
     agents["addresses"] = tuple(agents["addresses"])
     agents.pop("token_set", None)  # see SearchConfig.to_stored
+    fid = dict(d.pop("fidelity", None) or {})  # absent in runs stored before [fidelity]
+    fid["rungs"] = tuple(fid.get("rungs", ()))
     predictor = PredictorConfig(**d.pop("predictor", {}))  # absent in runs stored before issue 12
     return SearchConfig(**d, train=TrainSettings(**train), agents=AgentsConfig(**agents),
-                        build=BuildConfig.from_dict(build), measure=MeasureConfig.from_dict(measure),
-                        predictor=predictor)
+                        fidelity=FidelitySettings(**fid), predictor=predictor,
+                        build=BuildConfig.from_dict(build), measure=MeasureConfig.from_dict(measure))

@@ -15,7 +15,9 @@ queue; the loop's thread alone changes the tracker and the algorithm.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,9 +26,13 @@ from typing import Any
 from search.algorithms.base import AlgorithmOptions, create_algorithm
 from search.config import SearchConfig
 from search.fleet.pool import MeasureJob
-from search.loop.setup import (Fleet, RegistrySettings, SearchError, accuracy_source, make_evaluator, make_space,
-                               open_run)
+from search.loop.progress import PlainProgress
+from search.loop.setup import (Fleet, RegistrySettings, SearchError, accuracy_source, lock_run, make_evaluator,
+                               open_run, preflight, resume_config)
+from search.loop.store import StoreError
+from search.loop.rungs import RungLadder
 from search.loop.screening import Screener, Verdict, prediction_error
+from search.metrics import ONNX_METRICS
 from search.loop.tracker import Candidate, CandidateTracker, State, job_id
 from search.objectives import split_metric
 from search.training.evaluator import EvalRequest, Evaluator
@@ -35,6 +41,8 @@ __all__ = ["SearchError", "SearchRunner", "run_search"]
 
 #: most events handled in one store transaction of the loop (keeps the agents' threads' wait short)
 _ROUND_EVENTS = 32
+#: a write that failed for these stops the search (a full or read-only disk), not the candidate
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class SearchRunner:
@@ -45,28 +53,41 @@ class SearchRunner:
                  agents: list[str] | None = None, progress: bool = True, local_agent_args: tuple[str, ...] = (),
                  registry_port: int | None = None, registry_host: str = "127.0.0.1",
                  registry_tls: dict[str, str] | None = None, heartbeat_s: float = 2.0,
-                 wait_agents_s: float = 120.0, evaluator: Evaluator | None = None) -> None:
+                 wait_agents_s: float = 120.0, evaluator: Evaluator | None = None,
+                 progress_every_s: float = 30.0) -> None:
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.store, self.config = open_run(self.run_dir, config, resume=resume)
-        if self.config.predictor.enabled:  # validate() turns the agents' layer profiles on
-            self.config = self.config.validate()
-        self.models: Any = None  # FleetModels, with [predictor] enabled
-        self.screener: Screener | None = None
-        self._predictions: dict[int, dict[str, Any]] = {}
-        self.space = make_space(self.config)
         self.progress = progress
+        self.progress_every_s = progress_every_s
         registry = None
         if registry_port is not None:
             tls = tuple((k, v) for k, v in (registry_tls or {}).items() if v)
             registry = RegistrySettings(port=registry_port, host=registry_host, tls=tls, heartbeat_s=heartbeat_s)
-        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.fleet = Fleet(store=self.store, config=self.config,
-                           addresses=list(agents if agents is not None else self.config.agents.addresses),
-                           on_done=lambda job, res, err: self._events.put(("measured", (job, res, err))),
-                           registry=registry, local_agent_args=local_agent_args, wait_agents_s=wait_agents_s)
+        # every check that needs no agent comes before the run directory is created or locked,
+        # so a failed start leaves nothing behind (a retry with the same --out works)
+        if config is None and resume:
+            config = resume_config(self.run_dir, token_given=False)
+        assert config is not None
+        self.space = preflight(config, registry=registry)
+        self._source = accuracy_source(config) if evaluator is None else None
+        self._run_lock = lock_run(self.run_dir)  # one process per run directory, freed at exit
+        try:
+            self.store, self.config = open_run(self.run_dir, config, resume=resume)
+            if self.config.predictor.enabled:  # validate() turns the agents' layer profiles on
+                self.config = self.config.validate()
+            self._init_fleet(agents, registry, local_agent_args, wait_agents_s)
+        except BaseException:
+            if hasattr(self, "store"):
+                self.store.close()
+            self._run_lock.release()
+            raise
         self.evaluator = evaluator
         self.tracker: CandidateTracker | None = None
+        self.models: Any = None  # FleetModels, with [predictor] enabled
+        self.screener: Screener | None = None
+        self._predictions: dict[int, dict[str, Any]] = {}
+        #: fidelity rungs ([fidelity]), when on
+        self.ladder: RungLadder | None = None
         self.device_keys: list[str] = []
         self.started = threading.Event()
         self.timings = {"train_s": 0.0, "export_s": 0.0}
@@ -77,6 +98,21 @@ class SearchRunner:
         #: candidates finished or failed in this process (see wait_closed)
         self.closed_count = 0
         self._progressed = threading.Condition()
+
+    def _init_fleet(self, agents: list[str] | None, registry: RegistrySettings | None,
+                    local_agent_args: tuple[str, ...], wait_agents_s: float) -> None:
+        # the agents are stored (not their token): a resume without --agent measures on them again
+        addresses = list(agents) if agents is not None else None
+        if addresses is None and self.resume:
+            addresses = self.store.get_meta("agents")
+        if addresses is None:
+            addresses = list(self.config.agents.addresses)
+        self._addresses = list(addresses)
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.fleet = Fleet(store=self.store, config=self.config, addresses=list(addresses),
+                           on_done=lambda job, res, err: self._events.put(("measured", (job, res, err))),
+                           registry=registry, local_agent_args=local_agent_args, wait_agents_s=wait_agents_s,
+                           on_fatal=lambda exc: self._events.put(("fatal", exc)))
 
     @property
     def pool(self):
@@ -93,20 +129,24 @@ class SearchRunner:
         """Run the search to its budget; the summary (also stored as ``search_finished``)."""
         cfg = self.config
         t_start = time.perf_counter()
-        source = accuracy_source(cfg) if self.evaluator is None else None
+        source = self._source
         try:
             objectives, constraints, self.device_keys = self.fleet.bind(cfg, self.fleet.start())
+            self.store.set_meta("agents", self._addresses)  # stored once they measure for the run
             if self.evaluator is None:
                 # a table-backed fleet measures by architecture key and needs no ONNX file, unless
                 # an objective or constraint is the ONNX size; the parameter count needs the model
                 # built (not exported)
                 server_metrics = {split_metric(i.name)[0] for i in [*objectives, *constraints]}
-                export = "size_mb" in server_metrics or self.fleet.runs_onnx()
+                export = bool(server_metrics & ONNX_METRICS) or self.fleet.runs_onnx()
                 self.evaluator = make_evaluator(cfg, source, self.space, self.store, export=export,
                                                 build=export or "params" in server_metrics)
             algo = create_algorithm(cfg.algorithm, AlgorithmOptions(
                 space=self.space, objectives=tuple(objectives), constraints=tuple(constraints),
                 seed=cfg.seed, population_size=cfg.population_size))
+            if cfg.fidelity.enabled:
+                self.ladder = RungLadder(rungs=cfg.fidelity.rungs, eta=cfg.fidelity.eta, objectives=objectives,
+                                         constraints=constraints)
             self.tracker = CandidateTracker(store=self.store, algorithm=algo, objectives=objectives,
                                             constraints=constraints, on_closed=self._advance)
             if cfg.predictor.enabled:
@@ -149,26 +189,44 @@ class SearchRunner:
 
     # -- the candidate's way ----------------------------------------------------------------
     def _evaluate(self, cid: int) -> None:
-        """Hand a proposed candidate to the evaluator (inline, or in a training thread)."""
+        """Hand a proposed candidate to the evaluator (inline, or in a training thread); cost
+        first: export its untrained network to be measured before any training."""
         cand = self.tracker[cid]
         self.tracker.training(cid)
-        request = EvalRequest(candidate_id=cid, genome=cand.genome, arch_key=cand.arch_key)
+        if self.config.cost_first and hasattr(self.evaluator, "export_untrained"):
+            cand.costs_only = True
+            self._submit(cid, self.evaluator.export_untrained)
+        else:
+            self._submit(cid, self.evaluator.evaluate)
+
+    def _submit(self, cid: int, fn: Any) -> None:
+        """Run ``fn(request)`` for the candidate at its rung's budget; its answer comes back as
+        a ``trained`` event."""
+        cand = self.tracker[cid]
+        fidelity = float(self.ladder.epochs(cand.rung)) if self.ladder is not None else None
+        parents = tuple(self.store.candidate(cid)["parents"]) if self.config.train.inherit_weights else ()
+        request = EvalRequest(candidate_id=cid, genome=cand.genome, arch_key=cand.arch_key, fidelity=fidelity,
+                              parents=parents)
         if self.evaluator.inline:
             fut: cf.Future = cf.Future()
             try:
-                fut.set_result(self.evaluator.evaluate(request))
+                fut.set_result(fn(request))
             except Exception as exc:  # noqa: BLE001 - reported through the future as below
                 fut.set_exception(exc)
             self._events.put(("trained", (cid, fut)))
             return
-        fut = self._executor.submit(self._screen_then_evaluate if self.screener else self.evaluator.evaluate,
-                                    request)
+        if self.screener is not None and fn == self.evaluator.evaluate and cand.rung == 0 and not cand.results:
+            fn = self._screen_then_evaluate  # only before a first training, with no cost measured yet
+        fut = self._executor.submit(fn, request)
         fut.add_done_callback(lambda f, cid=cid: self._events.put(("trained", (cid, f))))
 
     def _trained(self, cid: int, fut: cf.Future) -> None:
         try:
             ev = fut.result()
         except Exception as exc:  # noqa: BLE001 - a failed candidate is a value
+            if isinstance(exc, OSError) and exc.errno in _NO_SPACE:  # not the candidate's fault
+                raise SearchError(f"cannot write candidate {cid}'s model: {exc}; free space, then "
+                                  f"hwnas search --resume {self.run_dir}") from None
             self.tracker.fail(cid, f"build/train failed: {type(exc).__name__}: {exc}")
             return
         if isinstance(ev, Verdict):
@@ -181,9 +239,52 @@ class SearchRunner:
                 self._predictions[cid] = verdict.prediction
         for k in self.timings:
             self.timings[k] += ev.timings.get(k, 0.0)
+        cand = self.tracker[cid]
+        if self.ladder is not None and not cand.costs_only:
+            ev.train["rungs"] = [*(cand.train or {}).get("rungs", []), {
+                "rung": cand.rung, "epochs": self.ladder.epochs(cand.rung), "accuracy": ev.train.get("accuracy"),
+                "train_time_s": ev.timings.get("train_s", 0.0)}]
+        # costs do not depend on the weights: a key measured already (cost first, a lower rung) is not measured again
+        keys = [k for k in self.device_keys if k not in cand.results]
         self.tracker.trained(cid, train=ev.train, params=ev.params, size_mb=ev.size_mb,
-                             model_sha256=ev.model_sha256, device_keys=self.device_keys)
-        self._measure(self.tracker[cid], {k: job_id(cid, k) for k in self.device_keys})
+                             model_sha256=ev.model_sha256, device_keys=keys)
+        if cand.costs_only:
+            self._measure_again(cid)  # on resume, jobs measured before are kept
+        else:
+            self._measure(cand, {k: job_id(cid, k) for k in keys})
+
+    def _costs_known(self, cid: int) -> None:
+        """Cost first: the untrained network is measured; infeasible, or on to training."""
+        tracker = self.tracker
+        values, err = tracker.values(cid, costs_only=True)
+        if err is not None:
+            tracker.fail(cid, err)
+            return
+        over = [c for c in tracker.constraints if c.name in values and c.violation(values[c.name]) > 0]
+        if over:
+            reason = "before training, the untrained network violates " + "; ".join(
+                f"{c.name} {c.op} {c.bound:g} ({c.name} = {values[c.name]:.4g})" for c in over)
+            tracker.infeasible(cid, values, reason)
+            return
+        tracker.train_on(cid)
+        self._submit(cid, self.evaluator.evaluate)
+
+    def _settle(self, cid: int) -> None:
+        """Every measurement of the candidate is back: cost-first decision, rung promotion, or close."""
+        tracker = self.tracker
+        if tracker.costs_measured(cid):
+            self._costs_known(cid)
+            return
+        cand = tracker[cid] if cid in tracker else None
+        if (self.ladder is not None and cand is not None and cand.state is State.MEASURING and not cand.pending
+                and cand.error is None):
+            values, err = tracker.values(cid)
+            if err is None and self.ladder.record(cand.rung, cid, values):
+                tracker.promote(cid, cand.rung + 1)
+                tracker.training_again(cid)
+                self._submit(cid, self.evaluator.evaluate)
+                return
+        tracker.settle(cid)
 
     def _measure(self, cand: Candidate, jobs: dict[str, str]) -> None:
         """Send the candidate's jobs (device key -> job id) to the pool; close it if none is left."""
@@ -193,13 +294,13 @@ class SearchRunner:
             self.pool.submit(MeasureJob(job_id=jid, candidate_id=cand.id, device_key=key, model_path=path,
                                         model_sha256=cand.model_sha256, arch_key=cand.arch_key,
                                         space=self.space.name))
-        self.tracker.settle(cand.id)
+        self._settle(cand.id)
 
     def _measured(self, job: MeasureJob, result: dict[str, Any] | None, error: str | None) -> None:
         if result is not None and error is None:
             self._learn(job, result)
         self.tracker.measured(job.candidate_id, job.device_key, result, error)
-        self.tracker.settle(job.candidate_id)
+        self._settle(job.candidate_id)
 
     def _learn(self, job: MeasureJob, result: dict[str, Any]) -> None:
         """A profile feeds the key's cost model; a predicted candidate's error is logged."""
@@ -218,8 +319,12 @@ class SearchRunner:
         elif kind == "note":
             what, cid, detail = payload
             self.store.event(what, candidate_id=cid, detail={"error": detail})
-        else:
+        elif kind == "measured":
             self._measured(*payload)
+        else:  # "fatal": an agent worker met an error it cannot handle; the search stops
+            if isinstance(payload, (StoreError, SearchError)):
+                raise payload
+            raise SearchError(f"an agent worker stopped: {type(payload).__name__}: {payload}")
 
     def _propose(self) -> None:
         trial = self.tracker.algorithm.ask()
@@ -232,23 +337,41 @@ class SearchRunner:
     # -- resume -----------------------------------------------------------------------------
     def _replay(self) -> None:
         """Feed a resumed store to the algorithm; evaluate or measure again what was in flight."""
-        algo, to_train, to_measure = self.tracker.algorithm, [], []
+        algo, to_train, to_measure, to_promote = self.tracker.algorithm, [], [], []
         for c in self.store.candidates():
             genome, parents = self.space.from_json(c["genome"]), tuple(c["parents"])
-            if c["status"] in ("done", "failed", "screened"):
+            if self.ladder is not None and c["status"] == "done":
+                for r in (c["train"] or {}).get("rungs", []):  # the rungs' standings come back
+                    self.ladder.record(r["rung"], c["id"], {**c["objectives"], "accuracy": r["accuracy"]})
+            if c["status"] in ("done", "failed", "infeasible", "screened"):
                 algo.observe(genome, c["objectives"] if c["status"] == "done" else None, number=c["id"],
                              parents=parents)
                 continue
             algo.reserve(c["id"], genome, parents)
+            if c["status"] == "promoted" and self.ladder is not None:
+                to_promote.append(c)
+                continue
             trained = c["status"] == "trained"
             self.tracker.add(c["id"], genome, c["arch_key"], state=State.TRAINED if trained else State.PROPOSED,
                              row=c)
             (to_measure if trained else to_train).append(c["id"])
+        for c in to_promote:
+            self._train_promoted(c)
         for cid in to_train:
             self._evaluate(cid)
         for cid in to_measure:
             self._measure_again(cid)
-        self.store.event("resumed", detail={"train": to_train, "measure": to_measure})
+        self.store.event("resumed", detail={"train": to_train, "measure": to_measure,
+                                            "promoted": [c["id"] for c in to_promote]})
+
+    def _train_promoted(self, c: dict[str, Any]) -> None:
+        """A resumed promoted candidate: its measured costs back, training on at its next rung
+        from the weights it saved."""
+        cand = self.tracker.add(c["id"], self.space.from_json(c["genome"]), c["arch_key"], row=c)
+        cand.rung = c["train"]["rungs"][-1]["rung"] + 1
+        cand.results = {m["device_key"]: m["result"] for m in self.store.measurements(c["id"], ok_only=True)}
+        self.tracker.training(c["id"])
+        self._submit(c["id"], self.evaluator.evaluate)
 
     def _measure_again(self, cid: int) -> None:
         """A resumed trained candidate: keep its finished jobs, issue the others again."""
@@ -311,6 +434,7 @@ class SearchRunner:
         summary = {"run_dir": str(self.run_dir), "candidates": sum(counts.values()),
                    "done": counts.get("done", 0), "failed": counts.get("failed", 0),
                    "screened": counts.get("screened", 0),
+                   "infeasible": counts.get("infeasible", 0),
                    "wall_s": time.perf_counter() - t_start, "train_s": self.timings["train_s"],
                    "export_s": self.timings["export_s"], "retries": self.pool.retries,
                    "pareto_size": len(self._pareto_ids())}
@@ -326,6 +450,8 @@ class SearchRunner:
     def _progress_bar(self, *, total: int, initial: int) -> Any:
         if not self.progress:
             return None
+        if not sys.stderr.isatty():  # a log (CI, nohup, systemd): plain lines, not a redrawn bar
+            return PlainProgress(total=total, initial=max(0, initial), every_s=self.progress_every_s)
         from tqdm import tqdm
 
         return tqdm(total=total, initial=max(0, initial), desc="hwnas search", unit="cand", dynamic_ncols=True)
@@ -360,8 +486,11 @@ class SearchRunner:
         self._closed.set()
         if self.models is not None:  # a fit in flight writes its event before the store closes
             self.models.close()
-        self.fleet.close()
-        self.store.close()
+        try:
+            self.fleet.close()
+            self.store.close()
+        finally:
+            self._run_lock.release()
 
 
 def run_search(config: SearchConfig, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:

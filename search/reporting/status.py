@@ -14,7 +14,7 @@ from search.loop.store import Store
 
 def run_status(run_dir: str | Path) -> dict[str, Any]:
     """A snapshot of a run as a dict."""
-    st = Store(run_dir)
+    st = Store(run_dir, read_only=True)
     try:
         counts = st.count()
         jobs = st.jobs()
@@ -36,15 +36,18 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
             elif ev["kind"] == "agent_lost" and a in agents:
                 agents[a]["health"] = "lost"
                 agents[a]["lost"] += 1
+            elif ev["kind"] == "agent_auth_failed" and a in agents:
+                agents[a]["health"] = "auth"
+                agents[a]["left"] = f"refuses our credentials: {ev['detail'].get('reason')}"
             elif ev["kind"] == "agent_recovered" and a in agents:
-                agents[a]["health"] = "ok"
+                agents[a]["health"], agents[a]["left"] = "ok", None
             if ev["kind"] == "job_requeued":
                 retries += 1
         for m in st.measurements():
             if m["agent"] in agents:
                 agents[m["agent"]]["measured"] += 1
         cands = st.candidates()
-        finished = [c["updated"] for c in cands if c["status"] in ("done", "failed")]
+        finished = [c["updated"] for c in cands if c["status"] in ("done", "failed", "infeasible")]
         t0 = min((c["created"] for c in cands), default=time.time())
         span = (max(finished) - t0) if finished else 0.0
         queue: dict[str, int] = {}
