@@ -209,3 +209,16 @@ def test_energy_precision_ratio_needs_measured_energy():
     epr, how = energy_precision_ratio(cand, {"energy": {"status": "unavailable", "value_mj": None,
                                                          "method": "no power sensor"}}, "accuracy")
     assert epr is None and "no power sensor" in how
+
+
+def test_predictor_section_turns_profiles_on_and_old_configs_restore():
+    cfg = cfgmod.from_dict({"predictor": {"enabled": True, "max_heldout_mape_pct": 12.0}})
+    assert cfg.predictor.enabled and cfg.measure.profile_layers and cfg.predictor.max_heldout_mape_pct == 12.0
+    assert not cfgmod.from_dict({}).measure.profile_layers  # off by default: demo and benches unchanged
+    with pytest.raises(cfgmod.ConfigError, match="predictor"):
+        cfgmod.from_dict({"predictor": {"min_networks": 3}})
+    with pytest.raises(cfgmod.ConfigError, match="predictor"):
+        cfgmod.from_dict({"predictor": {"no_such_key": 1}})
+    stored = cfgmod.SearchConfig().to_stored()
+    stored.pop("predictor")  # a run stored before issue 12
+    assert cfgmod.restore(stored).predictor == cfgmod.PredictorConfig()
