@@ -23,7 +23,7 @@ accuracy 0, latency B); and, for the same hypervolume (``--hv-share`` x the refe
 final), how many trainings and measurements each run had spent when its front first reached it,
 and the saving. The load of the machine is printed with the figures.
 
-Run: ``python -m bench.screening [--budget 36] [--probe 12 | --bound MS] [--max-mape 25] [--refit-every 8] [--epochs 1] [--keep DIR]``
+Run: ``python -m bench.screening [--budget 36] [--probe 12 | --bound MS] [--max-mape 25] [--refit-every 8] [--epochs 1] [--algorithm nsga2] [--keep DIR]``
 """
 from __future__ import annotations
 
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=1, help="training epochs per candidate (time budget 3 s each)")
     ap.add_argument("--hv-share", type=float, default=1.0, help="target = this x the reference's final HV")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--algorithm", default="nsga2", help="search algorithm of both runs (nsga2, random, ...)")
     ap.add_argument("--keep", help="keep the two run directories here")
     args = ap.parse_args(argv)
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = dataclasses.replace(
         cfgmod.SearchConfig(space_options=dict(cfgmod.DEMO_SPACE_OPTIONS)), budget=args.budget,
-        population_size=8, seed=args.seed, objectives=("accuracy", "latency_ms"),
+        population_size=8, seed=args.seed, objectives=("accuracy", "latency_ms"), algorithm=args.algorithm,
         train=cfgmod.TrainSettings(max_epochs=args.epochs, time_budget_s=3.0 * args.epochs, patience=args.epochs),
         measure=dataclasses.replace(cfgmod.DEMO_MEASURE, min_iterations=20, min_duration_s=0.05, warmup_s=0.02))
     t0 = time.time()
