@@ -126,12 +126,12 @@ class PredictorConfig:
     :mod:`search.loop.screening`."""
 
     enabled: bool = False
+    screen: bool = True
+    screen_out_of_range: bool = True
     min_networks: int = 12
     refit_every: int = 6
     max_heldout_mape_pct: float = 15.0
     audit_share: float = 0.2
-    screen: bool = True
-    screen_out_of_range: bool = True
 
 
 #: The measurement settings of the embedded default: short windows so a demo of ~40
