@@ -60,12 +60,12 @@ File format::
 from __future__ import annotations
 
 import math
-import tomllib
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from device_agent.compat import tomllib
 from device_agent.config import BuildConfig, MeasureConfig
 from search.objectives import Constraint, Objective
 
@@ -134,8 +134,9 @@ class PredictorConfig:
     audit_share: float = 0.2
 
 
-#: The measurement settings of the embedded default: short windows so a demo of ~40
-#: candidates fits in minutes on 2 cores. A real run uses MeasureConfig's defaults.
+#: The measurement settings of the embedded default (``hwnas search`` without ``--config``):
+#: short windows so a demo of ~40 candidates fits in minutes on 2 cores. A TOML config starts
+#: from MeasureConfig's documented defaults (docs/measurement.md); its [measure] overrides them.
 DEMO_MEASURE = MeasureConfig(warmup_s=0.1, min_iterations=50, min_duration_s=0.25, max_duration_s=5.0,
                              timeout_s=60.0, memory_limit_mb=2048)
 
@@ -167,7 +168,7 @@ class SearchConfig:
     fidelity: FidelitySettings = field(default_factory=FidelitySettings)
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
-    measure: MeasureConfig = DEMO_MEASURE
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
 
     def objective_list(self) -> list[Objective]:
@@ -323,7 +324,7 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
             agents=_section(AgentsConfig, agents, "agents"),
             fidelity=_fidelity(data.get("fidelity", {})),
             build=BuildConfig.from_dict(build),
-            measure=replace(DEMO_MEASURE, **measure),
+            measure=MeasureConfig.from_dict(measure),
             predictor=_section(PredictorConfig, data.get("predictor", {}), "predictor"),
         )
     except TypeError as exc:
@@ -345,7 +346,7 @@ def _fidelity(data: dict[str, Any]) -> FidelitySettings:
 def load(path: str | Path | None) -> SearchConfig:
     """Read a TOML config (``None``: the embedded default)."""
     if path is None:
-        return SearchConfig(space_options=dict(DEMO_SPACE_OPTIONS)).validate()
+        return SearchConfig(space_options=dict(DEMO_SPACE_OPTIONS), measure=DEMO_MEASURE).validate()
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
