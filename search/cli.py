@@ -11,6 +11,8 @@
                  [--calibration N]] [--token T] [--tls-ca PEM ...] [--check-images N] [--min-agreement F]
     hwnas run MANIFEST IMAGE... [--artifact FILE] [--top K] [--json]
     hwnas status DIR [--json]
+    hwnas predictor fit DIR --device-key K -o FILE
+    hwnas predict FILE MODEL.onnx [--json]
     hwnas agent serve|measure ...
 """
 from __future__ import annotations
@@ -69,6 +71,8 @@ def _search(args: argparse.Namespace) -> int:
         overrides["objectives"] = tuple(args.objective)
     if args.constraint:
         overrides["constraints"] = tuple(args.constraint)
+    if args.predictor:
+        overrides["predictor"] = dataclasses.replace(cfg.predictor, enabled=True)
     # the TLS flags are named like [agents]' fields (and AgentClient's arguments)
     agent_overrides = client_tls_from_args(args, prefix="agent-")
     if args.token is not None:
@@ -272,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--registry-tls-client-ca", metavar="PEM",
                    help="registry: require agents' client certificates signed by this CA (mutual TLS)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--predictor", action="store_true",
+                   help="profile layers, fit a cost model per device key and screen candidates ([predictor])")
     s.add_argument("--cost-first", action="store_true",
                    help="measure the untrained network first; a constraint violator is never trained")
     s.add_argument("--accuracy", metavar="supernet:PATH",
@@ -333,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="the status as JSON")
     st.set_defaults(func=_status)
 
+    from search.costmodel.cli import add_parsers as add_predictor_parsers
+
+    add_predictor_parsers(sub)
     from device_agent.cli import add_agent_parser
 
     add_agent_parser(sub)

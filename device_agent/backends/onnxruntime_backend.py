@@ -278,10 +278,13 @@ class OrtRunner(Runner):
 
 
 def aggregate_profile(events: list[dict[str, Any]], iterations: int) -> list[dict[str, Any]]:
-    """Per-node mean/median ms from an ORT profiler trace (``*_kernel_time`` node events)."""
+    """Per-node mean/median ms from an ORT profiler trace (``*_kernel_time`` node events), with
+    the node's ``input_type_shape``/``output_type_shape`` as ORT reports them (the shapes the
+    cost model's features are checked against; issue 12)."""
     times: dict[str, list[float]] = defaultdict(list)
     ops: dict[str, str] = {}
     providers: dict[str, str] = {}
+    shapes: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     for ev in events:
         if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time"):
@@ -293,12 +296,13 @@ def aggregate_profile(events: list[dict[str, Any]], iterations: int) -> list[dic
         args = ev.get("args", {})
         ops[name] = args.get("op_name", "")
         providers[name] = args.get("provider", "")
+        shapes.setdefault(name, {k: args[k] for k in ("input_type_shape", "output_type_shape") if k in args})
     out = []
     for name in order:
         t = times[name][-iterations:] if len(times[name]) > iterations else times[name]
         out.append({"name": name, "op_type": ops[name], "provider": providers[name],
                     "mean_ms": statistics.fmean(t), "median_ms": statistics.median(t),
-                    "count": len(t)})
+                    "count": len(t), **shapes[name]})
     return out
 
 

@@ -3,7 +3,7 @@
 File format: a JSON list, one object per candidate, in proposal order::
 
     {
-      "id": 7, "status": "done" | "failed" | "pending" | "trained", "error": null | "reason",
+      "id": 7, "status": "done" | "failed" | "screened" | "pending" | "trained", "error": null | "reason",
       "space": "menndl", "arch_key": "...", "genome": {...}, "parents": [2, 5], "origin": "mutate",
       "objectives": {"accuracy": 0.95, "latency_ms@cpu-...": 0.21, "params": 12034},
       "feasible": true, "pareto": true,
@@ -17,8 +17,10 @@ File format: a JSON list, one object per candidate, in proposal order::
          "device_peak_mb": null | {"value": ..., "status": "computed" | "measured", "method": "..."},
          "energy": {"value_mj": null, "status": "unavailable", "method": "no power sensor: ..."},
          "flags": [], "output_check": {...}, "provenance": {...},
-         "build_config": {...}, "measure_config": {...}}
-      ]
+         "build_config": {...}, "measure_config": {...}, "layers": [per-node profile rows]}
+      ],
+      "prediction": null | {"latency_ms": {KEY: {"value", "interval", "label": "estimated:costmodel-<id>", ...}},
+                            "computed": {"params", "size_mb"}, "screen_reason", "audit"}
     }
 
 ``pareto`` marks the non-dominated members among the feasible finished candidates under the
@@ -104,6 +106,9 @@ def collect(run_dir: str | Path) -> list[dict[str, Any]]:
                 "size_mb": c["size_mb"], "model_sha256": c["model_sha256"],
                 "onnx_path": f"models/{c['model_sha256']}.onnx" if c["model_sha256"] else None,
                 "measurements": by_cand.get(c["id"], []),
+                # the cost model's prediction (status screened, or an audited one): estimated,
+                # labelled, never an objective value
+                "prediction": c.get("prediction"),
             })
         for row in out:  # what each objective value is: measured, published, simulated, ...
             row["kinds"] = {name: provenance(row, name)[0] for name in row["objectives"]}
