@@ -52,10 +52,15 @@ def _search(args: argparse.Namespace) -> int:
         overrides["budget"] = args.budget
     if args.seed is not None:
         overrides["seed"] = args.seed
-    for name in ("space", "algorithm", "dataset", "accuracy_table"):
+    for name in ("space", "algorithm", "dataset", "data_root", "accuracy_table", "train_workers"):
         v = getattr(args, name)
         if v is not None:
             overrides[name] = v
+    train = {k: v for k, v in (("max_epochs", args.max_epochs), ("time_budget_s", args.time_budget_s),
+                               ("device", args.train_device), ("executor", args.train_executor),
+                               ("ray_address", args.ray_address)) if v is not None}
+    if train:
+        overrides["train"] = dataclasses.replace(cfg.train, **train)
     if "space" in overrides and overrides["space"] != cfg.space:
         overrides["space_options"] = {}  # the options belonged to the other space
     if args.objective:
@@ -158,7 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--space", choices=list_spaces(), help="search space (default menndl)")
     s.add_argument("--algorithm", choices=list_algorithms(), help="search algorithm (default nsga2)")
-    s.add_argument("--dataset", help="digits, fashion-mnist, cifar10, cifar100, imagefolder:PATH")
+    s.add_argument("--dataset", metavar="NAME[:PATH]",
+                   help="what candidates train on: digits (default, embedded), fashion-mnist, cifar10:PATH, "
+                        "cifar100:PATH, cinic10:PATH, imagefolder:PATH (a folder or a tar of one)")
+    s.add_argument("--data-root", dest="data_root", metavar="DIR", help="folder of torchvision's dataset files")
+    s.add_argument("--max-epochs", type=int, metavar="N", help="[train].max_epochs: the longest training")
+    s.add_argument("--time-budget-s", type=float, metavar="S",
+                   help="[train].time_budget_s: training seconds per candidate (0: none)")
+    s.add_argument("--train-device", metavar="DEV",
+                   help="auto (default: cuda when present), cpu, cuda, cuda:N; an absent GPU is an error")
+    s.add_argument("--train-workers", dest="train_workers", type=int, metavar="N",
+                   help="training worker processes on CPU (cuda: one per visible GPU)")
+    s.add_argument("--train-executor", choices=["local", "ray"],
+                   help="local worker processes (default) or a Ray cluster (pip install 'hwnas[ray]')")
+    s.add_argument("--ray-address", metavar="HOST:PORT", help="the Ray cluster (--train-executor ray)")
     s.add_argument("--accuracy-table", dest="accuracy_table", metavar="CSV:COLUMN",
                    help="use a published accuracy instead of training (e.g. NAS-Bench-201)")
     s.add_argument("--objective", action="append", help="objective (repeatable), e.g. latency_ms@KEY")

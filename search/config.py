@@ -14,13 +14,20 @@ File format::
     dataset = "digits"          # digits | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH
     data_root = ""              # where torchvision datasets live
     accuracy_table = ""         # CSV:COLUMN, replaces training by a published accuracy
-    train_workers = 1
-    torch_threads = 1
+    train_workers = 1           # training worker processes on CPU (cuda: one per visible GPU)
+    torch_threads = 1           # torch threads per worker (0: the cores shared out over the workers)
 
     [train]
-    max_epochs = 6
-    time_budget_s = 20.0
-    patience = 2
+    max_epochs = 6              # the longest training; the space's epoch gene stays within it
+    time_budget_s = 20.0        # per candidate, seconds (0: none)
+    patience = 2                # epochs without a better validation accuracy before stopping
+    device = "auto"             # auto (cuda when present) | cpu | cuda | cuda:N; absent = error
+    deterministic = false       # cuda: reproducible kernels instead of cudnn autotuning
+    executor = "local"          # local (worker processes, one per GPU) | ray
+    ray_address = ""            # HOST:PORT of a running Ray cluster (executor = "ray")
+    ray_max_retries = 2         # a training whose Ray worker or node is lost runs again this often
+    ray_num_cpus = 1.0          # resources each training asks Ray for
+    ray_num_gpus = 0.0
 
     [agents]
     addresses = ["10.0.0.5:50051"]   # none: one local agent is started on loopback
@@ -52,11 +59,45 @@ class ConfigError(ValueError):
     """The configuration file or a command-line override is invalid."""
 
 
+#: where trainings run: local worker processes or tasks on a Ray cluster
+EXECUTORS = ("local", "ray")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
+    """The `[train]` section: the training budget, the device and the executor."""
+
     max_epochs: int = 6
     time_budget_s: float = 20.0
     patience: int = 2
+    device: str = "auto"
+    deterministic: bool = False
+    executor: str = "local"
+    ray_address: str = ""
+    ray_max_retries: int = 2
+    ray_num_cpus: float = 1.0
+    ray_num_gpus: float = 0.0
+
+    def validate(self) -> "TrainSettings":
+        """Raise :class:`ConfigError` for values no training could use."""
+        if self.max_epochs < 1 or self.patience < 1:
+            raise ConfigError("[train]: max_epochs and patience must be at least 1")
+        if not self.time_budget_s >= 0:
+            raise ConfigError(f"[train].time_budget_s must be >= 0 seconds (0: none), got {self.time_budget_s}")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"[train].executor {self.executor!r}: known {list(EXECUTORS)}")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError(f"[train].device {self.device!r}: auto, cpu, cuda or cuda:N")
+        if self.executor == "ray" and self.ray_address and ":" not in self.ray_address:
+            raise ConfigError(f"[train].ray_address {self.ray_address!r}: HOST:PORT")
+        if self.ray_max_retries < 0 or self.ray_num_cpus < 0 or self.ray_num_gpus < 0:
+            raise ConfigError("[train]: ray_max_retries, ray_num_cpus and ray_num_gpus must be >= 0")
+        return self
+
+    @property
+    def budget_s(self) -> float | None:
+        """The per-candidate time budget, None when there is none."""
+        return self.time_budget_s or None
 
 
 @dataclass(frozen=True)
@@ -90,7 +131,7 @@ DEMO_MEASURE = MeasureConfig(warmup_s=0.1, min_iterations=50, min_duration_s=0.2
 #: Bounds of the MENNDL-style space in the embedded default: small networks and learning rates
 #: that train on 8x8 digits in seconds, so a demo on two cores shows a real front.
 DEMO_SPACE_OPTIONS: dict[str, Any] = {"max_layers": 6, "max_filters": 48, "min_epochs": 3,
-                                      "max_epochs": 8, "lr_range": [0.002, 0.05]}
+                                      "max_epochs": 6, "lr_range": [0.002, 0.05]}
 
 
 @dataclass(frozen=True)
@@ -136,6 +177,8 @@ class SearchConfig:
             raise ConfigError("budget must be at least 1")
         if self.train_workers < 1:
             raise ConfigError("train_workers must be at least 1")
+        if self.torch_threads < 0:
+            raise ConfigError("torch_threads must be >= 0 (0: the cores shared out over the workers)")
         if not isinstance(self.space_options, dict):
             raise ConfigError("[search].space_options must be a table")
         a = self.agents
@@ -146,6 +189,11 @@ class SearchConfig:
                 raise ConfigError(f"[agents].{name}: no file {getattr(a, name)!r}")
         if a.straggler_s < 0 or a.lease_s <= 0:
             raise ConfigError("[agents]: lease_s must be > 0 and straggler_s >= 0")
+        self.train.validate()
+        top = self.space_options.get("max_epochs")
+        if isinstance(top, int) and top > self.train.max_epochs:
+            raise ConfigError(f"space_options.max_epochs {top} > [train].max_epochs {self.train.max_epochs}: "
+                              f"the epoch genes above {self.train.max_epochs} would have no effect")
         if self.population_size < 2:
             raise ConfigError("population_size must be at least 2")
         try:

@@ -25,7 +25,7 @@ from search.algorithms.base import AlgorithmOptions, create_algorithm
 from search.config import SearchConfig
 from search.fleet.pool import MeasureJob
 from search.loop.setup import (Fleet, RegistrySettings, SearchError, accuracy_source, make_evaluator, make_space,
-                               open_run)
+                               open_run, training_device)
 from search.loop.tracker import Candidate, CandidateTracker, State, job_id
 from search.objectives import split_metric
 from search.training.evaluator import EvalRequest, Evaluator
@@ -71,6 +71,9 @@ class SearchRunner:
         #: candidates finished or failed in this process (see wait_closed)
         self.closed_count = 0
         self._progressed = threading.Condition()
+        #: candidate id -> its last epoch record, while it trains (the progress line)
+        self.training_progress: dict[int, dict[str, float]] = {}
+        self._source: Any = None
 
     @property
     def pool(self):
@@ -87,7 +90,9 @@ class SearchRunner:
         """Run the search to its budget; the summary (also stored as ``search_finished``)."""
         cfg = self.config
         t_start = time.perf_counter()
-        source = accuracy_source(cfg) if self.evaluator is None else None
+        source = self._source = accuracy_source(cfg) if self.evaluator is None else None
+        if source is not None and not cfg.accuracy_table:
+            training_device(cfg)  # an absent GPU fails before any agent starts
         try:
             objectives, constraints, self.device_keys = self.fleet.bind(cfg, self.fleet.start())
             if self.evaluator is None:
@@ -96,15 +101,19 @@ class SearchRunner:
                 # built (not exported)
                 server_metrics = {split_metric(i.name)[0] for i in [*objectives, *constraints]}
                 export = "size_mb" in server_metrics or self.fleet.runs_onnx()
-                self.evaluator = make_evaluator(cfg, source, self.space, self.store, export=export,
-                                                build=export or "params" in server_metrics)
+                self.evaluator = make_evaluator(
+                    cfg, source, self.space, self.store, export=export, build=export or "params" in server_metrics,
+                    on_progress=lambda cid, record: self._events.put(("progress", (cid, record))))
             algo = create_algorithm(cfg.algorithm, AlgorithmOptions(
                 space=self.space, objectives=tuple(objectives), constraints=tuple(constraints),
                 seed=cfg.seed, population_size=cfg.population_size))
             self.tracker = CandidateTracker(store=self.store, algorithm=algo, objectives=objectives,
                                             constraints=constraints, on_closed=self._advance)
             self.started.set()
-            return self._loop(t_start)
+            summary = self._loop(t_start)
+            if source is not None and not cfg.accuracy_table:
+                summary["test"] = self._test_front()
+            return summary
         finally:
             self.close()
 
@@ -126,6 +135,7 @@ class SearchRunner:
         fut.add_done_callback(lambda f, cid=cid: self._events.put(("trained", (cid, f))))
 
     def _trained(self, cid: int, fut: cf.Future) -> None:
+        self.training_progress.pop(cid, None)
         try:
             ev = fut.result()
         except Exception as exc:  # noqa: BLE001 - a failed candidate is a value
@@ -154,6 +164,11 @@ class SearchRunner:
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "trained":
             self._trained(*payload)
+        elif kind == "progress":
+            cid, record = payload
+            if cid in self.tracker:  # a late record of a finished candidate is dropped
+                self.training_progress[cid] = record
+                self._refresh()
         else:
             self._measured(*payload)
 
@@ -205,7 +220,8 @@ class SearchRunner:
     # -- the loop ---------------------------------------------------------------------------
     def _loop(self, t_start: float) -> dict[str, Any]:
         cfg, tracker = self.config, self.tracker
-        self._executor = cf.ThreadPoolExecutor(max_workers=cfg.train_workers, thread_name_prefix="train")
+        capacity = int(getattr(self.evaluator, "capacity", cfg.train_workers))
+        self._executor = cf.ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="train")
         proposed = len(self.store.candidates())
         if self.resume:
             self._replay()
@@ -220,7 +236,7 @@ class SearchRunner:
                 with self.store.batch():
                     # keep the trainers busy, but not so far ahead that measurements pile up
                     max_backlog = max(2, 2 * len(self.pool.agents))  # agents join and leave
-                    while (tracker.count(State.TRAINING) < cfg.train_workers and proposed < cfg.budget
+                    while (tracker.count(State.TRAINING) < capacity and proposed < cfg.budget
                            and tracker.count(State.MEASURING) <= max_backlog):
                         self._propose()
                         proposed += 1
@@ -251,6 +267,14 @@ class SearchRunner:
                    "pareto_size": len(self._pareto_ids())}
         self.store.event("search_finished", detail=summary)
         return summary
+
+    def _test_front(self) -> dict[str, Any]:
+        """After the search: the test accuracy of every Pareto member, once (never selection)."""
+        from search.training.holdout import evaluate_on_test
+
+        out = evaluate_on_test(store=self.store, space=self.space, splits=self._source, ids=self._pareto_ids(),
+                               device=training_device(self.config))
+        return {"evaluated": len(out["evaluated"]), "skipped": out["skipped"], "test_images": out["test_images"]}
 
     # -- progress ---------------------------------------------------------------------------
     def _pareto_ids(self) -> list[int]:
@@ -284,15 +308,20 @@ class SearchRunner:
             return
         self._last_refresh = time.monotonic()
         counts = self.store.count()
+        training = " ".join(f"#{cid}:{int(r['epoch'])}/{int(r['epochs'])}@{r['images_per_s']:.0f}img/s"
+                            for cid, r in sorted(self.training_progress.items()))
         self._bar.set_postfix(done=counts.get("done", 0), failed=counts.get("failed", 0),
                               front=len(self._pareto_ids()), queue=sum(self.pool.queue_depth().values()),
-                              refresh=True)
+                              training=training or "-", refresh=True)
 
     def close(self) -> None:
         """Stop the fleet and close the store (once)."""
         if self._closed.is_set():
             return
         self._closed.set()
+        closer = getattr(self.evaluator, "close", None)
+        if closer is not None:
+            closer()
         self.fleet.close()
         self.store.close()
 

@@ -77,10 +77,18 @@ def open_run(run_dir: str | Path, config: SearchConfig | None, *, resume: bool) 
 
 def make_space(config: SearchConfig) -> SearchSpace:
     """The config's search space, with its options."""
-    from search.spaces.base import get_space
+    import inspect
 
+    from search.spaces.base import SPACES, get_space
+
+    options = dict(config.space_options)
     try:
-        return get_space(config.space, **config.space_options)
+        # a space with an epoch gene trains at most [train].max_epochs: its range ends there
+        # unless the options say otherwise (validate() refuses a range beyond it for new runs)
+        if "max_epochs" in inspect.signature(SPACES.get(config.space)).parameters:
+            options.setdefault("max_epochs", config.train.max_epochs)
+            options.setdefault("min_epochs", min(options.get("min_epochs", 1), options["max_epochs"]))
+        return get_space(config.space, **options)
     except (TypeError, ValueError) as exc:
         raise SearchError(f"search space {config.space!r}: {exc}") from None
 
@@ -212,22 +220,48 @@ def accuracy_source(config: SearchConfig) -> Any:
             return AccuracyTable(config.accuracy_table)
         except AccuracyTableError as exc:
             raise SearchError(str(exc)) from None
-    from search.training.data import load_dataset
+    from search.training.workers import load_splits
 
     try:
-        return load_dataset(config.dataset, root=config.data_root or None, seed=config.seed)
+        return load_splits(config)
     except (ValueError, FileNotFoundError, OSError) as exc:
         raise SearchError(f"dataset {config.dataset!r}: {exc}") from None
 
 
-def make_evaluator(config: SearchConfig, source: Any, space: SearchSpace, store: Store, *, build: bool,
-                   export: bool) -> Evaluator:
-    """The run's evaluator for an :func:`accuracy_source`: the table's look-up, or in-process
-    training on the dataset's splits."""
-    from search.training.accuracy_table import AccuracyTable
-    from search.training.evaluator import InProcessTrainer, TableEvaluator
+def training_device(config: SearchConfig) -> str:
+    """The run's training device (``[train].device`` resolved; an absent GPU is an error)."""
+    from search.training.devices import DeviceError, resolve_device
 
-    common: dict[str, Any] = dict(space=space, model_path=store.model_path, export=export)
+    try:
+        return resolve_device(config.train.device)
+    except DeviceError as exc:
+        raise SearchError(str(exc)) from None
+
+
+def make_evaluator(config: SearchConfig, source: Any, space: SearchSpace, store: Store, *, build: bool,
+                   export: bool, on_progress: Callable[[int, dict], None] | None = None) -> Evaluator:
+    """The run's evaluator for an :func:`accuracy_source`: the table's look-up, or training in
+    worker processes (one per GPU, or ``train_workers`` on CPU) or on a Ray cluster."""
+    from search.training.accuracy_table import AccuracyTable
+    from search.training.evaluator import TableEvaluator
+
     if isinstance(source, AccuracyTable):
-        return TableEvaluator(table=source, build=build, torch_threads=config.torch_threads, **common)
-    return InProcessTrainer(splits=source, config=config, **common)
+        table = TableEvaluator(table=source, build=build, torch_threads=config.torch_threads, space=space,
+                               model_path=store.model_path, export=export)
+        table.capacity = config.train_workers
+        return table
+    device = training_device(config)
+    if config.train.executor == "ray":
+        from search.training.ray_executor import RayTrainer
+
+        try:
+            return RayTrainer(config=config, splits=source, run_dir=store.run_dir, export=export,
+                              device=device, on_progress=on_progress)
+        except (ImportError, ConnectionError, RuntimeError, ValueError) as exc:
+            raise SearchError(f"ray executor: {exc}") from None
+    from search.training.devices import cpu_threads, worker_devices
+    from search.training.workers import ProcessPoolTrainer
+
+    devices = worker_devices(device, config.train_workers)
+    return ProcessPoolTrainer(config=config, run_dir=store.run_dir, export=export, devices=devices,
+                              threads=cpu_threads(len(devices), config.torch_threads), on_progress=on_progress)

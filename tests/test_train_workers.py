@@ -1,0 +1,176 @@
+"""Training in worker processes (the local executor) on real digits: processes with their own
+pids and thread counts, per-epoch progress, a killed worker failing only its candidate, the
+training device rules, determinism of a whole search, and the test split read only after it."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import threading
+
+import pytest
+import torch
+
+from search import config as cfgmod
+from search.loop.runner import SearchRunner
+from search.loop.setup import make_space
+from search.loop.store import Store
+from search.reporting.results import collect
+from search.training.devices import DeviceError, cpu_threads, resolve_device, worker_devices
+from search.training.evaluator import EvalRequest
+from search.training.workers import ProcessPoolTrainer
+
+FAST = dataclasses.replace(
+    cfgmod.SearchConfig(), budget=4, population_size=4, train_workers=2,
+    space_options={"max_layers": 3, "max_filters": 16, "min_epochs": 1, "max_epochs": 2},
+    train=cfgmod.TrainSettings(max_epochs=2, time_budget_s=0.0, patience=1),
+    measure=dataclasses.replace(cfgmod.DEMO_MEASURE, min_iterations=10, min_duration_s=0.05, warmup_s=0.02),
+)
+
+
+def _request(cfg: cfgmod.SearchConfig, cid: int, seed: int = 0) -> EvalRequest:
+    import random
+
+    space = make_space(cfg)
+    g = space.sample(random.Random(seed))
+    return EvalRequest(candidate_id=cid, genome=g, arch_key=space.key(g))
+
+
+def test_workers_are_processes_with_threads_set_and_report_epochs(tmp_path):
+    records: list[tuple[int, dict]] = []
+    trainer = ProcessPoolTrainer(config=FAST, run_dir=tmp_path, export=True, devices=["cpu", "cpu"], threads=1,
+                                 on_progress=lambda cid, r: records.append((cid, r)))
+    try:
+        assert trainer.capacity == 2 and not trainer.inline
+        results: dict[int, object] = {}
+        threads = [threading.Thread(target=lambda c=c: results.__setitem__(c, trainer.evaluate(_request(FAST, c, c))))
+                   for c in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        pids = {results[c].train["worker"]["pid"] for c in (1, 2)}
+        assert os.getpid() not in pids
+        for c in (1, 2):
+            ev = results[c]
+            assert ev.train["worker"]["torch_threads"] == 1 and ev.train["device"] == "cpu"
+            assert 0.0 <= ev.train["accuracy"] <= 1.0 and ev.train["images_per_s"] > 0
+            assert (tmp_path / "models" / f"{ev.model_sha256}.onnx").is_file()
+            assert (tmp_path / "weights" / f"{c}.pt").is_file()
+            assert "test_accuracy" not in ev.train or ev.train["test_accuracy"] is None
+            epochs = [r["epoch"] for cid, r in records if cid == c]
+            assert epochs == list(range(1, ev.train["epochs"] + 1))
+    finally:
+        trainer.close()
+
+
+def test_a_killed_worker_fails_its_candidate_and_the_pool_goes_on(tmp_path):
+    slow = dataclasses.replace(FAST, space_options={**FAST.space_options, "max_epochs": 6, "min_epochs": 6},
+                               train=dataclasses.replace(FAST.train, max_epochs=6, patience=6))
+    first_epoch = threading.Event()
+    pids: list[int] = []
+
+    def progress(cid: int, record: dict) -> None:
+        pids.append(int(record["pid"]))
+        first_epoch.set()
+
+    trainer = ProcessPoolTrainer(config=slow, run_dir=tmp_path, export=False, devices=["cpu"], threads=1,
+                                 on_progress=progress)
+    try:
+        errors: list[BaseException] = []
+        t = threading.Thread(target=lambda: errors.append(pytest.raises(RuntimeError, trainer.evaluate,
+                                                                        _request(slow, 1)).value))
+        t.start()
+        assert first_epoch.wait(120)
+        os.kill(pids[0], signal.SIGKILL)
+        t.join(60)
+        assert errors and "training worker process died" in str(errors[0])
+        ev = trainer.evaluate(_request(slow, 2, seed=5))  # a fresh pool trains the next one
+        assert ev.train["worker"]["pid"] != pids[0] and ev.train["epochs"] >= 1
+    finally:
+        trainer.close()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the absent-GPU error cannot occur")
+def test_an_absent_gpu_is_an_error_not_a_cpu_fallback(tmp_path, capsys):
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    for dev in ("cuda", "cuda:1"):
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
+            resolve_device(dev)
+    with pytest.raises(DeviceError, match="unknown training device"):
+        resolve_device("tpu")
+    from search.cli import main as hwnas
+
+    rc = hwnas(["search", "--out", str(tmp_path / "r"), "--train-device", "cuda", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no CUDA GPU" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r" / "run.sqlite").exists() or not Store(tmp_path / "r").candidates()
+
+
+def test_cpu_workers_share_the_cores():
+    assert worker_devices("cpu", 3) == ["cpu"] * 3 and worker_devices("cuda:1", 4) == ["cuda:1"]
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(1) == cores and cpu_threads(cores * 2) == 1 and cpu_threads(2, torch_threads=3) == 3
+
+
+def _fingerprint(run_dir) -> list[tuple]:
+    out = []
+    for r in collect(run_dir):
+        hist = [{k: v for k, v in h.items() if k not in ("time_s", "images_per_s")} for h in r["train"]["history"]]
+        out.append((r["id"], r["arch_key"], r["status"], r["train"]["accuracy"], hist, r["params"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def guarded_run(tmp_path_factory):
+    """A search whose dataset records every read of its test split (and what state the search
+    was in then)."""
+    import search.loop.runner as runner_mod
+
+    reads: list[dict] = []
+    holder: dict[str, SearchRunner] = {}
+    real = runner_mod.accuracy_source
+
+    class Guarded:
+        def __init__(self, splits):
+            self._splits = splits
+
+        def __getattr__(self, name):
+            return getattr(self._splits, name)
+
+        @property
+        def test(self):
+            r = holder["runner"]
+            reads.append({"closed": r.closed_count, "open": len(r.tracker),
+                          "finished": bool(r.store.events("search_finished"))})
+            return self._splits.test
+
+    runner_mod.accuracy_source = lambda cfg: Guarded(real(cfg))
+    try:
+        out = tmp_path_factory.mktemp("guarded")
+        cfg = dataclasses.replace(FAST, train_workers=1)
+        holder["runner"] = SearchRunner(config=cfg, run_dir=out, progress=False)
+        summary = holder["runner"].run()
+    finally:
+        runner_mod.accuracy_source = real
+    return out, summary, reads
+
+
+def test_test_split_is_read_only_after_the_search(guarded_run):
+    run_dir, summary, reads = guarded_run
+    results = collect(run_dir)
+    assert all(r["status"] == "done" for r in results), [r["error"] for r in results]
+    assert reads and all(r["finished"] and r["open"] == 0 and r["closed"] == 4 for r in reads)
+    members = [r for r in results if r["pareto"]]
+    assert members and summary["test"]["evaluated"] == len(members)
+    for r in results:
+        assert r["val_accuracy"] == r["objectives"]["accuracy"] == r["train"]["accuracy"]
+        # test accuracy for the front only, measured once, after the search
+        assert (r["test_accuracy"] is not None) == r["pareto"]
+    assert len(Store(run_dir).events("test_evaluated")) == 1
+
+
+def test_same_seed_same_search(guarded_run, tmp_path):
+    run_dir, _, _ = guarded_run
+    SearchRunner(config=dataclasses.replace(FAST, train_workers=1), run_dir=tmp_path / "again", progress=False).run()
+    assert _fingerprint(tmp_path / "again") == _fingerprint(run_dir)
