@@ -8,6 +8,9 @@ File format (JSON object, UTF-8), one per exported candidate, beside its ``model
       "objectives": {"accuracy": 0.95, "latency_ms@cpu-x": 0.21, "params": 12034},
       "pareto": true,
       "provenance": {"accuracy": {"status": "measured", "method": "..."}, ...},
+      "accuracy": {"validation": 0.95,     # the search's fitness
+                   "test": 0.94,           # measured once after the search (null: not measured)
+                   "final": null | {...}}, # hwnas train-final's record (its val/test accuracy, ONNX)
       "train": {...},                      # the run's training record, as stored
       "measurements": [...],               # the run's measurements, each with its provenance
       "model": {"file": "model.onnx", "sha256": "<hex>", "size_bytes": 1234, "opset": 17,
@@ -100,6 +103,8 @@ def build_manifest(candidate: dict[str, Any], *, model_bytes: bytes, model_file:
         "objectives": candidate.get("objectives") or {},
         "pareto": bool(candidate.get("pareto")),
         "provenance": provenance or {},
+        "accuracy": {"validation": candidate.get("val_accuracy"), "test": candidate.get("test_accuracy"),
+                     "final": candidate.get("final")},
         "train": candidate.get("train"),
         "measurements": candidate.get("measurements") or [],
         "model": {"file": model_file, "sha256": sha256_bytes(model_bytes), "size_bytes": len(model_bytes),

@@ -98,8 +98,12 @@ def _results(args: argparse.Namespace) -> int:
         flag = "*" if r["pareto"] else " "
         obj = "  ".join(f"{k}={v:.4g}" for k, v in r["objectives"].items())
         tail = obj if r["status"] == "done" else (r["error"] or "")
+        if r.get("test_accuracy") is not None:
+            tail += f"  test_accuracy={r['test_accuracy']:.4g}"
+        if (r.get("final") or {}).get("test_accuracy") is not None:
+            tail += f"  final_test_accuracy={r['final']['test_accuracy']:.4g}"
         print(f"{flag} {r['id']:4d} {r['status']:8s} {tail}")
-    print("(* = Pareto member)")
+    print("(* = Pareto member; accuracy is the validation split's, test_accuracy measured once after the search)")
     return 0
 
 

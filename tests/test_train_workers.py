@@ -174,3 +174,22 @@ def test_same_seed_same_search(guarded_run, tmp_path):
     run_dir, _, _ = guarded_run
     SearchRunner(config=dataclasses.replace(FAST, train_workers=1), run_dir=tmp_path / "again", progress=False).run()
     assert _fingerprint(tmp_path / "again") == _fingerprint(run_dir)
+
+
+def test_status_results_and_report_show_throughput_device_and_test_accuracy(guarded_run, tmp_path, capsys):
+    import json
+
+    from search.cli import main as hwnas
+
+    run_dir, _, _ = guarded_run
+    assert hwnas(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "images/s over 4 trained candidates on cpu" in out
+    assert hwnas(["results", str(run_dir)]) == 0
+    assert "test_accuracy=" in capsys.readouterr().out
+    assert hwnas(["report", str(run_dir), "--out", str(tmp_path / "rep")]) == 0
+    rows = json.loads((tmp_path / "rep" / "near_best.json").read_text())
+    assert rows and all(r["accuracy_kind"] == "test accuracy" for r in rows)
+    assert hwnas(["export", str(run_dir), "--out", str(tmp_path / "exp")]) == 0
+    man = json.loads(next((tmp_path / "exp").glob("*/manifest.json")).read_text())
+    assert man["accuracy"]["test"] is not None and man["accuracy"]["validation"] is not None

@@ -53,6 +53,7 @@ class TrainResult:
     hparams: dict[str, Any] = field(default_factory=dict)
     #: training images per second over the whole run (validation excluded), and where it ran
     images_per_s: float = 0.0
+    train_images: int = 0
     device: str = "cpu"
     amp: bool = False
 
@@ -282,5 +283,6 @@ def train_candidate(model: nn.Module, splits: Any, hparams: TrainHParams, *,
                        best_epoch=best_epoch, train_time_s=train_time,
                        early_stopped=stop_reason != "completed", stop_reason=stop_reason,
                        history=history, test_accuracy=test_acc, hparams=asdict(hparams),
-                       images_per_s=images / train_s if train_s > 0 else 0.0, device=str(place.device),
+                       images_per_s=images / train_s if train_s > 0 else 0.0, train_images=images,
+                       device=str(place.device),
                        amp=place.cuda)
