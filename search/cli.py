@@ -6,6 +6,7 @@
     hwnas report DIR [--out DIR]
     hwnas export DIR [--out DIR] [--all] [--agent HOST:PORT] [--token T] [--tls-ca PEM ...]
     hwnas status DIR [--json]
+    hwnas train-final DIR [--top K] [--epochs N] [--id ID ...] [--train-device DEV]
     hwnas agent serve|measure ...
 """
 from __future__ import annotations
@@ -137,6 +138,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_final(args: argparse.Namespace) -> int:
+    from search.training.final import FinalTrainingError, train_final
+
+    try:
+        records = train_final(args.run_dir, top=args.top, epochs=args.epochs, ids=args.id, device=args.train_device)
+    except FinalTrainingError as exc:
+        raise CLIError(str(exc)) from None
+    for r in records:
+        s = r["search"]
+        print(f"#{r['id']}: {r['epochs']} epochs on {r['device']}: val_accuracy {r['val_accuracy']:.4f}, "
+              f"test_accuracy {_num(r['test_accuracy'])} (search: {s['epochs']} epochs, val {_num(s['val_accuracy'])}, "
+              f"test {_num(s['test_accuracy'])}); ONNX {r['onnx_path']}")
+    return 0
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 def _status(args: argparse.Namespace) -> int:
     from search.reporting.status import run_status
 
@@ -221,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     etok.add_argument("--token-file", help="file holding the token")
     add_client_tls_args(e)
     e.set_defaults(func=_export)
+
+    tf = sub.add_parser("train-final", help="retrain chosen Pareto members with their full schedule")
+    tf.add_argument("run_dir")
+    tf.add_argument("--top", type=int, metavar="K", help="the K most accurate Pareto members (default: all)")
+    tf.add_argument("--id", type=int, action="append", help="this finished candidate (repeatable) instead")
+    tf.add_argument("--epochs", type=int, metavar="N", help="epochs for each (default: its genome's)")
+    tf.add_argument("--train-device", metavar="DEV", help="auto, cpu, cuda, cuda:N (default: the run's)")
+    tf.set_defaults(func=_train_final)
 
     st = sub.add_parser("status", help="agents, queue and progress of a run")
     st.add_argument("run_dir")

@@ -193,3 +193,31 @@ def test_status_results_and_report_show_throughput_device_and_test_accuracy(guar
     assert hwnas(["export", str(run_dir), "--out", str(tmp_path / "exp")]) == 0
     man = json.loads(next((tmp_path / "exp").glob("*/manifest.json")).read_text())
     assert man["accuracy"]["test"] is not None and man["accuracy"]["validation"] is not None
+
+
+def test_train_final_retrains_the_front_and_keeps_the_search_figures(guarded_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    from search.cli import main as hwnas
+
+    src, _, _ = guarded_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    before = {r["id"]: r for r in collect(run_dir)}
+    assert hwnas(["train-final", str(run_dir), "--top", "1", "--epochs", "3"]) == 0
+    assert "epoch 3/3" in capsys.readouterr().err
+    after = collect(run_dir)
+    (tuned,) = [r for r in after if r["final"]]
+    f = tuned["final"]
+    assert tuned["pareto"] and f["epochs"] == 3 and len(f["history"]) == 3
+    assert 0.0 <= f["test_accuracy"] <= 1.0 and (run_dir / f["weights"]).is_file()
+    assert (run_dir / f["onnx_path"]).is_file() and f["model_sha256"] != tuned["model_sha256"]
+    # the search-time figures stay beside the final ones
+    assert f["search"]["val_accuracy"] == before[tuned["id"]]["val_accuracy"] == tuned["val_accuracy"]
+    assert tuned["test_accuracy"] == before[tuned["id"]]["test_accuracy"]
+    assert hwnas(["export", str(run_dir), "--out", str(tmp_path / "exp")]) == 0
+    man = json.loads((tmp_path / "exp" / str(tuned["id"]) / "manifest.json").read_text())
+    assert man["model"]["sha256"] == f["model_sha256"] and man["accuracy"]["final"]["epochs"] == 3
+    assert hwnas(["train-final", str(run_dir), "--id", "999"]) == 2
+    assert "no finished candidates with ids [999]" in capsys.readouterr().err

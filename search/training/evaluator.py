@@ -146,7 +146,15 @@ class InProcessTrainer(_ModelEvaluator):
         self.capacity = config.train_workers
 
     def evaluate(self, request: EvalRequest) -> Evaluation:
-        """Build (seeded by the candidate id), train, keep the weights, export."""
+        """Build (seeded by the candidate id), train with the search's budget, keep the weights, export."""
+        cfg = self.settings
+        return self.train(request, self.space.hparams(request.genome) or TrainHParams(), max_epochs=cfg.max_epochs,
+                          time_budget_s=cfg.budget_s, patience=cfg.patience)[0]
+
+    def train(self, request: EvalRequest, hparams: TrainHParams, *, max_epochs: int | None,
+              time_budget_s: float | None, patience: int | None, restore_best: bool = True) -> tuple[Evaluation, Any]:
+        """Build (seeded by the candidate id), train with ``hparams`` and these limits, save the
+        weights to ``weights_path``, export; the evaluation and the trained model (on CPU)."""
         import torch
 
         from search.training.train import train_candidate
@@ -158,9 +166,8 @@ class InProcessTrainer(_ModelEvaluator):
             model = self._build(genome)
         size = self.space.input_shape(genome, self.task)[-1]
         progress = self.on_progress
-        res = train_candidate(model, self.splits, self.space.hparams(genome) or TrainHParams(),
-                              max_epochs=self.settings.max_epochs, time_budget_s=self.settings.budget_s,
-                              seed=seed, patience=self.settings.patience, device=self.device,
+        res = train_candidate(model, self.splits, hparams, max_epochs=max_epochs, time_budget_s=time_budget_s,
+                              seed=seed, patience=patience, device=self.device, restore_best=restore_best,
                               resize_to=size if size != self.task.image_size else None, flip=allows_flip(self.splits),
                               on_epoch=None if progress is None else lambda r: progress(request.candidate_id, r))
         train = res.to_dict()
@@ -174,7 +181,7 @@ class InProcessTrainer(_ModelEvaluator):
             tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
             torch.save(model.state_dict(), tmp)
             os.replace(tmp, path)
-        return self._package(request, model, train, time.perf_counter() - t0)
+        return self._package(request, model, train, time.perf_counter() - t0), model
 
 
 class TableEvaluator(_ModelEvaluator):
