@@ -23,7 +23,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from search.spaces.base import TrainHParams
+
+
+class EpochCallback(Protocol):
+    """A per-epoch hook: ``on_epoch_end(model, epoch)`` returns True to stop training."""
+
+    def on_epoch_end(self, model: nn.Module, epoch: int) -> bool: ...
 
 
 class TrainingError(RuntimeError):
@@ -47,7 +53,7 @@ class TrainResult:
     best_epoch: int
     train_time_s: float
     early_stopped: bool
-    stop_reason: str  # "completed" | "patience" | "time_budget"
+    stop_reason: str  # "completed" | "patience" | "time_budget" | "callback"
     history: list[dict[str, float]] = field(default_factory=list)
     test_accuracy: float | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
@@ -185,7 +191,8 @@ def train_candidate(model: nn.Module, splits: Any, hparams: TrainHParams, *,
                     seed: int = 0, device: str | torch.device = "cpu", patience: int | None = 2,
                     resize_to: int | None = None, evaluate_test: bool = False,
                     restore_best: bool = True, flip: bool = False,
-                    on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+                    on_epoch: Callable[[dict[str, float]], None] | None = None,
+                    callbacks: Sequence[EpochCallback] = ()) -> TrainResult:
     """Train ``model`` on ``splits.train``, validate on ``splits.val`` after every epoch.
 
     max_epochs caps ``hparams.epochs``; time_budget_s stops training (mid-epoch too) once spent,
@@ -193,6 +200,8 @@ def train_candidate(model: nn.Module, splits: Any, hparams: TrainHParams, *,
     validation accuracy before stopping (None: never); resize_to resizes inputs (e.g. 8x8
     digits for a space built for 32x32); flip: horizontal flips are part of the augmentation
     (not for digits). With ``restore_best`` the best epoch's weights end up in ``model``.
+    callbacks: each one's ``on_epoch_end(model, epoch)`` runs after every validated epoch; any
+    True stops training with stop reason ``"callback"`` (e.g. an Early-Bird ticket was drawn).
     Raises :class:`TrainingError` if the loss becomes NaN or infinite.
     """
     epochs = int(hparams.epochs if max_epochs is None else min(hparams.epochs, max_epochs))
@@ -269,6 +278,10 @@ def train_candidate(model: nn.Module, splits: Any, hparams: TrainHParams, *,
             since_best += 1
         if out_of_time:
             stop_reason = "time_budget"
+            break
+        # every callback sees every epoch (no short-circuit), so detectors keep full histories
+        if any([cb.on_epoch_end(model, epoch) for cb in callbacks]):
+            stop_reason = "callback"
             break
         if patience is not None and epoch < epochs and since_best >= patience:
             stop_reason = "patience"
