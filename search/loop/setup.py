@@ -229,9 +229,15 @@ def accuracy_source(config: SearchConfig) -> Any:
 
 
 def training_device(config: SearchConfig) -> str:
-    """The run's training device (``[train].device`` resolved; an absent GPU is an error)."""
+    """The run's training device (``[train].device`` resolved; an absent GPU is an error); the
+    Ray executor without Ray installed is an error too (both before any agent starts)."""
     from search.training.devices import DeviceError, resolve_device
 
+    if config.train.executor == "ray":
+        from search.training.ray_executor import INSTALL_HINT, ray_available
+
+        if not ray_available():
+            raise SearchError(INSTALL_HINT)
     try:
         return resolve_device(config.train.device)
     except DeviceError as exc:
