@@ -62,6 +62,12 @@ def _search(args: argparse.Namespace) -> int:
                                ("ray_address", args.ray_address)) if v is not None}
     if train:
         overrides["train"] = dataclasses.replace(cfg.train, **train)
+    top = cfg.space_options.get("max_epochs")
+    if args.max_epochs is not None and isinstance(top, int) and top > args.max_epochs > 0:
+        # --max-epochs N: the space's epoch gene ends there too (no gene without effect)
+        lo = min(cfg.space_options.get("min_epochs", 1), args.max_epochs)
+        overrides["space_options"] = {**overrides.get("space_options", cfg.space_options),
+                                      "max_epochs": args.max_epochs, "min_epochs": lo}
     if "space" in overrides and overrides["space"] != cfg.space:
         overrides["space_options"] = {}  # the options belonged to the other space
     if args.objective:
