@@ -3,7 +3,7 @@
 For real architectures nobody here wrote (torchvision models built with ``weights=None`` and
 exported at a small resolution, and the ``onnx`` wheel's ``backend/test/data/light`` models), the
 median latency from a real local agent over gRPC (``device_agent.launcher``; ``--via job``: the
-same job path, ``device_agent.jobs.run_job``, without gRPC: child process, IOBinding, output
+same job path, ``device_agent.core.jobs.run_job``, without gRPC: child process, IOBinding, output
 check, timed loop) is compared with a plain ``InferenceSession.run`` timing loop (by default in a
 fresh Python process that imports only numpy and onnxruntime, as ``onnxruntime_perf_test`` is a
 process of its own; ``--plain-in bench`` runs it in this process, which has torch loaded): same
@@ -129,7 +129,7 @@ def ab_runner_vs_plain(path: str, threads: int, *, min_pairs: int,
     from device_agent.backends import get_backend
     from device_agent.backends.onnxruntime_backend import session_options
     from device_agent.config import BuildConfig
-    from device_agent.measure import make_inputs
+    from device_agent.core.measure import make_inputs
 
     build = BuildConfig(intra_op_threads=threads)
     with tempfile.TemporaryDirectory() as wd:
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                             cv_threshold=1.0, energy=False, timeout_s=300)
     agent, client = None, None
     if args.via == "agent":
-        from device_agent.client import AgentClient
+        from device_agent.rpc.client import AgentClient
         from device_agent.launcher import start_local_agent
 
         agent = start_local_agent()
@@ -229,11 +229,11 @@ def main(argv: list[str] | None = None) -> int:
             return SimpleNamespace(ok=True, latency_ms=SimpleNamespace(median=med, cv=cv), output_check=None)
         how = "CONTROL: the same plain loop in another fresh interpreter (not the agent)"
     else:
-        from device_agent.jobs import run_job
+        from device_agent.core.jobs import run_job
 
         def measure_agent(label: str, path: str, job_id: str):
             return run_job(path, build, measure, job_id=job_id, device_key="fidelity")
-        how = "device_agent.jobs.run_job (child process)"
+        how = "device_agent.core.jobs.run_job (child process)"
     try:
         return _compare(models, args, build, measure, measure_agent, how)
     finally:

@@ -1,6 +1,6 @@
 """Dispatcher throughput: the search server against 1, 4, 16, 64 agents whose measurements are instant.
 
-The agents are real gRPC agent servers on loopback (``device_agent.server.create_server``) with
+The agents are real gRPC agent servers on loopback (``device_agent.rpc.server.create_server``) with
 the table backend over the shared NAS-Bench-201 table (a measurement is a dict look-up), several
 servers per worker process so 64 agents fit on a small machine. The server side is the real
 :class:`search.loop.runner.SearchRunner` (NSGA-II on the ``nb201`` space, accuracy from the table, a
@@ -45,13 +45,13 @@ TABLE = str(Path(os.environ.get("HWNAS_SHARED_DATA") or ROOT.parent / "shared" /
 
 def _agent_process(n: int, conn: "mp.connection.Connection", table: str) -> None:
     """Serve ``n`` table-backed agents in this process; send their ports; serve until told to stop."""
-    from device_agent.daemon_config import AgentSettings
-    from device_agent.server import create_server
+    from device_agent.settings import DaemonSettings
+    from device_agent.rpc.server import create_server
 
     cache = tempfile.mkdtemp(prefix="hwnas-fleet-")
     servers = []
     for i in range(n):
-        settings = AgentSettings(host="127.0.0.1", port=0, backend="table", table=table,
+        settings = DaemonSettings(host="127.0.0.1", port=0, backend="table", table=table,
                                  metrics=(("latency_ms", "lat_raspi4"),), device_key="bench-table",
                                  cache_dir=f"{cache}/{i}", log_level="error")
         server, port = create_server("127.0.0.1:0", config=settings)

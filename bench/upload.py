@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from device_agent.client import AgentClient
+    from device_agent.rpc.client import AgentClient
     from device_agent.launcher import start_local_agent
 
     t0 = time.perf_counter()

@@ -157,7 +157,7 @@ def export_candidates(results: list[dict[str, Any]], run_dir: str, out_dir: str,
     ids: export exactly these candidate ids (overrides ``only_pareto``).
     agent / token / build: build the deployable artifact on that agent with ``build``
     (a :class:`device_agent.config.BuildConfig`; the agent's default when ``None``); ``tls``: the
-    TLS keyword arguments of :class:`device_agent.client.AgentClient` (``tls_ca``, ``tls_cert``,
+    TLS keyword arguments of :class:`device_agent.rpc.client.AgentClient` (``tls_ca``, ``tls_cert``,
     ``tls_key``, ``tls_server_name``).
     A candidate that cannot be exported gets an entry with ``error``; the others go on.
     """
@@ -174,7 +174,7 @@ def export_candidates(results: list[dict[str, Any]], run_dir: str, out_dir: str,
         chosen = [c for c in results if c.get("status") == "done" and (c.get("pareto") or not only_pareto)]
     client = None
     if agent is not None:
-        from device_agent.client import AgentClient
+        from device_agent.rpc.client import AgentClient
 
         client = AgentClient(agent, token=token, **(tls or {}))
     entries: list[dict[str, Any]] = []

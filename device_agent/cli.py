@@ -17,7 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from device_agent.daemon_config import TOKEN_ENV, AgentSettings, load_settings
+from device_agent.settings import TOKEN_ENV, DaemonSettings, load_settings, read_token
+from device_agent.backends.base import BACKENDS
+from device_agent.tables import table_names
 
 
 def _metric(text: str) -> tuple[str, str]:
@@ -44,21 +46,10 @@ def add_client_tls_args(p: argparse.ArgumentParser, *, prefix: str = "", peer: s
 
 def client_tls_from_args(args: argparse.Namespace, *, prefix: str = "") -> dict[str, str]:
     """The flags of :func:`add_client_tls_args` that are set, as the keyword arguments of
-    :class:`device_agent.client.AgentClient` / :func:`device_agent.auth.client_channel`."""
+    :class:`device_agent.rpc.client.AgentClient` / :func:`device_agent.rpc.auth.client_channel`."""
     dest = prefix.replace("-", "_")
     tls = {f"tls_{name}": getattr(args, f"{dest}tls_{name}", None) for name, *_ in _CLIENT_TLS_FLAGS}
     return {k: v for k, v in tls.items() if v}
-
-
-def read_token(token: str | None, token_file: str | None) -> str | None:
-    """``token``, or the contents of ``token_file`` (which keeps it out of ``ps``); an empty
-    file is a ``ValueError``."""
-    if not token_file:
-        return token
-    token = Path(token_file).read_text().strip()
-    if not token:
-        raise ValueError(f"token file {token_file} is empty")
-    return token
 
 
 def _client_tls_args(p: argparse.ArgumentParser) -> None:
@@ -79,7 +70,7 @@ def _add_commands(sub: Any) -> None:
     tok.add_argument("--token-file", help="file holding the shared token")
     s.add_argument("--insecure", action="store_true", default=None,
                    help="allow a non-loopback address without token or mutual TLS")
-    s.add_argument("--backend", choices=["onnxruntime", "tensorrt", "table"],
+    s.add_argument("--backend", choices=[*BACKENDS.names(), *table_names()],
                    help="backend for requests; 'table' answers every request from --table")
     s.add_argument("--table", help="CSV (.csv or .csv.gz) of published measurements (table backend)")
     s.add_argument("--table-key-column", help="column holding the arch key (default arch_str)")
@@ -131,9 +122,9 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     return a
 
 
-def settings_from_args(args: argparse.Namespace) -> AgentSettings:
+def settings_from_args(args: argparse.Namespace) -> DaemonSettings:
     """Defaults < ``--config`` < ``$HWNAS_AGENT_TOKEN`` < flags."""
-    settings = load_settings(args.config) if args.config else AgentSettings()
+    settings = load_settings(args.config) if args.config else DaemonSettings()
     if os.environ.get(TOKEN_ENV):
         settings = replace(settings, token=os.environ[TOKEN_ENV])
     token = read_token(args.token, args.token_file)
@@ -150,13 +141,13 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
-    from device_agent.server import serve
+    from device_agent.rpc.server import serve
 
     try:
         settings = settings_from_args(args)
         settings.check_exposure()
         if getattr(args, "register", None):
-            from device_agent.registration import serve_registered
+            from device_agent.rpc.registration import serve_registered
 
             tls = client_tls_from_args(args, prefix="register-")
             if bool(tls.get("tls_cert")) != bool(tls.get("tls_key")):
@@ -169,10 +160,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from device_agent.client import AgentClient
+    from device_agent.rpc.client import AgentClient
 
-    token = (Path(args.token_file).read_text().strip() if args.token_file
-             else args.token or os.environ.get(TOKEN_ENV))
+    token = read_token(args.token, args.token_file, env=TOKEN_ENV)
     return AgentClient(args.agent, token=token, timeout=args.timeout, **client_tls_from_args(args))
 
 
@@ -220,7 +210,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
             result = client.measure(model, job_id=f"cli-{uuid.uuid4().hex[:8]}",
                                     build=BuildConfig(**bc), measure=MeasureConfig(**mc),
                                     arch_key=args.arch_key)
-    except AgentError as exc:
+    except (AgentError, ValueError) as exc:  # ValueError: a bad token file
         print(f"agent: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result.to_dict(), indent=2, default=str) if args.json else _summary(result))
@@ -234,7 +224,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     try:
         with _client(args) as client:
             print(json.dumps(client.describe(), indent=2, default=str))
-    except AgentError as exc:
+    except (AgentError, ValueError) as exc:  # ValueError: a bad token file
         print(f"agent: error: {exc}", file=sys.stderr)
         return 2
     return 0

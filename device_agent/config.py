@@ -50,7 +50,7 @@ class BuildConfig:
 
 @dataclass(frozen=True)
 class MeasureConfig:
-    """How the agent times a model (MEASUREMENT.md §3).
+    """How the agent times a model (docs/measurement.md, "One job, step by step", latency).
 
     warmup_s: warm-up by time before timing.
     min_iterations / min_duration_s: run until both are reached.

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from device_agent.daemon_config import TOKEN_ENV
+from device_agent.settings import TOKEN_ENV
 from device_agent.errors import AgentUnavailable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def start_local_agent(*, token: str | None = None, extra_args: Sequence[str] = (
     TLS options of the readiness probe's :class:`AgentClient` for an agent that serves TLS.
     Raises ``AgentUnavailable`` (with the agent's log tail) when it exits or is not ready in time.
     """
-    from device_agent.client import AgentClient
+    from device_agent.rpc.client import AgentClient
 
     workdir = tempfile.TemporaryDirectory(prefix="hwnas-agent-")
     port_file = Path(workdir.name) / "port"

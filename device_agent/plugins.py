@@ -1,5 +1,4 @@
-"""One registry helper for every pluggable kind: search spaces, algorithms, backends, sensors,
-table sources.
+"""One registry helper for every pluggable kind: search spaces, algorithms, backends, sensors.
 
 A :class:`PluginRegistry` maps names to classes. Built-in entries are listed as a lazy module
 map (``name -> module``) and imported on first use, so a package imports without the optional

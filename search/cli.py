@@ -53,7 +53,7 @@ def _search(args: argparse.Namespace) -> int:
         overrides["budget"] = args.budget
     if args.seed is not None:
         overrides["seed"] = args.seed
-    for name in ("space", "algorithm", "dataset", "data_root", "accuracy_table", "train_workers"):
+    for name in ("space", "algorithm", "dataset", "data_root", "subset", "accuracy_table", "train_workers"):
         v = getattr(args, name)
         if v is not None:
             overrides[name] = v
@@ -195,8 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--algorithm", choices=list_algorithms(), help="search algorithm (default nsga2)")
     s.add_argument("--dataset", metavar="NAME[:PATH]",
                    help="what candidates train on: digits (default, embedded), fashion-mnist, cifar10:PATH, "
-                        "cifar100:PATH, cinic10:PATH, imagefolder:PATH (a folder or a tar of one)")
+                        "cifar100:PATH, cinic10:PATH, imagefolder:PATH (local pickle batches, an "
+                        "ImageFolder tree or a tar of one)")
     s.add_argument("--data-root", dest="data_root", metavar="DIR", help="folder of torchvision's dataset files")
+    s.add_argument("--subset", type=int, metavar="N",
+                   help="KIND:PATH datasets: decode a seeded stratified pick of at most N images per split")
     s.add_argument("--max-epochs", type=int, metavar="N", help="[train].max_epochs: the longest training")
     s.add_argument("--time-budget-s", type=float, metavar="S",
                    help="[train].time_budget_s: training seconds per candidate (0: none)")

@@ -13,6 +13,7 @@ File format::
     constraints = ["latency_ms <= 5"]
     dataset = "digits"          # digits | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH
     data_root = ""              # where torchvision datasets live
+    subset = 0                  # KIND:PATH datasets: decode at most this many images per split (0: all)
     accuracy_table = ""         # CSV:COLUMN, replaces training by a published accuracy
     train_workers = 1           # training worker processes on CPU (cuda: one per visible GPU)
     torch_threads = 1           # torch threads per worker (0: the cores shared out over the workers)
@@ -116,7 +117,7 @@ class AgentsConfig:
     tls_server_name: str = ""
 
     def client_tls(self) -> dict[str, str]:
-        """The TLS keyword arguments of :class:`device_agent.client.AgentClient` that are set."""
+        """The TLS keyword arguments of :class:`device_agent.rpc.client.AgentClient` that are set."""
         opts = {"tls_ca": self.tls_ca, "tls_cert": self.tls_cert, "tls_key": self.tls_key,
                 "tls_server_name": self.tls_server_name}
         return {k: v for k, v in opts.items() if v}
@@ -146,6 +147,7 @@ class SearchConfig:
     constraints: tuple[str, ...] = ()
     dataset: str = "digits"
     data_root: str = ""
+    subset: int = 0
     accuracy_table: str = ""
     train_workers: int = 1
     torch_threads: int = 1
@@ -177,6 +179,8 @@ class SearchConfig:
             raise ConfigError("budget must be at least 1")
         if self.train_workers < 1:
             raise ConfigError("train_workers must be at least 1")
+        if self.subset < 0:
+            raise ConfigError("subset must be >= 0 (0: the whole dataset)")
         if self.torch_threads < 0:
             raise ConfigError("torch_threads must be >= 0 (0: the cores shared out over the workers)")
         if not isinstance(self.space_options, dict):

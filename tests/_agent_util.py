@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.config import MeasureConfig
-from device_agent.daemon_config import AgentSettings
-from device_agent.server import AgentServer, create_server
+from device_agent.settings import DaemonSettings
+from device_agent.rpc.server import AgentServer, create_server
 
 #: A measurement config that keeps a job well under a second on a busy 2-core machine.
 FAST = MeasureConfig(warmup_s=0.0, min_iterations=5, min_duration_s=0.0, max_duration_s=0.5,
@@ -41,32 +41,12 @@ def running_agent(tmp_path: Path, **settings: Any) -> Iterator[tuple[AgentServer
     """An agent server on 127.0.0.1:0 with a cache under ``tmp_path``; yields (server, address)."""
     settings.setdefault("cache_dir", str(tmp_path / "agent-cache"))
     settings.setdefault("drain_grace_s", 0.0)
-    server, port = create_server("127.0.0.1:0", config=AgentSettings(**settings))
+    server, port = create_server("127.0.0.1:0", config=DaemonSettings(**settings))
     server.start()
     try:
         yield server, f"127.0.0.1:{port}"
     finally:
         server.shutdown(grace_s=0.0)
-
-
-@functools.lru_cache(maxsize=None)
-def hang_onnx() -> bytes:
-    """A valid model that runs (practically) forever: a Loop of 2**62 iterations."""
-    import numpy as np
-    from onnx import TensorProto as T
-    from onnx import helper as h
-    from onnx import numpy_helper as nh
-
-    body = h.make_graph(
-        [h.make_node("Identity", ["cond_in"], ["cond_out"]), h.make_node("Add", ["v_in", "one"], ["v_out"])],
-        "body", [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("cond_in", T.BOOL, []),
-                 h.make_tensor_value_info("v_in", T.FLOAT, [1])],
-        [h.make_tensor_value_info("cond_out", T.BOOL, []), h.make_tensor_value_info("v_out", T.FLOAT, [1])],
-        [nh.from_array(np.ones(1, np.float32), "one")])
-    g = h.make_graph([h.make_node("Loop", ["M", "cond", "x"], ["y"], body=body)], "hang",
-                     [h.make_tensor_value_info("x", T.FLOAT, [1])], [h.make_tensor_value_info("y", T.FLOAT, [1])],
-                     [nh.from_array(np.array(2**62, np.int64), "M"), nh.from_array(np.array(True), "cond")])
-    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)]).SerializeToString()
 
 
 def external_data_onnx(location: str = "weights.bin") -> bytes:

@@ -21,7 +21,8 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from device_agent import errors
-from device_agent.client import AgentClient
+from device_agent.rpc.status import status_of
+from device_agent.rpc.client import AgentClient
 from device_agent.config import MeasureConfig
 from _agent_util import running_agent
 
@@ -140,8 +141,8 @@ def test_fuzzed_models_get_results_or_clean_errors(tmp_path):
             try:
                 r = client.measure(blob, job_id=f"fuzz-{kind}", measure=FUZZ_MEASURE, timeout=60)
             except errors.AgentError as exc:
-                assert exc.code.name in CLEAN_CODES, f"{kind}: {exc}"
-                return f"status:{exc.code.name}"
+                assert status_of(exc).name in CLEAN_CODES, f"{kind}: {exc}"
+                return f"status:{status_of(exc).name}"
             assert r.model_sha256 == hashlib.sha256(blob).hexdigest()
             if r.ok:
                 assert r.latency_ms is not None and r.latency_ms.count >= 1

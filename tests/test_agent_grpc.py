@@ -1,4 +1,4 @@
-"""The agent over real gRPC on 127.0.0.1 port 0, with real ONNX Runtime jobs (device_agent.jobs)."""
+"""The agent over real gRPC on 127.0.0.1 port 0, with real ONNX Runtime jobs (device_agent.core.jobs)."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -16,12 +16,14 @@ import grpc
 import pytest
 
 from device_agent import errors
-from device_agent.client import AgentClient
+from device_agent.rpc.status import from_rpc_error
+from device_agent.rpc.client import AgentClient
 from device_agent.config import BuildConfig
-from device_agent.daemon_config import MAX_CHUNK_BYTES
+from device_agent.settings import MAX_CHUNK_BYTES
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 from protos.hwnas.agent.v1 import agent_pb2_grpc as pb_grpc
-from _agent_util import FAST, external_data_onnx, hang_onnx, running_agent, tiny_cnn_onnx
+from _agent_util import FAST, external_data_onnx, running_agent, tiny_cnn_onnx
+from conftest import hang_onnx, job_processes, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,15 +37,6 @@ def _header(model: bytes, **kw) -> pb.MeasureRequest:
     h = pb.MeasureHeader(job_id=kw.pop("job_id", "raw"), model_sha256=kw.pop("sha", hashlib.sha256(model).hexdigest()),
                          model_size=kw.pop("size", len(model)), **kw)
     return pb.MeasureRequest(header=h)
-
-
-def _wait(pred, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def test_describe_and_measure_end_to_end(tmp_path):
@@ -132,7 +125,7 @@ def test_sha_mismatch_and_size_errors(tmp_path):
         with pytest.raises(grpc.RpcError) as ei:
             stub.Measure(iter([_header(model, sha=wrong), pb.MeasureRequest(chunk=model)]), timeout=10)
         assert ei.value.code() == grpc.StatusCode.DATA_LOSS
-        assert isinstance(errors.from_rpc_error(ei.value), errors.ChecksumMismatch)
+        assert isinstance(from_rpc_error(ei.value), errors.ChecksumMismatch)
         assert server.service.cache.model_size(wrong) is None  # nothing kept
         with pytest.raises(grpc.RpcError) as ei:  # fewer bytes than announced
             stub.Measure(iter([_header(model, size=len(model) + 5), pb.MeasureRequest(chunk=model)]),
@@ -167,7 +160,7 @@ def test_hanging_job_times_out_and_agent_answers_meanwhile(tmp_path):
             t0 = time.monotonic()
             fut = ex.submit(client.measure, hang_onnx(), job_id="hang",
                             measure=replace(FAST, timeout_s=3.0, check_outputs=False))
-            assert _wait(lambda: client.describe()["limits"]["queue_depth"] == 1)
+            assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 1)
             t1 = time.monotonic()
             assert client.describe()["device_key"] and time.monotonic() - t1 < 2.0
             assert not fut.done()
@@ -197,9 +190,9 @@ def test_jobs_never_overlap_and_full_queue_is_resource_exhausted(tmp_path):
         client.upload_model(hang_onnx())
         with cf.ThreadPoolExecutor(2) as ex:
             a = ex.submit(client.measure, hang_onnx(), job_id="q-a", measure=slow)
-            assert _wait(lambda: client.describe()["limits"]["queue_depth"] == 1)
+            assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 1)
             b = ex.submit(client.measure, hang_onnx(), job_id="q-b", measure=slow)
-            assert _wait(lambda: client.describe()["limits"]["queue_depth"] == 2)
+            assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 2)
             t0 = time.monotonic()
             with pytest.raises(errors.AgentBusy):
                 client.measure(hang_onnx(), job_id="q-c", measure=slow)
@@ -210,14 +203,6 @@ def test_jobs_never_overlap_and_full_queue_is_resource_exhausted(tmp_path):
 
 
 def test_client_deadline_and_cancel_stop_the_job(tmp_path):
-    import psutil
-
-    me = psutil.Process()
-
-    def job_children():
-        return [p for p in me.children(recursive=True) if "hwnas-job" in " ".join(p.cmdline())
-                or p.name().startswith("hwnas-job")]
-
     long = replace(FAST, timeout_s=60.0, check_outputs=False)
     with running_agent(tmp_path) as (_, addr), AgentClient(addr, timeout=20) as client:
         client.upload_model(hang_onnx())
@@ -225,7 +210,7 @@ def test_client_deadline_and_cancel_stop_the_job(tmp_path):
         with pytest.raises(errors.DeadlineExceeded):
             client.measure(hang_onnx(), job_id="deadline", measure=long, timeout=2.0)
         assert time.monotonic() - t0 < 5
-        assert _wait(lambda: client.describe()["limits"]["queue_depth"] == 0, 5.0)
+        assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 0, 5.0)
 
         channel, stub = _stub(addr)
         sha = hashlib.sha256(hang_onnx()).hexdigest()
@@ -233,11 +218,11 @@ def test_client_deadline_and_cancel_stop_the_job(tmp_path):
         h.measure.timeout_s = 60.0
         h.measure.check_outputs = False
         fut = stub.Measure.future(iter([pb.MeasureRequest(header=h)]), timeout=60)
-        assert _wait(lambda: client.describe()["limits"]["queue_depth"] == 1, 5.0)
-        time.sleep(0.3)
+        assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 1, 5.0)
+        assert wait_until(job_processes, 10.0)  # the job runs in its child: cancel that
         fut.cancel()
-        assert _wait(lambda: client.describe()["limits"]["queue_depth"] == 0, 5.0)
-        assert _wait(lambda: not job_children(), 5.0)
+        assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 0, 5.0)
+        assert wait_until(lambda: not job_processes(), 5.0)
         r = client.measure(tiny_cnn_onnx(), job_id="next", measure=FAST)
         assert r.ok and r.provenance["agent_job"]["queue_wait_s"] < 0.5
         channel.close()
@@ -249,9 +234,9 @@ def test_graceful_drain_cancels_running_job_and_refuses_new_work(tmp_path):
         client.upload_model(hang_onnx())
         with cf.ThreadPoolExecutor(2) as ex:
             fut = ex.submit(client.measure, hang_onnx(), job_id="drain", measure=long)
-            assert _wait(lambda: server.service.queue.depth == 1)
+            assert wait_until(lambda: server.service.queue.depth == 1)
             stopper = ex.submit(server.shutdown, grace_s=1.0)
-            assert _wait(lambda: server.service.draining)
+            assert wait_until(lambda: server.service.draining)
             assert client.health() == "NOT_SERVING"
             with pytest.raises(errors.AgentUnavailable):
                 client.measure(tiny_cnn_onnx(), job_id="late", measure=FAST)
@@ -328,7 +313,7 @@ def test_sigterm_drains_a_subprocess_agent(tmp_path):
         with cf.ThreadPoolExecutor(1) as ex:
             fut = ex.submit(client.measure, hang_onnx(), job_id="term",
                             measure=replace(FAST, timeout_s=60.0, check_outputs=False))
-            assert _wait(lambda: client.describe()["limits"]["queue_depth"] == 1, 20)
+            assert wait_until(lambda: client.describe()["limits"]["queue_depth"] == 1, 20)
             lines_path = agent.log_path
             agent.process.send_signal(signal.SIGTERM)
             r = fut.result(30)
@@ -343,8 +328,8 @@ def test_sigterm_drains_a_subprocess_agent(tmp_path):
 def test_client_retries_unavailable_until_the_agent_comes_up(tmp_path):
     import socket
 
-    from device_agent.daemon_config import AgentSettings
-    from device_agent.server import create_server
+    from device_agent.settings import DaemonSettings
+    from device_agent.rpc.server import create_server
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -355,7 +340,7 @@ def test_client_retries_unavailable_until_the_agent_comes_up(tmp_path):
             time.sleep(0.5)
             assert not fut.done()
             server, bound = create_server(f"127.0.0.1:{port}",
-                                          config=AgentSettings(cache_dir=str(tmp_path / "c")))
+                                          config=DaemonSettings(cache_dir=str(tmp_path / "c")))
             assert bound == port
             server.start()
             try:

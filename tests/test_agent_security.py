@@ -11,12 +11,13 @@ import pytest
 
 from device_agent import errors
 from device_agent.cli import build_parser, cmd_serve, settings_from_args
-from device_agent.client import AgentClient
-from device_agent.daemon_config import AgentSettings, load_settings
-from device_agent.server import create_server
+from device_agent.rpc.client import AgentClient
+from device_agent.settings import DaemonSettings, load_settings
+from device_agent.rpc.server import create_server
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 from protos.hwnas.agent.v1 import agent_pb2_grpc as pb_grpc
 from _agent_util import running_agent, tiny_cnn_onnx
+from conftest import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "correct-horse-battery-staple"
@@ -164,9 +165,9 @@ def test_mutual_tls(tmp_path, pki):
 def test_refuses_non_loopback_without_auth(tmp_path):
     base = dict(cache_dir=str(tmp_path / "c"))
     with pytest.raises(ValueError, match="not loopback"):
-        create_server("0.0.0.0:0", config=AgentSettings(**base))
+        create_server("0.0.0.0:0", config=DaemonSettings(**base))
     for ok in (dict(token=TOKEN), dict(insecure=True)):
-        server, port = create_server("0.0.0.0:0", config=AgentSettings(**base, **ok))
+        server, port = create_server("0.0.0.0:0", config=DaemonSettings(**base, **ok))
         assert port > 0
         server.grpc_server.stop(0)
     args = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--port", "0",

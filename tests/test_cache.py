@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from device_agent.cache import ContentCache, artifact_key
+from device_agent.core.cache import ContentCache, artifact_key
 from device_agent.errors import ChecksumMismatch, InvalidRequest
 
 

@@ -13,6 +13,12 @@ from search.training.data import ArrayDataset, DatasetError, known_datasets, loa
 from _shared import CIFAR10_TAR as CIFAR_TAR
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    """Decoded folders go to a per-test cache, not the user's."""
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
+
+
 def test_digits_splits_are_disjoint_normalised_and_seeded():
     s = load_dataset("digits", seed=0)
     assert s.task.in_channels == 1 and s.task.image_size == 8 and s.task.num_classes == 10
@@ -44,9 +50,10 @@ def test_unknown_name_lists_known():
     assert "cifar10" in known_datasets()
 
 
-def test_cifar10_without_download_says_how_to_get_it(tmp_path):
-    with pytest.raises(DatasetError, match="download=True"):
+def test_cifar10_without_a_copy_says_how_to_get_it(tmp_path):
+    with pytest.raises(DatasetError, match=r"--dataset cifar10:PATH") as exc:
         load_dataset("cifar10", root=str(tmp_path))
+    assert "\n" not in str(exc.value) and "download=" not in str(exc.value)
     with pytest.raises(DatasetError, match="cifar100 not found"):
         load_dataset("cifar100", root=str(tmp_path))
 
@@ -91,7 +98,7 @@ def test_imagefolder_split_layout_and_class_mismatch(tmp_path):
     _make_tree(tmp_path / "test", cls, 2, "jpg")
     s = load_dataset(f"cinic10:{tmp_path}")
     assert (len(s.train), len(s.val), len(s.test)) == (12, 6, 4)
-    assert "valid/" in s.source and s.task.image_size == 32
+    assert "train/+val/" in s.source and s.task.image_size == 32
     _make_tree(tmp_path / "test", {"c": (1, 2, 3)}, 1, "png")
     with pytest.raises(DatasetError, match="class folders differ"):
         load_dataset(f"imagefolder:{tmp_path}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,39 +15,21 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from device_agent.config import BuildConfig, MeasureConfig
-from device_agent.jobs import JobFailed, build_artifact, run_job
+from device_agent.core.jobs import JobFailed, build_artifact, run_job
+
+from conftest import export_tiny_cnn, hang_onnx, job_processes, wait_until
 
 FAST = MeasureConfig(warmup_s=0.02, min_iterations=30, min_duration_s=0.1, cv_threshold=10.0,
                      timeout_s=60)
 
 
 def export_cnn(path, seed: int) -> str:
-    import torch
-    from torch import nn
-
-    torch.manual_seed(seed)
-    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                      nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                      nn.Flatten(), nn.Linear(16, 10)).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, torch.randn(1, 3, 32, 32), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}})
-    return str(path)
+    return export_tiny_cnn(path, seed=seed)
 
 
 def hang_model(path) -> str:
     """A Loop with 2**62 iterations: a model that runs (practically) forever."""
-    body = h.make_graph(
-        [h.make_node("Identity", ["cond_in"], ["cond_out"]), h.make_node("Add", ["v_in", "one"], ["v_out"])],
-        "body", [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("cond_in", T.BOOL, []),
-                 h.make_tensor_value_info("v_in", T.FLOAT, [1])],
-        [h.make_tensor_value_info("cond_out", T.BOOL, []), h.make_tensor_value_info("v_out", T.FLOAT, [1])],
-        [nh.from_array(np.ones(1, np.float32), "one")])
-    g = h.make_graph([h.make_node("Loop", ["M", "cond", "x"], ["y"], body=body)], "hang",
-                     [h.make_tensor_value_info("x", T.FLOAT, [1])], [h.make_tensor_value_info("y", T.FLOAT, [1])],
-                     [nh.from_array(np.array(2**62, np.int64), "M"), nh.from_array(np.array(True), "cond")])
-    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), str(path))
+    Path(path).write_bytes(hang_onnx())
     return str(path)
 
 
@@ -154,7 +136,7 @@ def test_cancel_kills_child(models):
         cancel=cancel)))
     t0 = time.monotonic()
     t.start()
-    time.sleep(0.5)
+    assert wait_until(job_processes, 10.0)  # cancel the running child, not a job not yet started
     cancel.set()
     t.join(10)
     assert not t.is_alive() and out["r"].error_kind == "cancelled"

@@ -160,8 +160,8 @@ def test_job_whose_agents_are_lost_is_abandoned_after_max_attempts(tmp_path):
 
 def test_result_dict_equals_measure_result_to_dict():
     """The pool's shallow conversion of a wire result must store exactly what ``to_dict`` would."""
-    from device_agent import wire
-    from device_agent.result import MEASURED, Energy, LatencyStats, MeasureResult, Metric
+    from device_agent.rpc import wire
+    from device_agent.core.result import MEASURED, Energy, LatencyStats, MeasureResult, Metric
     from search.fleet.pool import _result_dict
 
     full = MeasureResult(

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from device_agent import wire
+from device_agent.rpc import wire
 from device_agent.config import BuildConfig, MeasureConfig
-from device_agent.result import Energy, LatencyStats, MeasureResult, Metric
+from device_agent.core.result import Energy, LatencyStats, MeasureResult, Metric
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from device_agent.result import MEASURED, UNAVAILABLE
+from device_agent.core.result import MEASURED, UNAVAILABLE
 from device_agent.sensors import (
     FLAG_SHORT_WINDOW,
     IdleBaseline,

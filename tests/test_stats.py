@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from device_agent.stats import ci_tight_enough, median_ci, median_ci_indices, summarize
+from device_agent.core.stats import ci_tight_enough, median_ci, median_ci_indices, summarize
 
 
 def test_summarize_matches_numpy():

@@ -126,11 +126,9 @@ def test_every_new_gene_changes_the_training(digits, one_thread):
     assert ref.images_per_s > 0 and ref.device == "cpu" and not ref.amp
 
 
-def test_augment_crops_and_flips_on_tensors():
-    from search.training.train import _augment
+def test_the_augment_gene_sets_the_crop_and_flips():
+    from search.training.train import genome_augment
 
-    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
-    g = torch.Generator().manual_seed(0)
-    out = _augment(x, 1.0, flip=True, generator=g)
-    assert out.shape == x.shape and not torch.equal(out, x)
-    assert _augment(x, 0.0, flip=False, generator=g).equal(x)
+    assert genome_augment(0.0, 32, flip=True) is None
+    a = genome_augment(1.0, 32, flip=True)
+    assert a.crop_padding == 4 and a.flip and genome_augment(0.5, 32, flip=False).crop_padding == 2

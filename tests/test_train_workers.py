@@ -138,12 +138,15 @@ def guarded_run(tmp_path_factory):
         def __getattr__(self, name):
             return getattr(self._splits, name)
 
-        @property
-        def test(self):
+        def load_test(self):
             r = holder["runner"]
             reads.append({"closed": r.closed_count, "open": len(r.tracker),
                           "finished": bool(r.store.events("search_finished"))})
-            return self._splits.test
+            return self._splits.load_test()
+
+        @property
+        def test(self):
+            return self.load_test()
 
     runner_mod.accuracy_source = lambda cfg: Guarded(real(cfg))
     try:

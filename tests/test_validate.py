@@ -10,7 +10,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from device_agent.validate import InvalidModel, validate_bytes, validate_model
+from device_agent.core.validate import InvalidModel, validate_bytes, validate_model
 
 
 def small_model(op: str = "Relu", domain: str = "", opsets=(("", 17),), w_elems: int = 4) -> onnx.ModelProto:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from device_agent.backends.base import (
-    BACKEND_MODULES,
+    BACKENDS,
     Backend,
     BackendError,
     BackendUnavailable,
@@ -16,6 +16,6 @@ from device_agent.backends.base import (
 )
 
 __all__ = [
-    "BACKEND_MODULES", "Backend", "BackendError", "BackendUnavailable", "BuildError", "Runner",
+    "BACKENDS", "Backend", "BackendError", "BackendUnavailable", "BuildError", "Runner",
     "TensorSpec", "UnsupportedError", "get_backend", "list_backends", "register_backend",
 ]

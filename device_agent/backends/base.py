@@ -15,18 +15,18 @@ Lifecycle of a runner::
 
 Backends are registered with ``@register_backend(name)`` in their own module; the registry
 imports those modules lazily so that this package imports on machines without TensorRT/CUDA.
-Errors raised by backends carry the ``error_kind`` of ``device_agent.result``.
+Errors raised by backends carry the ``error_kind`` of ``device_agent.core.result``.
 """
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import numpy as np
 
 from device_agent.config import BuildConfig
+from device_agent.plugins import PluginRegistry, PluginUnavailable, UnknownPlugin
 
 
 # --------------------------------------------------------------------------------------- errors
@@ -199,8 +199,6 @@ class Backend(ABC):
 
     #: Registry name, set by ``register_backend``.
     name: str = ""
-    #: False for backends that answer from a table instead of running a model.
-    runs_models: bool = True
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
@@ -223,66 +221,29 @@ class Backend(ABC):
 
 
 # ------------------------------------------------------------------------------------ registry
-B = TypeVar("B", bound=type[Backend])
-
-_REGISTRY: dict[str, type[Backend]] = {}
-#: Backend name -> module that registers it (imported lazily).
-BACKEND_MODULES: dict[str, str] = {
+#: Every backend: built-in ones imported lazily from their modules, others by ``register_backend``.
+BACKENDS: PluginRegistry[type[Backend]] = PluginRegistry("backend", base=Backend, modules={
     "onnxruntime": "device_agent.backends.onnxruntime_backend",
     "tensorrt": "device_agent.backends.tensorrt",
-    "table": "device_agent.backends.table",
-}
-
-
-def register_backend(name: str) -> Callable[[B], B]:
-    """Class decorator: register a :class:`Backend` subclass under ``name``."""
-
-    def deco(cls: B) -> B:
-        if not (isinstance(cls, type) and issubclass(cls, Backend)):
-            raise TypeError("register_backend expects a Backend subclass")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def _import_reason(name: str) -> str | None:
-    """Import the module of backend ``name``; return the failure reason, or None on success."""
-    module = BACKEND_MODULES.get(name)
-    if module is None or name in _REGISTRY:
-        return None
-    try:
-        importlib.import_module(module)
-    except ImportError as exc:  # the runtime library is absent
-        return f"cannot import {module}: {exc}"
-    except Exception as exc:  # noqa: BLE001 - a broken install must show as unavailable
-        return f"error importing {module}: {type(exc).__name__}: {exc}"
-    return None
+})
+#: Class decorator: register a :class:`Backend` subclass under a name.
+register_backend = BACKENDS.register
 
 
 def get_backend(name: str) -> type[Backend]:
-    """The backend class registered as ``name`` (imports its module on first use)."""
-    reason = _import_reason(name)
-    if name not in _REGISTRY:
-        if reason:
-            raise BackendUnavailable(f"backend {name!r} unavailable: {reason}")
-        known = sorted(set(BACKEND_MODULES) | set(_REGISTRY))
-        raise UnsupportedError(f"unknown backend {name!r}; known: {', '.join(known)}")
-    return _REGISTRY[name]
+    """The backend class registered as ``name`` (imports its module on first use).
+
+    Raises :class:`UnsupportedError` for an unknown name and :class:`BackendUnavailable` when
+    its runtime library cannot be imported here.
+    """
+    try:
+        return BACKENDS.get(name)
+    except UnknownPlugin as exc:
+        raise UnsupportedError(str(exc)) from exc
+    except PluginUnavailable as exc:
+        raise BackendUnavailable(str(exc)) from exc
 
 
 def list_backends() -> dict[str, tuple[bool, str]]:
     """Every known backend -> ``(available, reason)``; never raises."""
-    out: dict[str, tuple[bool, str]] = {}
-    for name in sorted(set(BACKEND_MODULES) | set(_REGISTRY)):
-        reason = _import_reason(name)
-        cls = _REGISTRY.get(name)
-        if cls is None:
-            out[name] = (False, reason or f"module {BACKEND_MODULES.get(name)} registered nothing")
-            continue
-        try:
-            out[name] = tuple(cls.availability())  # type: ignore[assignment]
-        except Exception as exc:  # noqa: BLE001
-            out[name] = (False, f"availability check failed: {type(exc).__name__}: {exc}")
-    return out
+    return BACKENDS.list()

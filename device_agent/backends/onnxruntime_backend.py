@@ -1,6 +1,6 @@
 """ONNX Runtime backend: CPU everywhere, CUDA / TensorRT execution providers where installed.
 
-Session settings follow MEASUREMENT.md §2: ``ORT_ENABLE_ALL`` graph optimizations,
+Session settings (the build step of docs/measurement.md, "One job, step by step"): ``ORT_ENABLE_ALL`` graph optimizations,
 ``ORT_SEQUENTIAL`` execution, ``intra_op_num_threads`` set explicitly from the build config and
 recorded, ``inter_op_num_threads=1``; the CUDA EP uses ``arena_extend_strategy=kSameAsRequested``
 so peak memory reflects the model. Inputs are bound once through IOBinding.
@@ -48,7 +48,7 @@ def default_threads() -> int:
 
 def session_options(build: BuildConfig, *, optimized_path: str | None = None,
                     profile_prefix: str | None = None) -> ort.SessionOptions:
-    """The session options of MEASUREMENT.md §2 for ``build``."""
+    """The session options (see the module docstring) for ``build``."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -10,6 +10,7 @@ from typing import Any
 
 from device_agent.sensors.base import (
     DETECTION_ORDER,
+    SENSORS,
     FLAG_SHORT_WINDOW,
     EnergyWindow,
     PowerSensor,
@@ -19,10 +20,6 @@ from device_agent.sensors.base import (
     trapezoid,
     wrapped_delta,
 )
-from device_agent.sensors import jetson as _jetson  # noqa: F401  (registers "jetson")
-from device_agent.sensors import none as _none  # noqa: F401  (registers "none")
-from device_agent.sensors import nvml as _nvml  # noqa: F401  (registers "nvml")
-from device_agent.sensors import rapl as _rapl  # noqa: F401  (registers "rapl")
 from device_agent.sensors.idle import IdleBaseline, IdleReading
 from device_agent.sensors.none import NoSensor
 
@@ -33,13 +30,7 @@ def _options(name: str, root: str) -> dict[str, Any]:
 
 def list_sensors(*, root: str = "/") -> dict[str, tuple[bool, str]]:
     """Every registered sensor -> ``(available, reason)``; never raises."""
-    out: dict[str, tuple[bool, str]] = {}
-    for name, cls in sorted(sensor_classes().items()):
-        try:
-            out[name] = tuple(cls.availability(**_options(name, root)))  # type: ignore[assignment]
-        except Exception as exc:  # noqa: BLE001
-            out[name] = (False, f"availability check failed: {type(exc).__name__}: {exc}")
-    return out
+    return {name: SENSORS.availability(name, **_options(name, root)) for name in SENSORS.names()}
 
 
 def detect_sensor(preferred: str | None = None, *, root: str = "/") -> PowerSensor:
@@ -48,19 +39,17 @@ def detect_sensor(preferred: str | None = None, *, root: str = "/") -> PowerSens
 
     ``root`` points the sysfs sensors at another tree (tests). Unknown names raise ``ValueError``.
     """
-    classes = sensor_classes()
-    if preferred is not None and preferred not in classes:
-        raise ValueError(f"unknown power sensor {preferred!r}; known: {sorted(classes)}")
+    if preferred is not None and preferred not in SENSORS:
+        raise ValueError(f"unknown power sensor {preferred!r}; known: {SENSORS.names()}")
     if preferred == "none":
         return NoSensor(reasons={"none": "requested"})
     order = [preferred] if preferred else list(DETECTION_ORDER)
     reasons: dict[str, str] = {}
     for name in order:
-        cls = classes[name]
+        ok, reason = SENSORS.availability(name, **_options(name, root))
         try:
-            ok, reason = cls.availability(**_options(name, root))
             if ok:
-                return cls(**_options(name, root))
+                return SENSORS.get(name)(**_options(name, root))
         except Exception as exc:  # noqa: BLE001 - a broken sensor must not stop the agent
             ok, reason = False, f"{type(exc).__name__}: {exc}"
         reasons[name] = reason
@@ -69,6 +58,6 @@ def detect_sensor(preferred: str | None = None, *, root: str = "/") -> PowerSens
 
 __all__ = [
     "DETECTION_ORDER", "FLAG_SHORT_WINDOW", "EnergyWindow", "IdleBaseline", "IdleReading",
-    "NoSensor", "PowerSensor", "SensorError", "detect_sensor", "list_sensors", "register_sensor",
-    "sensor_classes", "trapezoid", "wrapped_delta",
+    "NoSensor", "PowerSensor", "SENSORS", "SensorError", "detect_sensor", "list_sensors",
+    "register_sensor", "sensor_classes", "trapezoid", "wrapped_delta",
 ]

@@ -7,7 +7,7 @@ taken with a window::
     with sensor.window(idle_power_w=idle) as w:
         for _ in range(n):
             runner.run()
-    energy = w.energy(n)          # device_agent.result.Energy
+    energy = w.energy(n)          # device_agent.core.result.Energy
     result.flags += w.flags       # e.g. "energy_window_short", "throttled:SwThermal"
 
 The window starts a polling thread (``poll_hz``, at least 10 Hz). With an energy counter it
@@ -22,9 +22,10 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, Callable, TypeVar
+from typing import Any
 
-from device_agent.result import MEASURED, UNAVAILABLE, Energy
+from device_agent.core.result import MEASURED, UNAVAILABLE, Energy
+from device_agent.plugins import PluginRegistry
 
 #: Flag added when a window is shorter than the sensor's ``min_window_s`` / ``min_iterations``.
 FLAG_SHORT_WINDOW = "energy_window_short"
@@ -264,26 +265,19 @@ class EnergyWindow:
 
 
 # ------------------------------------------------------------------------------------ registry
-S = TypeVar("S", bound=type[PowerSensor])
-
-_REGISTRY: dict[str, type[PowerSensor]] = {}
+#: Every sensor by name; the built-in modules import without their hardware libraries.
+SENSORS: PluginRegistry[type[PowerSensor]] = PluginRegistry("sensor", base=PowerSensor, modules={
+    "nvml": "device_agent.sensors.nvml",
+    "jetson": "device_agent.sensors.jetson",
+    "rapl": "device_agent.sensors.rapl",
+    "none": "device_agent.sensors.none",
+})
+#: Class decorator: register a :class:`PowerSensor` subclass under a name.
+register_sensor = SENSORS.register
 #: Detection order: the first available one is used.
 DETECTION_ORDER = ("nvml", "jetson", "rapl")
 
 
-def register_sensor(name: str) -> Callable[[S], S]:
-    """Class decorator: register a :class:`PowerSensor` subclass under ``name``."""
-
-    def deco(cls: S) -> S:
-        if not (isinstance(cls, type) and issubclass(cls, PowerSensor)):
-            raise TypeError("register_sensor expects a PowerSensor subclass")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
 def sensor_classes() -> dict[str, type[PowerSensor]]:
-    """Registered sensor classes by name."""
-    return dict(_REGISTRY)
+    """Every sensor class that imports here, by name."""
+    return SENSORS.loaded()

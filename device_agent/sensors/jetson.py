@@ -30,7 +30,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from device_agent.sensors.base import PowerSensor, SensorError, register_sensor
 
@@ -69,42 +69,42 @@ def _read_number(path: Path) -> float:
         raise SensorError(f"unreadable value {text!r} in {path}") from None
 
 
-def _hwmon_channels(root: Path) -> list[Channel]:
-    out: list[Channel] = []
-    for dev in sorted(Path(root, HWMON_DRIVER).glob("*")):
-        for hw in sorted(dev.glob("hwmon/hwmon*")):
-            for label in sorted(hw.glob("in*_label")):
-                m = re.fullmatch(r"in(\d+)_label", label.name)
+def _rails(root: Path, driver: str, folders: str, labels: str,
+           pattern: str) -> Iterator[tuple[str, Path, str, str]]:
+    """``(device name, folder, channel number, rail)`` of every labelled channel of ``driver``:
+    ``folders`` globs the channel folders below each device, ``labels`` the label files in them,
+    ``pattern`` (one group: the channel number) matches a label file's name."""
+    for dev in sorted(Path(root, driver).glob("*")):
+        for folder in sorted(dev.glob(folders)):
+            for label in sorted(folder.glob(labels)):
+                m = re.fullmatch(pattern, label.name)
                 if not m:
                     continue
-                n = m.group(1)
                 rail = label.read_text().strip()
-                if rail in _SKIP_LABELS or rail.lower().startswith("sum of"):
-                    continue
-                volt, curr = hw / f"in{n}_input", hw / f"curr{n}_input"
-                if volt.exists() and curr.exists():
-                    out.append(Channel(rail, "hwmon", dev.name, volt_mv=volt, curr_ma=curr))
+                if rail not in _SKIP_LABELS:
+                    yield dev.name, folder, m.group(1), rail
+
+
+def _hwmon_channels(root: Path) -> list[Channel]:
+    out: list[Channel] = []
+    for dev, hw, n, rail in _rails(root, HWMON_DRIVER, "hwmon/hwmon*", "in*_label", r"in(\d+)_label"):
+        if rail.lower().startswith("sum of"):
+            continue
+        volt, curr = hw / f"in{n}_input", hw / f"curr{n}_input"
+        if volt.exists() and curr.exists():
+            out.append(Channel(rail, "hwmon", dev, volt_mv=volt, curr_ma=curr))
     return out
 
 
 def _iio_channels(root: Path) -> list[Channel]:
     out: list[Channel] = []
-    for dev in sorted(Path(root, IIO_DRIVER).glob("*")):
-        for iio in sorted(dev.glob("iio:device*")):
-            for name in sorted(iio.glob("rail_name_*")):
-                m = re.fullmatch(r"rail_name_(\d+)", name.name)
-                if not m:
-                    continue
-                n = m.group(1)
-                rail = name.read_text().strip()
-                if rail in _SKIP_LABELS:
-                    continue
-                power = iio / f"in_power{n}_input"
-                volt, curr = iio / f"in_voltage{n}_input", iio / f"in_current{n}_input"
-                if power.exists():
-                    out.append(Channel(rail, "iio", dev.name, power_mw=power))
-                elif volt.exists() and curr.exists():
-                    out.append(Channel(rail, "iio", dev.name, volt_mv=volt, curr_ma=curr))
+    for dev, iio, n, rail in _rails(root, IIO_DRIVER, "iio:device*", "rail_name_*", r"rail_name_(\d+)"):
+        power = iio / f"in_power{n}_input"
+        volt, curr = iio / f"in_voltage{n}_input", iio / f"in_current{n}_input"
+        if power.exists():
+            out.append(Channel(rail, "iio", dev, power_mw=power))
+        elif volt.exists() and curr.exists():
+            out.append(Channel(rail, "iio", dev, volt_mv=volt, curr_ma=curr))
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from device_agent.result import UNAVAILABLE, Energy
+from device_agent.core.result import UNAVAILABLE, Energy
 from device_agent.sensors.base import EnergyWindow, PowerSensor, register_sensor
 
 

@@ -128,7 +128,7 @@ class AgentPool:
         self._reissued: set[str] = set()
         self.reissued = 0
         if client_factory is None:
-            from device_agent.client import AgentClient
+            from device_agent.rpc.client import AgentClient
 
             client_factory = AgentClient
         self._client_factory = client_factory

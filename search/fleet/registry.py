@@ -20,6 +20,9 @@ from typing import Any
 
 import grpc
 
+from device_agent.errors import AgentUnavailable, FailedPrecondition, InvalidRequest
+from device_agent.rpc.status import abort
+from device_agent.settings import is_loopback
 from protos.hwnas.registry.v1 import registry_pb2, registry_pb2_grpc
 
 log = logging.getLogger("hwnas.registry")
@@ -38,14 +41,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     def Register(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC name
         address = request.address.strip()
         if not address or ":" not in address:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"address must be HOST:PORT, got {address!r}")
+            abort(context, InvalidRequest(f"address must be HOST:PORT, got {address!r}"))
         try:
             state = self.pool.add_agent(address, expect_key=request.device_key or None)
         except ValueError as exc:  # announced key differs from the described one
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            abort(context, FailedPrecondition(str(exc)))
         except Exception as exc:  # noqa: BLE001 - the agent could not be reached from here
-            context.abort(grpc.StatusCode.UNAVAILABLE,
-                          f"the search server cannot reach {address}: {type(exc).__name__}: {exc}")
+            abort(context, AgentUnavailable(f"the search server cannot reach {address}: "
+                                            f"{type(exc).__name__}: {exc}"))
         with self._lock:
             self.last_beat[address] = time.monotonic()
         self.pool.store.event("agent_registered", agent=address,
@@ -97,11 +100,11 @@ class RegistryServer:
                  tls_key: str | None = None, tls_client_ca: str | None = None) -> None:
         """tls_cert/tls_key: serve TLS (agents give ``--register-tls-ca``); tls_client_ca: also
         require agents' client certificates signed by it (mutual TLS)."""
-        from device_agent.auth import TokenAuthInterceptor, server_credentials
+        from device_agent.rpc.auth import TokenAuthInterceptor, server_credentials
 
         if heartbeat_s <= 0 or missed < 1:
             raise ValueError("heartbeat_s must be > 0 and missed >= 1")
-        if not token and host not in ("127.0.0.1", "localhost", "::1"):
+        if not token and not is_loopback(host):
             raise ValueError(f"registry on {host} without a token: anyone who reaches it could add agents "
                              "(set [agents] token / --token, or bind 127.0.0.1)")
         self.servicer = RegistryServicer(pool=pool, heartbeat_s=heartbeat_s, missed=missed)

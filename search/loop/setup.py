@@ -125,7 +125,7 @@ class Fleet:
         tls = settings.client_tls()
         factory = None
         if tls:  # TLS / mutual TLS to the agents
-            from device_agent.client import AgentClient
+            from device_agent.rpc.client import AgentClient
 
             factory = functools.partial(AgentClient, **tls)
         self.pool = AgentPool(
@@ -196,7 +196,9 @@ class Fleet:
 
     def runs_onnx(self) -> bool:
         """Whether an agent of the fleet runs ONNX files (a table-backed one measures by key)."""
-        return not all(a.info.get("default_backend", a.info.get("backend")) == "table"
+        from device_agent.tables import answers_by_arch_key
+
+        return not all(answers_by_arch_key(a.info.get("default_backend", a.info.get("backend")) or "")
                        for a in self.pool.agents.values())
 
     def close(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from device_agent.backends.table import load_table
+from device_agent.tables import load_table
 
 
 class AccuracyTableError(ValueError):

@@ -1,8 +1,10 @@
 """Datasets the search trains candidates on.
 
 ``load_dataset(name)`` returns :class:`DatasetSplits`: ``train``, ``val`` (the held-out split the
-search uses for fitness), optional ``test``, the :class:`~search.spaces.base.TaskSpec` networks
-are built for, and a ``source`` string saying where the data came from.
+search uses for fitness), a test split behind :meth:`DatasetSplits.load_test` (read only when
+asked, so the search can be shown never to touch it), the :class:`~search.spaces.base.TaskSpec`
+networks are built for, a ``source`` string and a :class:`DatasetInfo` (class names, per-channel
+mean/std of the training split) to keep with the run.
 
 Names:
 
@@ -11,19 +13,22 @@ Names:
 - ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` idx files under
   ``/usr/share/datasets/fashion-mnist/`` when present, else torchvision's ``FashionMNIST`` under
   ``root`` (``download=True`` fetches it).
-- ``cifar10`` / ``cifar100``: torchvision under ``root`` (``download=True`` fetches it).
-- ``imagefolder:PATH`` / ``cinic10:PATH``: a ``torchvision.datasets.ImageFolder`` tree, either
-  ``train/`` + optional ``valid/`` or ``val/`` + optional ``test/`` (the CINIC-10 layout), or a
-  single folder of class folders split by ``seed``.
+- ``cifar10:PATH`` / ``cifar100:PATH`` / ``cinic10:PATH`` / ``imagefolder:PATH``: local copies,
+  never downloaded: torchvision's python-pickle batches (folder or ``.tar.gz``), an ImageFolder
+  tree (``train/`` + optional ``val/``/``valid/`` + optional ``test/``, or a single folder of
+  class folders split by ``seed``) or a tar of one. Decoded once into a uint8 cache keyed by the
+  source's content (:mod:`search.training.datasets`). Bare ``cifar10``/``cifar100`` look for
+  torchvision's pickle folder under ``root``.
 
-Small sets are held in memory as uint8 tensors (:class:`ArrayDataset`) and normalised per batch,
+Sets are held in memory as uint8 tensors (:class:`ArrayDataset`) and normalised per batch,
 so training on them needs no ``DataLoader``.
 """
 from __future__ import annotations
 
 import gzip
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,11 +37,10 @@ import torch
 from torch.utils.data import Dataset
 
 from search.spaces.base import TaskSpec
+from search.training.datasets import IN_MEMORY_LIMIT_BYTES, SourceError, read_source  # noqa: F401
 
 #: Debian's ``dataset-fashion-mnist`` install folder.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-#: Images decoded into memory when the split fits under this many bytes (uint8).
-IN_MEMORY_LIMIT_BYTES = 1 << 30
 
 
 class DatasetError(ValueError):
@@ -82,26 +86,68 @@ class ArrayDataset(Dataset):
         return self.y.tolist()
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a trained model needs to know about its data; stored with the run as JSON."""
+
+    name: str
+    source: str
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: float
+    in_channels: int
+    image_size: int
+
+    def to_json(self) -> str:
+        """This record as a JSON object string."""
+        return json.dumps(asdict(self))
+
+
 @dataclass
 class DatasetSplits:
-    """Train / validation (fitness) / optional test splits and what networks are built for."""
+    """Train / validation (fitness) splits, a lazily read test split, and what networks are built for.
+
+    The test split is read only by :meth:`load_test` (the ``test`` property calls it);
+    ``test_reads`` counts those reads.
+    """
 
     name: str
     train: Dataset
     val: Dataset
     task: TaskSpec
     source: str
-    test: Dataset | None = None
+    test_loader: Callable[[], Dataset | None] | None = None
+    test_size: int = 0
     classes: list[str] | None = None
+    info: DatasetInfo | None = None
+    cache_path: Path | None = None
+    test_reads: int = 0
+    _test: Dataset | None = field(default=None, repr=False)
+
+    def load_test(self) -> Dataset | None:
+        """The test split (``None`` when the source has none); reads it on the first call."""
+        if self.test_loader is None:
+            return None
+        self.test_reads += 1
+        if self._test is None:
+            self._test = self.test_loader()
+        return self._test
+
+    @property
+    def test(self) -> Dataset | None:
+        """The test split, read on first access (see :meth:`load_test`)."""
+        return self.load_test()
 
     def summary(self) -> dict[str, Any]:
-        """Sizes and provenance, for logs and the run's record."""
+        """Sizes and provenance, for logs and the run's record (does not read the test split)."""
         return {
             "name": self.name, "source": self.source,
             "train": len(self.train), "val": len(self.val),  # type: ignore[arg-type]
-            "test": None if self.test is None else len(self.test),  # type: ignore[arg-type]
+            "test": self.test_size if self.test_loader is not None else None,
             "task": {"in_channels": self.task.in_channels, "image_size": self.task.image_size,
                      "num_classes": self.task.num_classes},
+            "info": None if self.info is None else asdict(self.info),
         }
 
 
@@ -144,27 +190,46 @@ def _channel_stats(x: np.ndarray, scale: float) -> tuple[torch.Tensor, torch.Ten
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(np.maximum(std, 1e-6), dtype=torch.float32)
 
 
+TestArrays = Callable[[], "tuple[np.ndarray, np.ndarray] | None"]
+
+
 def _arrays_to_splits(name: str, source: str, x_train: np.ndarray, y_train: np.ndarray,
-                      x_test: np.ndarray | None, y_test: np.ndarray | None, *, scale: float,
-                      seed: int, val_fraction: float, limit: int | None,
-                      classes: list[str] | None = None) -> DatasetSplits:
-    """Carve a validation split out of the training arrays; stats from the train split only."""
-    tr, va = _stratified_split(y_train, val_fraction, seed)
-    tr, va = _limit(tr, limit, seed), _limit(va, limit, seed + 1)
+                      test: TestArrays | None, *, scale: float, seed: int, val_fraction: float,
+                      limit: int | None, classes: list[str] | None = None,
+                      val: tuple[np.ndarray, np.ndarray] | None = None,
+                      num_classes: int | None = None, n_test: int = 0) -> DatasetSplits:
+    """Carve a validation split out of the training arrays (unless ``val`` is given); stats from
+    the train split only. ``test`` returns the test arrays when first asked for."""
+    if val is None:
+        tr, va = _stratified_split(y_train, val_fraction, seed)
+        tr, va = _limit(tr, limit, seed), _limit(va, limit, seed + 1)
+        x_val, y_val = x_train[va], y_train[va]
+    else:
+        tr = _limit(np.arange(len(y_train)), limit, seed)
+        va = _limit(np.arange(len(val[1])), limit, seed + 1)
+        x_val, y_val = val[0][va], val[1][va]
     mean, std = _channel_stats(x_train[tr], scale)
 
     def make(x: np.ndarray, y: np.ndarray) -> ArrayDataset:
         return ArrayDataset(x=torch.from_numpy(np.ascontiguousarray(x)), y=torch.from_numpy(y.astype(np.int64)),
                             scale=scale, mean=mean, std=std)
 
-    test = None
-    if x_test is not None and y_test is not None:
-        te = _limit(np.arange(len(y_test)), limit, seed + 2)
-        test = make(x_test[te], y_test[te])
-    n_classes = int(max(y_train.max(), -1 if y_test is None else y_test.max())) + 1
+    def load_test() -> ArrayDataset | None:
+        arrays = test() if test is not None else None
+        if arrays is None:
+            return None
+        te = _limit(np.arange(len(arrays[1])), limit, seed + 2)
+        return make(arrays[0][te], arrays[1][te])
+
+    n_classes = num_classes or int(y_train.max()) + 1
     task = TaskSpec(in_channels=int(x_train.shape[1]), image_size=int(x_train.shape[2]), num_classes=n_classes)
-    return DatasetSplits(name=name, train=make(x_train[tr], y_train[tr]), val=make(x_train[va], y_train[va]),
-                         test=test, task=task, source=source, classes=classes)
+    info = DatasetInfo(name=name, source=source, classes=tuple(classes or [str(i) for i in range(n_classes)]),
+                       mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), scale=scale,
+                       in_channels=task.in_channels, image_size=task.image_size)
+    return DatasetSplits(name=name, train=make(x_train[tr], y_train[tr]), val=make(x_val, y_val),
+                         test_loader=None if test is None else load_test,
+                         test_size=n_test if limit is None else min(n_test, limit), task=task,
+                         source=source, classes=classes, info=info)
 
 
 def _default_root(root: str | None) -> Path:
@@ -182,7 +247,7 @@ def _load_digits(root: str | None, seed: int, val_fraction: float, limit: int | 
     # A fixed 20 % test split (stratified, seeded), then validation out of the rest.
     rest, te = _stratified_split(y, 0.2, seed)
     return _arrays_to_splits("digits", "scikit-learn load_digits (UCI optical digits, 1,797 8x8 images)",
-                             x[rest], y[rest], x[te], y[te], scale=16.0, seed=seed,
+                             x[rest], y[rest], lambda: (x[te], y[te]), n_test=len(te), scale=16.0, seed=seed,
                              val_fraction=val_fraction, limit=limit,
                              classes=[str(i) for i in range(10)])
 
@@ -221,7 +286,8 @@ def _load_fashion_mnist(root: str | None, seed: int, val_fraction: float, limit:
         if all(paths):
             xtr, ytr, xte, yte = (_read_idx(p) for p in paths)  # type: ignore[arg-type]
             return _arrays_to_splits("fashion-mnist", f"Fashion-MNIST idx files in {folder}",
-                                     xtr[:, None], ytr.astype(np.int64), xte[:, None], yte.astype(np.int64),
+                                     xtr[:, None], ytr.astype(np.int64), lambda: (xte[:, None], yte.astype(np.int64)),
+                                     n_test=len(yte),
                                      scale=255.0, seed=seed, val_fraction=val_fraction, limit=limit,
                                      classes=classes)
     from torchvision.datasets import FashionMNIST
@@ -236,99 +302,56 @@ def _load_fashion_mnist(root: str | None, seed: int, val_fraction: float, limit:
             "Install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or pass "
             "download=True (needs internet)") from exc
     return _arrays_to_splits("fashion-mnist", f"torchvision FashionMNIST in {tv_root}",
-                             tr.data.numpy()[:, None], tr.targets.numpy(), te.data.numpy()[:, None],
-                             te.targets.numpy(), scale=255.0, seed=seed, val_fraction=val_fraction,
+                             tr.data.numpy()[:, None], tr.targets.numpy(),
+                             lambda: (te.data.numpy()[:, None], te.targets.numpy()), n_test=len(te), scale=255.0, seed=seed, val_fraction=val_fraction,
                              limit=limit, classes=classes)
 
 
-def _load_cifar(which: str, root: str | None, seed: int, val_fraction: float, limit: int | None,
-                download: bool = False, **_: Any) -> DatasetSplits:
-    from torchvision import datasets
-
-    cls = datasets.CIFAR10 if which == "cifar10" else datasets.CIFAR100
-    tv_root = _default_root(root)
-    try:
-        tr = cls(str(tv_root), train=True, download=download)
-        te = cls(str(tv_root), train=False, download=download)
-    except RuntimeError as exc:
-        hint = (" The CIFAR-10 images also exist as an ImageFolder tar: extract it and use "
-                "'imagefolder:PATH'." if which == "cifar10" else "")
-        raise DatasetError(
-            f"{which} not found under {tv_root} ({exc}). Pass root= pointing at a folder holding "
-            f"torchvision's {cls.__name__} files, or download=True (needs internet).{hint}") from exc
-    to_nchw = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))  # noqa: E731
-    return _arrays_to_splits(which, f"torchvision {cls.__name__} in {tv_root}", to_nchw(tr.data),
-                             np.asarray(tr.targets), to_nchw(te.data), np.asarray(te.targets),
-                             scale=255.0, seed=seed, val_fraction=val_fraction, limit=limit,
-                             classes=list(tr.classes))
-
-
-def _imagefolder(path: Path, image_size: int) -> Any:
-    from torchvision import datasets, transforms
-
-    tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.PILToTensor()])
-    try:
-        return datasets.ImageFolder(str(path), transform=tf)
-    except (FileNotFoundError, OSError) as exc:
-        raise DatasetError(f"cannot read image folder {path}: {exc}") from exc
-
-
-def _decode(ds: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the images at ``idx`` of an ImageFolder into uint8 (N,C,H,W) and labels."""
-    xs = [ds[int(i)][0].numpy() for i in idx]
-    ys = [ds.targets[int(i)] for i in idx]
-    return np.stack(xs).astype(np.uint8), np.asarray(ys, dtype=np.int64)
-
-
-def _load_imagefolder(kind: str, path_s: str, root: str | None, seed: int, val_fraction: float,
-                      limit: int | None, image_size: int | None = None, **_: Any) -> DatasetSplits:
+def _from_source(kind: str, path_s: str, root: str | None, seed: int, val_fraction: float,
+                 limit: int | None, image_size: int | None = None, subset: int | None = None,
+                 **_: Any) -> DatasetSplits:
+    """``KIND:PATH``: pickle batches, an ImageFolder tree or a tar of one, via the uint8 cache."""
     if not path_s:
-        raise DatasetError(f"'{kind}:' needs a path, e.g. '{kind}:/data/cinic10'")
+        raise DatasetError(f"'{kind}:' needs a path, e.g. '{kind}:/data/{kind}'")
     path = Path(path_s).expanduser()
-    if not path.is_dir():
-        raise DatasetError(f"image folder {path} does not exist; for CIFAR-10 extract "
-                           "CIFAR-10-images.tar there, for CINIC-10 unpack CINIC-10.tar.gz")
+    if not path.exists():
+        raise DatasetError(f"{kind} source {path} does not exist (expected a folder of pickle batches, "
+                           "an ImageFolder tree, or a tar of one)")
     size = int(image_size or 32)
-    sub = {p.name.lower(): p for p in path.iterdir() if p.is_dir()}
-    if "train" in sub:
-        train_ds = _imagefolder(sub["train"], size)
-        val_dir = sub.get("valid") or sub.get("val")
-        val_ds = _imagefolder(val_dir, size) if val_dir else None
-        test_ds = _imagefolder(sub["test"], size) if "test" in sub else None
-        for other in (val_ds, test_ds):
-            if other is not None and other.classes != train_ds.classes:
-                raise DatasetError(f"class folders differ between splits of {path}: "
-                                   f"{train_ds.classes} vs {other.classes}")
-        layout = "train/" + ("+" + val_dir.name + "/" if val_dir else "") + ("+test/" if test_ds else "")
-    else:
-        train_ds, val_ds, test_ds = _imagefolder(path, size), None, None
-        layout = "single folder split by seed"
-    y_all = np.asarray(train_ds.targets, dtype=np.int64)
-    if val_ds is None:
-        tr, va = _stratified_split(y_all, val_fraction, seed)
-    else:
-        tr, va = np.arange(len(y_all)), None
-    tr = _limit(tr, limit, seed)
-    va_idx = _limit(va, limit, seed + 1) if va is not None else _limit(np.arange(len(val_ds)), limit, seed + 1)
-    te_idx = None if test_ds is None else _limit(np.arange(len(test_ds)), limit, seed + 2)
-    n_images = len(tr) + len(va_idx) + (0 if te_idx is None else len(te_idx))
-    n_bytes = n_images * 3 * size * size
-    if n_bytes > IN_MEMORY_LIMIT_BYTES:
-        raise DatasetError(f"{path}: {n_images} images at {size}px need {n_bytes / 2**30:.1f} GiB in "
-                           "memory; pass limit= or a smaller image_size")
-    xtr, ytr = _decode(train_ds, tr)
-    scale = 255.0
-    mean, std = _channel_stats(xtr, scale)
+    try:
+        src = read_source(kind, path, image_size=size, subset=subset, seed=seed)
+    except SourceError as exc:
+        raise DatasetError(str(exc)) from None
+    where = f"{path} ({src.layout}{', ' + str(size) + 'px' if 'pickle' not in src.layout else ''})"
+    if subset:
+        where += f", subset of {subset} per split (seed {seed})"
+    nchw = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))  # noqa: E731
 
-    def make(x: np.ndarray, y: np.ndarray) -> ArrayDataset:
-        return ArrayDataset(x=torch.from_numpy(x), y=torch.from_numpy(y), scale=scale, mean=mean, std=std)
+    def test() -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            t = src.load_test()
+        except SourceError as exc:
+            raise DatasetError(str(exc)) from None
+        return None if t is None else (nchw(t[0]), t[1])
 
-    xva, yva = _decode(train_ds if va is not None else val_ds, va_idx)
-    test = None if test_ds is None else make(*_decode(test_ds, te_idx))
-    task = TaskSpec(in_channels=int(xtr.shape[1]), image_size=size, num_classes=len(train_ds.classes))
-    return DatasetSplits(name=f"{kind}:{path}", train=make(xtr, ytr), val=make(xva, yva), test=test,
-                         task=task, source=f"ImageFolder {path} ({layout}), resized to {size}px",
-                         classes=list(train_ds.classes))
+    val = None if src.x_val is None else (nchw(src.x_val), src.y_val)
+    splits = _arrays_to_splits(f"{kind}:{path}", where, nchw(src.x_train), src.y_train,
+                               test if src.n_test else None, scale=255.0, seed=seed,
+                               val_fraction=val_fraction, limit=limit, classes=src.classes,
+                               val=val, num_classes=len(src.classes), n_test=src.n_test)
+    splits.cache_path = src.cache_path
+    return splits
+
+
+def _load_cifar(which: str, root: str | None, **kw: Any) -> DatasetSplits:
+    """Bare ``cifar10``/``cifar100``: torchvision's pickle folder under the data root."""
+    base = _default_root(root)
+    folder = base / ("cifar-10-batches-py" if which == "cifar10" else "cifar-100-python")
+    if not folder.is_dir():
+        raise DatasetError(f"{which} not found under {base}; pass --dataset {which}:PATH (a folder of "
+                           "torchvision's pickle batches, their .tar.gz, an ImageFolder tree or a tar "
+                           "of one such as CIFAR-10-images.tar) or set data_root in the search config")
+    return _from_source(which, str(folder), root, **kw)
 
 
 _LOADERS: dict[str, Callable[..., DatasetSplits]] = {
@@ -337,7 +360,7 @@ _LOADERS: dict[str, Callable[..., DatasetSplits]] = {
     "cifar10": lambda **kw: _load_cifar("cifar10", **kw),
     "cifar100": lambda **kw: _load_cifar("cifar100", **kw),
 }
-_PATH_KINDS = ("imagefolder", "cinic10")
+_PATH_KINDS = ("cifar10", "cifar100", "cinic10", "imagefolder")
 
 
 def known_datasets() -> list[str]:
@@ -347,7 +370,7 @@ def known_datasets() -> list[str]:
 
 def load_dataset(name: str, *, root: str | None = None, seed: int = 0, val_fraction: float = 0.2,
                  limit: int | None = None, download: bool = False,
-                 image_size: int | None = None) -> DatasetSplits:
+                 image_size: int | None = None, subset: int | None = None) -> DatasetSplits:
     """Load dataset ``name`` as train / val / optional test splits.
 
     root: folder of torchvision's files (default ``$HWNAS_DATA`` or ``~/.cache/hwnas/data``).
@@ -355,15 +378,21 @@ def load_dataset(name: str, *, root: str | None = None, seed: int = 0, val_fract
     validation when the dataset has no validation split. limit: at most this many examples per
     split (a seeded random subset), for quick runs. download: let torchvision download (needs
     internet). image_size: resize folder datasets to this square size (default 32).
+    subset: for ``KIND:PATH`` sources, decode only a seeded stratified pick of at most this many
+    images per split (a quick run that skips decoding the rest).
     Raises :class:`DatasetError` (a ``ValueError``) for unknown names and missing files.
     """
+    if subset is not None and subset < 1:
+        raise DatasetError(f"subset must be >= 1, got {subset}")
     if limit is not None and limit < 1:
         raise DatasetError(f"limit must be >= 1, got {limit}")
     kind, sep, path = name.partition(":")
     kw = dict(root=root, seed=seed, val_fraction=val_fraction, limit=limit)
     if sep and kind.lower() in _PATH_KINDS:
-        return _load_imagefolder(kind.lower(), path, image_size=image_size, **kw)
+        return _from_source(kind.lower(), path, image_size=image_size, subset=subset, **kw)
     loader = _LOADERS.get(name.lower())
+    if sep and kind.lower() in _LOADERS:
+        raise DatasetError(f"dataset {kind!r} takes no path; known: {', '.join(known_datasets())}")
     if loader is None:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(known_datasets())}")
     return loader(download=download, **kw)

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from search.spaces.base import TrainHParams
+from search.training.augment import AugmentSettings, augment_batch
 
 
 class EpochCallback(Protocol):
@@ -106,22 +107,18 @@ class _Placement:
         return torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.cuda)
 
 
-def _augment(x: torch.Tensor, strength: float, *, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with ``round(strength * size / 8)`` pixels of zero padding (zero is the mean
-    after normalisation) and, with ``flip``, random horizontal flips; on ``x``'s device."""
-    n, _, h, w = x.shape
-    pad = round(strength * w / 8)
-    if pad > 0:
-        xp = F.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (n, h, 1)
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (n, 1, w)
-        x = xp[torch.arange(n, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
-    if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-    return x.contiguous()
+def genome_augment(strength: float, image_size: int, *, flip: bool) -> AugmentSettings | None:
+    """The augmentation of a genome's strength (0..1): random crop with ``round(strength *
+    size / 8)`` pixels of padding (4 at full strength on 32x32), and horizontal flips where the
+    dataset allows them; None at strength 0."""
+    if strength <= 0:
+        return None
+    return AugmentSettings(crop_padding=round(strength * image_size / 8), flip=flip, cutout=0)
+
+
+def _image_size(ds: Any) -> int:
+    x = getattr(ds, "x", None)
+    return int(x.shape[-1]) if x is not None else int(ds[0][0].shape[-1])
 
 
 @torch.no_grad()
@@ -192,7 +189,8 @@ def train_candidate(model: nn.Module, splits: Any, hparams: TrainHParams, *,
                     resize_to: int | None = None, evaluate_test: bool = False,
                     restore_best: bool = True, flip: bool = False,
                     on_epoch: Callable[[dict[str, float]], None] | None = None,
-                    callbacks: Sequence[EpochCallback] = ()) -> TrainResult:
+                    callbacks: Sequence[EpochCallback] = (),
+                    augment: AugmentSettings | None = None) -> TrainResult:
     """Train ``model`` on ``splits.train``, validate on ``splits.val`` after every epoch.
 
     max_epochs caps ``hparams.epochs``; time_budget_s stops training (mid-epoch too) once spent,
@@ -202,6 +200,8 @@ def train_candidate(model: nn.Module, splits: Any, hparams: TrainHParams, *,
     (not for digits). With ``restore_best`` the best epoch's weights end up in ``model``.
     callbacks: each one's ``on_epoch_end(model, epoch)`` runs after every validated epoch; any
     True stops training with stop reason ``"callback"`` (e.g. an Early-Bird ticket was drawn).
+    augment: tensor augmentation applied to every training batch on ``device`` (seeded by
+    ``seed``); default: the genome's strength (``hparams.augment``, see :func:`genome_augment`).
     Raises :class:`TrainingError` if the loss becomes NaN or infinite.
     """
     epochs = int(hparams.epochs if max_epochs is None else min(hparams.epochs, max_epochs))
@@ -218,6 +218,10 @@ def train_candidate(model: nn.Module, splits: Any, hparams: TrainHParams, *,
     place = _Placement(torch.device(device), resize_to)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    # its own stream, so switching augmentation on leaves the batch order unchanged
+    aug_gen = torch.Generator().manual_seed(seed + 1)
+    if augment is None:
+        augment = genome_augment(hparams.augment, resize_to or _image_size(splits.train), flip=flip)
     model.to(place.device)
     if place.cuda:
         model.to(memory_format=torch.channels_last)
@@ -236,8 +240,8 @@ def train_candidate(model: nn.Module, splits: Any, hparams: TrainHParams, *,
         lr_now = opt.param_groups[0]["lr"]
         for x, y in _batches(splits.train, batch_size, shuffle=True, generator=gen):
             x, y = place.prepare(x, y)
-            if hparams.augment > 0:
-                x = _augment(x, hparams.augment, flip=flip, generator=gen)
+            if augment is not None:
+                x = augment_batch(x, augment, generator=aug_gen)
             with place.autocast():
                 out = model(x)
                 loss = F.cross_entropy(out, y, label_smoothing=hparams.label_smoothing)

@@ -46,7 +46,8 @@ def load_splits(config: SearchConfig) -> Any:
     """The run's dataset, as the config names it (raises the loader's errors)."""
     from search.training.data import load_dataset
 
-    return load_dataset(config.dataset, root=config.data_root or None, seed=config.seed)
+    return load_dataset(config.dataset, root=config.data_root or None, seed=config.seed,
+                        subset=config.subset or None)
 
 
 def make_trainer(config: SearchConfig, splits: Any, *, run_dir: Path, export: bool, device: str,

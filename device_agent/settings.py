@@ -1,4 +1,5 @@
-"""Settings of the agent daemon: a frozen dataclass, loadable from TOML.
+"""Settings of the agent daemon (:class:`DaemonSettings`, frozen, loadable from TOML), the one
+token reader (:func:`read_token`) and the one loopback rule (:func:`is_loopback`).
 
 File format (every key optional; command-line flags override the file)::
 
@@ -7,8 +8,8 @@ File format (every key optional; command-line flags override the file)::
     port = 50051
     token_file = "/etc/hwnas/agent.token"   # or token = "..." (a file keeps it out of `ps`)
     backend = "onnxruntime"                 # default backend when a request names none
-    table = "/data/nb201_tables.csv.gz"     # table backend: CSV of published measurements
-    metrics = { latency_ms = "lat_raspi4" } # table backend: metric -> column
+    table = "/data/nb201_tables.csv.gz"     # table look-ups: CSV of published measurements
+    metrics = { latency_ms = "lat_raspi4" } # table look-ups: metric -> column
     cache_dir = "/var/cache/hwnas-agent"
     cache_size_mb = 4096
     queue_size = 4
@@ -25,6 +26,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from device_agent.tables import answers_by_arch_key
 
 #: Largest model-bytes chunk in one message (the client sends chunks of this size).
 MAX_CHUNK_BYTES = 1024 * 1024
@@ -51,7 +53,7 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass(frozen=True)
-class AgentSettings:
+class DaemonSettings:
     """Everything the daemon needs; defaults suit a local agent on loopback.
 
     token: shared secret every Agent RPC must carry (``authorization: Bearer <token>``).
@@ -99,8 +101,8 @@ class AgentSettings:
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
-        if self.backend == "table" and not self.table:
-            raise ValueError("backend 'table' needs a table (CSV path)")
+        if answers_by_arch_key(self.backend) and not self.table:
+            raise ValueError(f"backend {self.backend!r} needs a table (CSV path)")
         if self.table and "latency_ms" not in dict(self.metrics):
             raise ValueError("a table needs the column of latency_ms (--metric latency_ms=COLUMN)")
 
@@ -130,39 +132,53 @@ class AgentSettings:
             f"refusing to listen on {self.host!r} (not loopback) without authentication: give "
             "--token/--token-file (or mutual TLS with --tls-client-ca), or --insecure to accept the risk")
 
-    def with_overrides(self, **changes: Any) -> "AgentSettings":
+    def with_overrides(self, **changes: Any) -> "DaemonSettings":
         """A copy with ``changes`` applied (``None`` values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-def _read_token_file(path: str) -> str:
-    token = Path(path).expanduser().read_text(encoding="utf-8").strip()
-    if not token:
-        raise ValueError(f"token file {path} is empty")
-    return token
+def read_token(token: str | None, token_file: str | None, *, env: str | None = None) -> str | None:
+    """The one token reader: ``token``, else the contents of ``token_file`` (which keeps the
+    token out of ``ps``), else ``$env`` when ``env`` names a variable (the agent client CLI
+    passes :data:`TOKEN_ENV`), else None.
+
+    Strict: a missing, unreadable or empty token file is a ``ValueError`` naming the file.
+    """
+    if token_file:
+        path = Path(token_file).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read token file {token_file}: {exc.strerror or exc}") from None
+        if not text:
+            raise ValueError(f"token file {token_file} is empty")
+        return text
+    if token:
+        return token
+    return (os.environ.get(env) or None) if env else None
 
 
-def settings_from_mapping(data: dict[str, Any], *, base: AgentSettings | None = None) -> AgentSettings:
+def settings_from_mapping(data: dict[str, Any], *, base: DaemonSettings | None = None) -> DaemonSettings:
     """Settings from a TOML-like mapping on top of ``base`` (unknown keys raise ``ValueError``)."""
     data = dict(data)
     if "token_file" in data:
         token_file = data.pop("token_file")
         if token_file:
-            data["token"] = _read_token_file(str(token_file))
+            data["token"] = read_token(None, str(token_file))
     if "metrics" in data:
         metrics = data["metrics"]
         if isinstance(metrics, dict):
             data["metrics"] = tuple((str(k), str(v)) for k, v in metrics.items())
         else:
             data["metrics"] = tuple(tuple(m) for m in metrics)  # type: ignore[misc]
-    names = {f.name for f in fields(AgentSettings)}
+    names = {f.name for f in fields(DaemonSettings)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown agent settings: {unknown}")
-    return replace(base or AgentSettings(), **data)
+    return replace(base or DaemonSettings(), **data)
 
 
-def load_settings(path: str | os.PathLike[str], *, base: AgentSettings | None = None) -> AgentSettings:
+def load_settings(path: str | os.PathLike[str], *, base: DaemonSettings | None = None) -> DaemonSettings:
     """Read a TOML file (format in the module docstring)."""
     with open(path, "rb") as f:
         data = tomllib.load(f)

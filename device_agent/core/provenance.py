@@ -1,7 +1,7 @@
 """Where a measurement was taken: host, CPU, OS, runtime versions, power/thermal state.
 
 Every field is read from the machine (``/proc``, ``/sys``, package metadata, ``nvpmodel -q``);
-what cannot be read is left out rather than guessed. Stored with every result (MEASUREMENT.md §1).
+what cannot be read is left out rather than guessed. Stored with every result (docs/measurement.md, "What ran here, and what did not").
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import grpc
 
-log = logging.getLogger("device_agent.auth")
+log = logging.getLogger("device_agent.rpc.auth")
 
 AUTH_HEADER = "authorization"
 #: Services that do not require the token.

@@ -31,11 +31,12 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from device_agent.config import BuildConfig, MeasureConfig
-from device_agent.result import MEASURED, Energy, LatencyStats, MeasureResult, Metric
-from device_agent.validate import DEFAULT_MAX_BYTES, DEFAULT_MAX_TENSOR_ELEMS
+from device_agent.core.result import MEASURED, Energy, LatencyStats, MeasureResult, Metric
+from device_agent.core.validate import DEFAULT_MAX_BYTES, DEFAULT_MAX_TENSOR_ELEMS
+from device_agent.tables import answers_by_arch_key
 
-PRELOAD = ["numpy", "onnx", "onnxruntime", "scipy.special", "device_agent.stats", "device_agent.jobs",
-           "device_agent.measure", "device_agent.backends.onnxruntime_backend"]
+PRELOAD = ["numpy", "onnx", "onnxruntime", "scipy.special", "device_agent.core.stats", "device_agent.core.jobs",
+           "device_agent.core.measure", "device_agent.backends.onnxruntime_backend"]
 PEAK_MEMORY_METHOD = "peak RSS delta of the job process (ru_maxrss)"
 PROFILE_ITERATIONS = 20
 _OOM_RE = re.compile(r"bad_alloc|failed to allocate|out of memory|cannot allocate|MemoryError|"
@@ -93,8 +94,8 @@ def _apply_hook(hook: str | None) -> None:
 
 def _classify(exc: BaseException, stage: str) -> str:
     from device_agent.backends.base import BackendError
-    from device_agent.measure import OutputMismatch
-    from device_agent.validate import InvalidModel
+    from device_agent.core.measure import OutputMismatch
+    from device_agent.core.validate import InvalidModel
 
     if isinstance(exc, InvalidModel):
         return "invalid_model"
@@ -110,9 +111,9 @@ def _classify(exc: BaseException, stage: str) -> str:
 def _measure_child(p: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     """validate -> build -> prepare/run -> output check -> timed loop -> profile -> energy."""
     from device_agent.backends import get_backend
-    from device_agent.measure import check_outputs, make_inputs, measure_energy, measure_latency
-    from device_agent.provenance import collect_provenance, temperatures
-    from device_agent.validate import validate_model
+    from device_agent.core.measure import check_outputs, make_inputs, measure_energy, measure_latency
+    from device_agent.core.provenance import collect_provenance, temperatures
+    from device_agent.core.validate import validate_model
 
     build, cfg = BuildConfig.from_dict(p["build"]), MeasureConfig.from_dict(p["measure"])
     out: dict[str, Any] = {}
@@ -154,8 +155,8 @@ def _measure_child(p: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
 
 def _artifact_child(p: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     from device_agent.backends import get_backend
-    from device_agent.provenance import collect_provenance
-    from device_agent.validate import validate_model
+    from device_agent.core.provenance import collect_provenance
+    from device_agent.core.validate import validate_model
 
     build = BuildConfig.from_dict(p["build"])
     state["stage"] = "validate"
@@ -260,20 +261,20 @@ def run_job(model_path: str, build: BuildConfig, measure: MeasureConfig, *, job_
             max_tensor_elems: int = DEFAULT_MAX_TENSOR_ELEMS) -> MeasureResult:
     """Measure the ONNX model at ``model_path`` on this device; never raises for a bad model.
 
-    ``table`` (a configured ``TableBackend``) answers ``build.backend == "table"`` jobs in
-    process from ``arch_key``. ``reference_model_path`` overrides the output check's reference
+    ``table`` (the agent's configured :class:`~device_agent.tables.TableSource`) answers jobs
+    whose ``build.backend`` names a table look-up, in process, from ``arch_key``. ``reference_model_path`` overrides the output check's reference
     model (tests). ``idle_power_w`` (the agent's idle baseline, with ``idle_method``) gives the
     net energy where a power sensor exists. The result carries ``build``/``measure`` and the
     device's provenance.
     """
     if device_key is None:
-        from device_agent.provenance import default_device_key
+        from device_agent.core.provenance import default_device_key
 
         device_key = default_device_key()
     sha = file_sha256(model_path) if model_path else ""
     base = dict(job_id=job_id, device_key=device_key, backend=build.backend, model_sha256=sha,
                 build_config=build.to_dict(), measure_config=measure.to_dict())
-    if build.backend == "table":
+    if answers_by_arch_key(build.backend):
         if table is None:
             return MeasureResult.failure(**base, error="no table configured on this agent",
                                          error_kind="unsupported")
@@ -308,7 +309,7 @@ def build_artifact(model_path: str, build: BuildConfig, *, job_id: str, timeout_
     Returns ``(artifact bytes, provenance)``; raises :class:`JobFailed` with an ``error_kind``.
     """
     if device_key is None:
-        from device_agent.provenance import default_device_key
+        from device_agent.core.provenance import default_device_key
 
         device_key = default_device_key()
     payload = dict(model_path=os.path.abspath(model_path), build=build.to_dict(), job_id=job_id,

@@ -1,4 +1,4 @@
-"""The agent daemon: a gRPC server around :class:`device_agent.service.AgentService`.
+"""The agent daemon: a gRPC server around :class:`device_agent.core.service.AgentService`.
 
 ``create_server(address, config=...)`` builds and binds a server (tests use port 0) apart from
 ``serve(config)``, which runs it until SIGTERM/SIGINT: health turns NOT_SERVING, new work is
@@ -22,13 +22,13 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from device_agent.auth import TokenAuthInterceptor, server_credentials
-from device_agent.daemon_config import MAX_MESSAGE_BYTES, AgentSettings
-from device_agent.service import AgentService
-from device_agent.servicer import AgentServicer
+from device_agent.rpc.auth import TokenAuthInterceptor, server_credentials
+from device_agent.settings import MAX_MESSAGE_BYTES, DaemonSettings
+from device_agent.core.service import AgentService
+from device_agent.rpc.servicer import AgentServicer
 from protos.hwnas.agent.v1 import agent_pb2, agent_pb2_grpc
 
-log = logging.getLogger("device_agent.server")
+log = logging.getLogger("device_agent.rpc.server")
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -60,7 +60,7 @@ class AgentServer:
     """A started-or-not agent server: the gRPC server, the service and the health servicer."""
 
     def __init__(self, *, grpc_server: grpc.Server, service: AgentService,
-                 health_servicer: health.HealthServicer, settings: AgentSettings) -> None:
+                 health_servicer: health.HealthServicer, settings: DaemonSettings) -> None:
         self.grpc_server = grpc_server
         self.service = service
         self.health = health_servicer
@@ -93,11 +93,11 @@ class AgentServer:
         return self.grpc_server.wait_for_termination(timeout)
 
 
-def create_server(address: str = "127.0.0.1:0", *, config: AgentSettings) -> tuple[AgentServer, int]:
+def create_server(address: str = "127.0.0.1:0", *, config: DaemonSettings) -> tuple[AgentServer, int]:
     """Build and bind an agent server (not started). Returns (server, bound port).
 
     Raises ``ValueError`` for an exposed address without authentication (see
-    ``AgentSettings.check_exposure``) and ``RuntimeError`` when the address cannot be bound.
+    ``DaemonSettings.check_exposure``) and ``RuntimeError`` when the address cannot be bound.
     """
     host = address.rsplit(":", 1)[0].strip("[]")
     _with_host(config, host).check_exposure()
@@ -131,7 +131,7 @@ def create_server(address: str = "127.0.0.1:0", *, config: AgentSettings) -> tup
                        settings=config), port
 
 
-def _with_host(config: AgentSettings, host: str) -> AgentSettings:
+def _with_host(config: DaemonSettings, host: str) -> DaemonSettings:
     from dataclasses import replace
 
     return replace(config, host=host)
@@ -145,7 +145,7 @@ def _write_port_file(path: str, port: int) -> None:
     os.replace(tmp, path)
 
 
-def serve(config: AgentSettings) -> int:
+def serve(config: DaemonSettings) -> int:
     """Run the agent until SIGTERM/SIGINT; returns the process exit code."""
     configure_logging(config.log_level)
     host = config.host if ":" not in config.host else f"[{config.host}]"

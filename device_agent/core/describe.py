@@ -9,8 +9,9 @@ from typing import Any
 
 from device_agent.backends import list_backends
 from device_agent.config import MeasureConfig
-from device_agent.provenance import collect_provenance, default_device_key
-from device_agent.validate import DEFAULT_MAX_BYTES, DEFAULT_MAX_TENSOR_ELEMS
+from device_agent.core.provenance import collect_provenance, default_device_key
+from device_agent.core.validate import DEFAULT_MAX_BYTES, DEFAULT_MAX_TENSOR_ELEMS
+from device_agent.tables import describe_table, table_names
 
 
 def _sensors() -> dict[str, dict[str, Any]]:
@@ -32,7 +33,7 @@ def _sensors() -> dict[str, dict[str, Any]]:
 
 def describe_device(*, device_key: str | None = None, default_backend: str | None = None,
                     table: Any = None) -> dict[str, Any]:
-    """The device description. ``table`` is the agent's configured ``TableBackend``, if any."""
+    """The device description. ``table`` is the agent's configured ``TableSource``, if any."""
     prov = collect_provenance(None, device_key=device_key or default_device_key())
     hardware = {k: prov[k] for k in ("hostname", "cpu_model", "cpu_count_logical", "cpu_affinity",
                                      "cpu_count_physical", "memory_total_mb", "os", "kernel")
@@ -43,9 +44,7 @@ def describe_device(*, device_key: str | None = None, default_backend: str | Non
         hardware["nvpmodel"] = prov["nvpmodel"]
     backends = {name: {"available": ok, "reason": reason}
                 for name, (ok, reason) in list_backends().items()}
-    if table is not None and "table" in backends:
-        backends["table"]["table"] = table.describe()
-        backends["table"]["available"] = bool(table.table_path)
+    backends.update({name: describe_table(table) for name in table_names()})
     defaults = MeasureConfig()
     desc: dict[str, Any] = {
         "device_key": prov["device_key"],

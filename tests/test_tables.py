@@ -1,4 +1,4 @@
-"""Table backend: a CSV we write, and the real NAS-Bench-201 table where it is present."""
+"""Table look-ups (device_agent.tables): a CSV we write, and the real NAS-Bench-201 table where it is present."""
 from __future__ import annotations
 
 import csv
@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from device_agent.backends import UnsupportedError, get_backend
-from device_agent.backends.table import TableBackend
+from device_agent.backends import BACKENDS, UnsupportedError, get_backend
+from device_agent.tables import TableSource, answers_by_arch_key, load_table
 from device_agent.config import BuildConfig, MeasureConfig
-from device_agent.describe import describe_device
-from device_agent.jobs import run_job
+from device_agent.core.describe import describe_device
+from device_agent.core.jobs import run_job
 
 from _shared import NB201_TABLE
 
@@ -33,7 +33,7 @@ def write_csv(path, gz: bool = False) -> str:
 @pytest.mark.parametrize("gz", [False, True])
 def test_lookup_from_written_csv(tmp_path, gz):
     path = write_csv(tmp_path / ("t.csv.gz" if gz else "t.csv"), gz)
-    tb = TableBackend(table_path=path, metrics={"latency_ms": "lat_dev", "energy_mj": "energy_dev",
+    tb = TableSource(table_path=path, metrics={"latency_ms": "lat_dev", "energy_mj": "energy_dev",
                                                 "peak_memory_mb": "mem_dev"})
     r = tb.lookup("a|b", job_id="j", device_key="dev")
     assert r.ok and r.backend == "table" and r.job_id == "j"
@@ -55,17 +55,37 @@ def test_lookup_from_written_csv(tmp_path, gz):
 def test_bad_configs(tmp_path):
     path = write_csv(tmp_path / "t.csv")
     with pytest.raises(ValueError, match="missing columns"):
-        TableBackend(table_path=path, metrics={"latency_ms": "no_such_column"})
+        TableSource(table_path=path, metrics={"latency_ms": "no_such_column"})
     with pytest.raises(ValueError, match="latency_ms"):
-        TableBackend(table_path=path, metrics={"energy_mj": "energy_dev"})
-    assert TableBackend().lookup("a|b").error_kind == "unsupported"
-    with pytest.raises(UnsupportedError):
-        TableBackend().build(path, BuildConfig(backend="table"), workdir=str(tmp_path))
-    assert get_backend("table") is TableBackend
+        TableSource(table_path=path, metrics={"energy_mj": "energy_dev"})
+    assert TableSource().lookup("a|b").error_kind == "unsupported"
+    # a table is not a backend: it answers by arch_key and runs no model
+    assert answers_by_arch_key("table") and not answers_by_arch_key("onnxruntime")
+    assert "table" not in BACKENDS.names()
+    with pytest.raises(UnsupportedError, match="unknown backend"):
+        get_backend("table")
+
+
+def test_load_table_quoted_and_plain_agree(tmp_path):
+    """The comma-split fast path (no quote in the text) and csv.reader give the same dict."""
+    plain = write_csv(tmp_path / "plain.csv")
+    quoted = tmp_path / "quoted.csv"
+    with open(quoted, "w", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_ALL)
+        w.writerow(["arch_str", "lat_dev", "energy_dev", "mem_dev"])
+        w.writerows(ROWS)
+        w.writerow(["g,h", "5", "6"])  # a comma inside a key, a short row
+    cols = ("lat_dev", "energy_dev", "mem_dev")
+    a = load_table(plain, "arch_str", cols)
+    b = load_table(str(quoted), "arch_str", cols)
+    assert a == {"a|b": (1.5, 10.0, 3.0), "c|d": (2.25, None, 4.0), "e|f": (None, 7.0, None)}
+    assert b == {**a, "g,h": (5.0, 6.0, None)}
+    with pytest.raises(ValueError, match="missing columns"):
+        load_table(plain, "arch_str", ("nope",))
 
 
 def test_run_job_answers_in_process(tmp_path):
-    tb = TableBackend(table_path=write_csv(tmp_path / "t.csv"), metrics={"latency_ms": "lat_dev"})
+    tb = TableSource(table_path=write_csv(tmp_path / "t.csv"), metrics={"latency_ms": "lat_dev"})
     t0 = time.perf_counter()
     r = run_job("", BuildConfig(backend="table"), MeasureConfig(), job_id="t", device_key="dev",
                 arch_key="a|b", table=tb)
@@ -76,7 +96,7 @@ def test_run_job_answers_in_process(tmp_path):
 
 
 def test_describe_reports_table(tmp_path):
-    tb = TableBackend(table_path=write_csv(tmp_path / "t.csv"), metrics={"latency_ms": "lat_dev"})
+    tb = TableSource(table_path=write_csv(tmp_path / "t.csv"), metrics={"latency_ms": "lat_dev"})
     d = describe_device(device_key="dev", table=tb)
     assert d["device_key"] == "dev" and d["backends"]["onnxruntime"]["available"]
     assert d["backends"]["table"]["table"]["rows"] == 3
@@ -88,7 +108,7 @@ def test_describe_reports_table(tmp_path):
 def test_nb201_table_lookup_is_fast_and_exact():
     with gzip.open(NB201, "rt", newline="") as f:
         rows = list(csv.DictReader(f))
-    tb = TableBackend(table_path=NB201, metrics={"latency_ms": "lat_raspi4"})
+    tb = TableSource(table_path=NB201, metrics={"latency_ms": "lat_raspi4"})
     row = rows[1234]
     r = tb.lookup(row["arch_str"])
     assert r.ok and r.latency_ms.median == float(row["lat_raspi4"])
@@ -100,4 +120,4 @@ def test_nb201_table_lookup_is_fast_and_exact():
     per_call = (time.perf_counter() - t0) / len(keys)
     assert per_call < 500e-6, f"{per_call * 1e6:.0f} us per lookup"
     # loaded once per process: a second backend on the same table shares the dict
-    assert TableBackend(table_path=NB201, metrics={"latency_ms": "lat_raspi4"})._table is tb._table
+    assert TableSource(table_path=NB201, metrics={"latency_ms": "lat_raspi4"})._table is tb._table

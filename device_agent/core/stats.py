@@ -1,4 +1,4 @@
-"""Latency statistics of a timed loop (MEASUREMENT.md §3).
+"""Latency statistics of a timed loop (docs/measurement.md, "One job, step by step", latency).
 
 Percentiles use numpy's default (linear interpolation); ``std`` is the sample standard
 deviation (ddof=1); ``cv = std / mean``. The confidence interval of the median is
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import bdtr  # binomial CDF; lighter to import than scipy.stats
 
-from device_agent.result import LatencyStats
+from device_agent.core.result import LatencyStats
 
 
 def median_ci_indices(n: int, level: float = 0.95) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """The agent's domain core: models in the cache, one job at a time, a bounded queue, draining.
 
-The gRPC servicer (``device_agent.servicer``) only translates messages to calls on
+The gRPC servicer (``device_agent.rpc.servicer``) only translates messages to calls on
 :class:`AgentService` and its return values or :mod:`device_agent.errors` exceptions back.
 Measurements never overlap: :class:`JobQueue` runs one job at a time and lets at most
 ``queue_size`` more wait (one more -> ``AgentBusy``). A job is cancelled when its caller goes
@@ -19,14 +19,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from device_agent.cache import ContentCache, artifact_key, is_sha256
+from device_agent.core.cache import ContentCache, artifact_key, is_sha256
 from device_agent.config import BuildConfig, MeasureConfig
-from device_agent.daemon_config import MAX_CHUNK_BYTES, AgentSettings
+from device_agent.tables import TableSource, answers_by_arch_key
+from device_agent.settings import MAX_CHUNK_BYTES, DaemonSettings
 from device_agent.errors import AgentUnavailable, InvalidRequest, ModelNotHeld
-from device_agent.jobqueue import JobQueue
-from device_agent.result import MeasureResult
+from device_agent.core.jobqueue import JobQueue
+from device_agent.core.result import MeasureResult
 
-log = logging.getLogger("device_agent.service")
+log = logging.getLogger("device_agent.core.service")
 
 AGENT_VERSION = "0.1.0"
 
@@ -58,7 +59,7 @@ class BuiltArtifact:
 class AgentService:
     """What an agent does, independent of gRPC (see the module docstring)."""
 
-    def __init__(self, *, settings: AgentSettings, cache: ContentCache | None = None) -> None:
+    def __init__(self, *, settings: DaemonSettings, cache: ContentCache | None = None) -> None:
         self.settings = settings
         self.cache = cache or ContentCache(root=settings.cache_dir,
                                            max_bytes=settings.cache_size_mb * 1024 * 1024)
@@ -68,7 +69,7 @@ class AgentService:
         self._lock = threading.Lock()
         self._validated: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self._description: dict[str, Any] | None = None
-        self._table_backend: Any = None
+        self._table_source: TableSource | None = None
         self._idle: Any = None  # IdleBaseline, False (no sensor) or None (not looked yet)
         if settings.table:
             self._table()  # a missing file or column fails at start, not on the first call
@@ -77,14 +78,14 @@ class AgentService:
     # ---- describe
     def _default_device_key(self) -> str:
         """This machine's key; a table agent is named after its table column, not the host."""
-        if self.settings.backend == "table":
+        if answers_by_arch_key(self.settings.backend):
             return f"table-{dict(self.settings.metrics)['latency_ms']}"
-        from device_agent.provenance import default_device_key
+        from device_agent.core.provenance import default_device_key
 
         return default_device_key()
 
     def _describe_device(self) -> dict[str, Any]:
-        from device_agent.describe import describe_device
+        from device_agent.core.describe import describe_device
 
         return dict(describe_device(device_key=self.device_key, default_backend=self.settings.backend,
                                     table=self._table()))
@@ -162,7 +163,7 @@ class AgentService:
     def receive_for_measure(self, req: MeasureRequest, chunks: Iterable[bytes]) -> int:
         """Receive the model of a ``Measure`` (none needed for a table look-up); bytes received."""
         self.check_measure_config(req.measure)
-        if req.model_size == 0 and self.effective_build(req.build).backend == "table":
+        if req.model_size == 0 and answers_by_arch_key(self.effective_build(req.build).backend):
             if next(iter(chunks), None) is not None:
                 raise InvalidRequest("model bytes sent for a model_size of 0")
             return 0
@@ -174,7 +175,7 @@ class AgentService:
             if sha256 in self._validated:
                 self._validated.move_to_end(sha256)
                 return self._validated[sha256]
-        from device_agent.validate import InvalidModel, validate_model
+        from device_agent.core.validate import InvalidModel, validate_model
 
         try:
             validate_model(path, max_bytes=self.settings.max_model_bytes,
@@ -206,19 +207,17 @@ class AgentService:
 
     def effective_build(self, build: BuildConfig) -> BuildConfig:
         """A table agent answers every request from its table; others honour the request."""
-        if self.settings.backend == "table" and build.backend != "table":
-            return replace(build, backend="table")
+        if answers_by_arch_key(self.settings.backend) and build.backend != self.settings.backend:
+            return replace(build, backend=self.settings.backend)
         return build
 
-    def _table(self) -> Any:
-        """The configured table backend (built once), or None."""
-        if self._table_backend is None and self.settings.table:
-            from device_agent.backends.table import TableBackend
-
-            self._table_backend = TableBackend(table_path=self.settings.table,
+    def _table(self) -> TableSource | None:
+        """The configured table source (built once), or None."""
+        if self._table_source is None and self.settings.table:
+            self._table_source = TableSource(table_path=self.settings.table,
                                                metrics=dict(self.settings.metrics) or None,
                                                key_column=self.settings.table_key_column)
-        return self._table_backend
+        return self._table_source
 
     def _idle_power(self, measure: MeasureConfig) -> tuple[float | None, str]:
         """The idle baseline (measured lazily inside the job slot, when nothing else runs)."""
@@ -242,11 +241,11 @@ class AgentService:
 
         A table-backed job runs no model: it needs no bytes and skips the queue.
         """
-        from device_agent.jobs import run_job
+        from device_agent.core.jobs import run_job
 
         job_id = req.job_id or uuid.uuid4().hex
         build = self.effective_build(req.build)
-        if build.backend == "table":
+        if answers_by_arch_key(build.backend):
             started = time.time()
             with self.cache.pin_model(req.model_sha256) as path:
                 result = run_job(str(path) if path else "", build, req.measure, job_id=job_id,
@@ -290,7 +289,7 @@ class AgentService:
     def build_engine(self, *, job_id: str, model_sha256: str, build: BuildConfig, timeout_s: float,
                      cancel: threading.Event) -> BuiltArtifact:
         """The deployable artifact of a held model (cached by model, backend, versions, build)."""
-        from device_agent.jobs import build_artifact
+        from device_agent.core.jobs import build_artifact
 
         build = self.effective_build(build)
         versions = self.describe().get("versions", {})

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import grpc
 
-log = logging.getLogger("device_agent.registration")
+log = logging.getLogger("device_agent.rpc.registration")
 
 
 class Registration:
@@ -30,7 +30,7 @@ class Registration:
         """describe: the agent's own description, in process (``serve_registered`` passes its
         service's, so an agent serving TLS needs no client credentials for itself); without it,
         ``Describe`` is called at ``agent_address`` (plaintext). registry_tls: the TLS options of
-        :func:`device_agent.auth.client_channel` for the registry (``tls_ca`` enables TLS,
+        :func:`device_agent.rpc.auth.client_channel` for the registry (``tls_ca`` enables TLS,
         ``tls_cert``/``tls_key`` for mutual TLS, ``tls_server_name``)."""
         self.registry = registry
         self.address = address
@@ -49,14 +49,14 @@ class Registration:
         self._thread = threading.Thread(target=self._run, name="registration", daemon=True)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        from device_agent.auth import bearer_metadata
+        from device_agent.rpc.auth import bearer_metadata
 
         return bearer_metadata(self.token)
 
     def _describe(self) -> dict[str, Any]:
         if self._describe_fn is not None:
             return self._describe_fn()
-        from device_agent.client import AgentClient
+        from device_agent.rpc.client import AgentClient
 
         with AgentClient(self.agent_address, token=self.token, timeout=10.0) as client:
             return client.describe()
@@ -77,7 +77,7 @@ class Registration:
     def _run(self) -> None:
         from protos.hwnas.registry.v1 import registry_pb2, registry_pb2_grpc
 
-        from device_agent.auth import client_channel
+        from device_agent.rpc.auth import client_channel
 
         channel = client_channel(self.registry, **self.registry_tls)
         stub = registry_pb2_grpc.RegistryStub(channel)
@@ -138,8 +138,8 @@ def serve_registered(settings: Any, *, registry: str, advertise: str | None = No
     registry_tls: see :class:`Registration`."""
     import signal
 
-    from device_agent import wire
-    from device_agent.server import _write_port_file, configure_logging, create_server
+    from device_agent.rpc import wire
+    from device_agent.rpc.server import _write_port_file, configure_logging, create_server
 
     configure_logging(settings.log_level)
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"

@@ -15,21 +15,20 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from device_agent import wire
-from device_agent.auth import bearer_metadata, client_channel
+from device_agent.rpc import wire
+from device_agent.rpc.auth import bearer_metadata, client_channel
 from device_agent.config import BuildConfig, MeasureConfig
-from device_agent.daemon_config import MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES
+from device_agent.settings import MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES
 from device_agent.errors import (
-    RETRYABLE,
     AgentError,
     AgentUnavailable,
     BuildFailed,
     ChecksumMismatch,
     DeadlineExceeded,
     ModelNotHeld,
-    from_rpc_error,
 )
-from device_agent.result import MeasureResult
+from device_agent.rpc.status import RETRYABLE, from_rpc_error
+from device_agent.core.result import MeasureResult
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 from protos.hwnas.agent.v1 import agent_pb2_grpc as pb_grpc
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from device_agent.config import BuildConfig, MeasureConfig
 from device_agent.errors import InvalidRequest
-from device_agent.result import ESTIMATED, MEASURED, UNAVAILABLE, Energy, LatencyStats, MeasureResult, Metric
+from device_agent.core.result import ESTIMATED, MEASURED, UNAVAILABLE, Energy, LatencyStats, MeasureResult, Metric
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 
 PROTOCOL = "hwnas.agent.v1"

@@ -1,6 +1,6 @@
 """The gRPC servicer of ``hwnas.agent.v1.Agent``: translation only.
 
-Each method decodes the request (``device_agent.wire``), calls :class:`AgentService`, and
+Each method decodes the request (``device_agent.rpc.wire``), calls :class:`AgentService`, and
 encodes the reply; a :mod:`device_agent.errors` exception becomes its status through the one
 table there. A candidate that fails is a normal ``MeasureReply`` with ``error`` set.
 """
@@ -14,14 +14,15 @@ from typing import Any, Callable, TypeVar
 
 import grpc
 
-from device_agent import wire
-from device_agent.daemon_config import MAX_CHUNK_BYTES
-from device_agent.errors import AgentError, InvalidRequest, abort
-from device_agent.service import AgentService, MeasureRequest
+from device_agent.rpc import wire
+from device_agent.settings import MAX_CHUNK_BYTES
+from device_agent.errors import AgentError, Cancelled, InvalidRequest
+from device_agent.rpc.status import abort, status_of
+from device_agent.core.service import AgentService, MeasureRequest
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 from protos.hwnas.agent.v1 import agent_pb2_grpc as pb_grpc
 
-log = logging.getLogger("device_agent.servicer")
+log = logging.getLogger("device_agent.rpc.servicer")
 T = TypeVar("T")
 
 
@@ -63,9 +64,9 @@ class AgentServicer(pb_grpc.AgentServicer):
         except AgentError as exc:
             error: BaseException = exc
             log.info("call failed", extra={"event": "rpc_error", "method": method,
-                                           "code": exc.code.name, "detail": str(exc)[:300]})
+                                           "code": status_of(exc).name, "detail": str(exc)[:300]})
         except grpc.RpcError as exc:  # the request stream broke (client gone)
-            error = AgentError(f"request stream failed: {exc}", code=grpc.StatusCode.CANCELLED)
+            error = Cancelled(f"request stream failed: {exc}")
         except Exception as exc:  # noqa: BLE001 - a bug must become INTERNAL, not kill the agent
             log.exception("unexpected error", extra={"event": "rpc_internal", "method": method})
             error = exc

@@ -1,4 +1,5 @@
-"""The timed loop, output check and energy pass of one job (MEASUREMENT.md §3, §5, §6).
+"""The timed loop, output check and energy pass of one job (docs/measurement.md, section
+"One job, step by step": output check, latency, energy).
 
 Runs in the job's child process on a prepared :class:`~device_agent.backends.base.Runner`:
 
@@ -20,12 +21,12 @@ import numpy as np
 
 from device_agent.backends.base import Runner, TensorSpec
 from device_agent.config import MeasureConfig
-from device_agent.result import UNAVAILABLE, Energy, LatencyStats
-from device_agent.stats import ci_tight_enough, summarize
+from device_agent.core.result import UNAVAILABLE, Energy, LatencyStats
+from device_agent.core.stats import ci_tight_enough, summarize
 
 HOST_METHOD = "host wall clock, time.perf_counter_ns around each synchronous run"
 DEVICE_METHOD = "device timer reported by the runner per iteration ({backend})"
-#: Tolerances of the output check, by obtained precision (MEASUREMENT.md §6).
+#: Tolerances of the output check, by obtained precision (docs/measurement.md, "One job, step by step", output check).
 TOLERANCES = {"fp32": 1e-5, "fp16": 1e-3, "mixed": 1e-3, "int8": 1e-1}
 ENERGY_MIN_S, ENERGY_MIN_ITERS = 5.0, 32
 HOST_BOUND_RATIO = 0.8
@@ -97,7 +98,7 @@ def compare_outputs(got: dict[str, np.ndarray], ref: dict[str, np.ndarray],
 
 def check_outputs(runner: Runner, model_path: str, inputs: dict[str, np.ndarray], *,
                   reference_model_path: str | None = None) -> dict[str, Any]:
-    """Run once on the prepared ``inputs`` and compare with ONNX Runtime CPU (§6).
+    """Run once on the prepared ``inputs`` and compare with ONNX Runtime CPU (output check).
 
     ``reference_model_path`` defaults to ``model_path``. Raises :class:`OutputMismatch`.
     """
@@ -198,7 +199,7 @@ def measure_latency(runner: Runner, cfg: MeasureConfig, *,
 
 def measure_energy(runner: Runner, cfg: MeasureConfig, *, idle_power_w: float | None = None,
                    idle_method: str = "") -> tuple[Energy, list[str]]:
-    """Energy per inference from the device's power sensor in a separate window (§5).
+    """Energy per inference from the device's power sensor in a separate window (docs/measurement.md, "The energy window").
 
     Returns ``(energy, flags)`` (flags from the window, e.g. throttling). Without a sensor the
     energy is ``unavailable`` and no window is run: energy is never invented.
