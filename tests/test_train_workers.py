@@ -224,3 +224,23 @@ def test_train_final_retrains_the_front_and_keeps_the_search_figures(guarded_run
     assert man["model"]["sha256"] == f["model_sha256"] and man["accuracy"]["final"]["epochs"] == 3
     assert hwnas(["train-final", str(run_dir), "--id", "999"]) == 2
     assert "no finished candidates with ids [999]" in capsys.readouterr().err
+
+
+def test_a_search_trains_on_real_cifar10_jpegs(tmp_path, monkeypatch):
+    """A few hundred of the shared CIFAR-10 tar's JPEGs: decoded once into the cache by the
+    server, loaded from it by the worker, trained with the genome's augmentation, test accuracy
+    of the front after the search."""
+    from _shared import CIFAR10_TAR
+
+    if not CIFAR10_TAR.exists():
+        pytest.skip(f"shared CIFAR-10 tar absent ({CIFAR10_TAR})")
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))  # the worker inherits it
+    cfg = dataclasses.replace(FAST, budget=2, train_workers=1, dataset=f"cifar10:{CIFAR10_TAR}", subset=300,
+                              space_options={**FAST.space_options, "max_epochs": 1})
+    summary = SearchRunner(config=cfg, run_dir=tmp_path / "run", progress=False).run()
+    results = collect(tmp_path / "run")
+    assert summary["done"] == 2, [r["error"] for r in results]
+    for r in results:
+        assert "CIFAR" in r["train"]["source"] or "cifar10" in r["train"]["source"].lower()
+        assert r["train"]["history"][0]["images_per_s"] > 0
+    assert summary["test"]["test_images"] == 300 and summary["test"]["evaluated"] >= 1

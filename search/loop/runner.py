@@ -166,7 +166,8 @@ class SearchRunner:
             self._trained(*payload)
         elif kind == "progress":
             cid, record = payload
-            if cid in self.tracker:  # a late record of a finished candidate is dropped
+            # a record that arrives after the training's result is dropped (it would linger)
+            if cid in self.tracker and self.tracker[cid].state is State.TRAINING:
                 self.training_progress[cid] = record
                 self._refresh()
         else:
@@ -272,8 +273,12 @@ class SearchRunner:
         """After the search: the test accuracy of every Pareto member, once (never selection)."""
         from search.training.holdout import evaluate_on_test
 
-        out = evaluate_on_test(store=self.store, space=self.space, splits=self._source, ids=self._pareto_ids(),
-                               device=training_device(self.config))
+        try:
+            out = evaluate_on_test(store=self.store, space=self.space, splits=self._source,
+                                   ids=self._pareto_ids(), device=training_device(self.config))
+        except (ValueError, OSError, RuntimeError) as exc:  # the search's results stay as they are
+            self.store.event("test_failed", detail={"error": f"{type(exc).__name__}: {exc}"})
+            return {"error": f"test split not evaluated: {type(exc).__name__}: {exc}"}
         return {"evaluated": len(out["evaluated"]), "skipped": out["skipped"], "test_images": out["test_images"]}
 
     # -- progress ---------------------------------------------------------------------------
