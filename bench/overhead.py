@@ -68,7 +68,7 @@ def main() -> int:
     wall = time.perf_counter() - t0
     store_s, store_calls = _STORE_TIME
 
-    st = Store(out)
+    st = Store(out, read_only=True)
     cands = {c["id"]: c for c in st.candidates()}
     rows: dict[str, list[float]] = {k: [] for k in (
         "train", "timed loop", "export", "scheduling", "transfer + RPC", "agent job set-up")}

@@ -65,6 +65,9 @@ def _add_commands(sub: Any) -> None:
     s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (0 = any free port; default 50051)")
     s.add_argument("--port-file", help="write the bound port to this file once serving")
+    s.add_argument("--parent-fd", type=int, metavar="FD",
+                   help="exit when this inherited pipe reaches end-of-file (its parent ended); "
+                        "the search's local agent gets one")
     tok = s.add_mutually_exclusive_group()
     tok.add_argument("--token", help=f"shared token (visible in `ps`: prefer --token-file or ${TOKEN_ENV})")
     tok.add_argument("--token-file", help="file holding the shared token")
@@ -143,6 +146,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
     from device_agent.rpc.server import serve
 
+    if getattr(args, "parent_fd", None) is not None:
+        from device_agent.launcher import watch_parent
+
+        try:
+            os.fstat(args.parent_fd)
+        except OSError as exc:
+            print(f"agent: error: --parent-fd {args.parent_fd}: {exc.strerror}", file=sys.stderr)
+            return 2
+        watch_parent(args.parent_fd)
     try:
         settings = settings_from_args(args)
         settings.check_exposure()

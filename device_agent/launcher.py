@@ -1,8 +1,13 @@
 """Start a device agent as a subprocess on a free loopback port (used when no ``--agent`` is given).
 
 ``start_local_agent()`` runs ``python -m device_agent serve --host 127.0.0.1 --port 0
---port-file F ...``, reads the bound port from ``F`` and waits until health is SERVING. The
-token travels in the environment (``HWNAS_AGENT_TOKEN``), not on the command line.
+--port-file F --parent-fd R ...``, reads the bound port from ``F`` and waits until health is
+SERVING. The token travels in the environment (``HWNAS_AGENT_TOKEN``), not on the command line.
+
+The agent dies with its parent, however the parent ends (``kill -9`` included): ``R`` is the
+read end of a pipe whose only write end the parent holds; the kernel closes it when the parent
+exits, and the agent (:func:`watch_parent`) sees end-of-file and shuts down. A pipe, not
+``PR_SET_PDEATHSIG``: that signal follows the thread that started the child, not the process.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,12 +31,14 @@ class LocalAgent:
     """A running agent subprocess: ``address``, ``token``, ``log_path``; ``stop()`` ends it."""
 
     def __init__(self, *, process: subprocess.Popen[bytes], address: str, token: str | None,
-                 workdir: tempfile.TemporaryDirectory[str], log_path: Path) -> None:
+                 workdir: tempfile.TemporaryDirectory[str], log_path: Path, lifeline: int | None = None) -> None:
         self.process = process
         self.address = address
         self.token = token
         self.log_path = log_path
         self._workdir = workdir
+        #: the write end of the pipe the agent watches (closing it ends the agent)
+        self._lifeline = lifeline
 
     @property
     def port(self) -> int:
@@ -57,6 +65,9 @@ class LocalAgent:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
         self._workdir.cleanup()
         return self.process.returncode
 
@@ -94,13 +105,20 @@ def start_local_agent(*, token: str | None = None, extra_args: Sequence[str] = (
         full_env[TOKEN_ENV] = token
     else:
         full_env.pop(TOKEN_ENV, None)
+    read_end, write_end = os.pipe()  # both not inheritable: only pass_fds hands the read end on
+    args += ["--parent-fd", str(read_end)]
     log_file = open(log_path, "wb")  # noqa: SIM115 - the child owns it
     try:
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=full_env,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, pass_fds=(read_end,))
+    except BaseException:
+        os.close(write_end)
+        raise
     finally:
         log_file.close()
-    agent = LocalAgent(process=proc, address="", token=token, workdir=workdir, log_path=log_path)
+        os.close(read_end)
+    agent = LocalAgent(process=proc, address="", token=token, workdir=workdir, log_path=log_path,
+                       lifeline=write_end)
     end = time.monotonic() + timeout
     try:
         while not port_file.exists():
@@ -116,3 +134,23 @@ def start_local_agent(*, token: str | None = None, extra_args: Sequence[str] = (
         agent.stop(timeout=5.0)
         raise
     return agent
+
+
+def watch_parent(fd: int, *, grace_s: float = 10.0) -> threading.Thread:
+    """In the agent: a daemon thread that waits for end-of-file on pipe ``fd`` (the parent's
+    end closed: it exited or was killed), then SIGTERMs this process (a graceful drain) and,
+    if it is still there after ``grace_s``, ends it."""
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 4096):
+                pass  # the parent never writes; any bytes are ignored
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    t = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    t.start()
+    return t

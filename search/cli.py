@@ -84,7 +84,8 @@ def _search(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, **overrides).validate()
     agents = args.agent or None
     runner = SearchRunner(config=cfg, run_dir=run_dir, resume=bool(args.resume), agents=agents,
-                          progress=not args.no_progress, registry_port=args.registry_port,
+                          progress=not args.no_progress, progress_every_s=args.progress_every,
+                          registry_port=args.registry_port,
                           registry_host=args.registry_host,
                           registry_tls={"cert": args.registry_tls_cert, "key": args.registry_tls_key,
                                         "client_ca": args.registry_tls_client_ca})
@@ -120,7 +121,7 @@ def _report(args: argparse.Namespace) -> int:
     from search.reporting.results import collect, run_objectives
 
     results = collect(args.run_dir)
-    st = Store(args.run_dir)
+    st = Store(args.run_dir, read_only=True)
     objs, _ = run_objectives(st)
     st.close()
     out = args.out or str(Path(args.run_dir) / "report")
@@ -140,8 +141,14 @@ def _export(args: argparse.Namespace) -> int:
                                  agent=args.agent, token=args.token, tls=client_tls_from_args(args))
     for e in exported:
         print(json.dumps(e, default=str))
-    print(f"{len(exported)} candidate(s) exported to {out}")
-    return 0
+    # a candidate without its ONNX, or without the artifact the agent was to build, is not exported
+    failed = [e for e in exported if e.get("error") or e.get("artifact_error")]
+    print(f"{len(exported) - len(failed)} candidate(s) exported to {out}"
+          + (f"; {len(failed)} could not be" if failed else "") + ("" if exported else " (none was chosen)"))
+    for e in failed:
+        why = e.get("error") or f"the agent's build failed: {e['artifact_error']}"
+        print(f"hwnas: error: candidate {e['candidate_id']} not exported: {why}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _train_final(args: argparse.Namespace) -> int:
@@ -228,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--registry-tls-client-ca", metavar="PEM",
                    help="registry: require agents' client certificates signed by this CA (mutual TLS)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--progress-every", type=float, default=30.0, metavar="S",
+                   help="where stderr is not a terminal: a plain progress line every S seconds (default 30)")
     s.set_defaults(func=_search)
 
     r = sub.add_parser("results", help="print a run's candidates")
@@ -281,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ConfigError, SearchError, StoreError, FileNotFoundError) as exc:
+    except (CLIError, ConfigError, SearchError, StoreError, OSError) as exc:  # OSError: a missing file, read-only media
         print(f"hwnas: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -47,7 +47,9 @@ File format::
 """
 from __future__ import annotations
 
+import math
 import tomllib
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -81,18 +83,13 @@ class TrainSettings:
 
     def validate(self) -> "TrainSettings":
         """Raise :class:`ConfigError` for values no training could use."""
-        if self.max_epochs < 1 or self.patience < 1:
-            raise ConfigError("[train]: max_epochs and patience must be at least 1")
-        if not self.time_budget_s >= 0:
-            raise ConfigError(f"[train].time_budget_s must be >= 0 seconds (0: none), got {self.time_budget_s}")
+        # the numbers' ranges are checked with every other section's (_RANGES)
         if self.executor not in EXECUTORS:
             raise ConfigError(f"[train].executor {self.executor!r}: known {list(EXECUTORS)}")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ConfigError(f"[train].device {self.device!r}: auto, cpu, cuda or cuda:N")
         if self.executor == "ray" and self.ray_address and ":" not in self.ray_address:
             raise ConfigError(f"[train].ray_address {self.ray_address!r}: HOST:PORT")
-        if self.ray_max_retries < 0 or self.ray_num_cpus < 0 or self.ray_num_gpus < 0:
-            raise ConfigError("[train]: ray_max_retries, ray_num_cpus and ray_num_gpus must be >= 0")
         return self
 
     @property
@@ -175,31 +172,27 @@ class SearchConfig:
         return d
 
     def validate(self) -> "SearchConfig":
-        if self.budget < 1:
-            raise ConfigError("budget must be at least 1")
-        if self.train_workers < 1:
-            raise ConfigError("train_workers must be at least 1")
-        if self.subset < 0:
-            raise ConfigError("subset must be >= 0 (0: the whole dataset)")
-        if self.torch_threads < 0:
-            raise ConfigError("torch_threads must be >= 0 (0: the cores shared out over the workers)")
+        """Every setting's type and range, names, files; ``ConfigError`` naming the key."""
+        from search.algorithms.base import list_algorithms
+        from search.spaces.base import list_spaces
+
+        _check_ranges(self)
         if not isinstance(self.space_options, dict):
             raise ConfigError("[search].space_options must be a table")
+        if self.space not in list_spaces():
+            raise ConfigError(f"[search].space: unknown space {self.space!r}; known: {', '.join(list_spaces())}")
+        if self.algorithm not in list_algorithms():
+            raise ConfigError(f"[search].algorithm: unknown algorithm {self.algorithm!r}; "
+                              f"known: {', '.join(list_algorithms())}")
         a = self.agents
         if bool(a.tls_cert) != bool(a.tls_key):
             raise ConfigError("[agents]: tls_cert and tls_key go together (mutual TLS)")
         for name in ("tls_ca", "tls_cert", "tls_key"):
             if getattr(a, name) and not Path(getattr(a, name)).is_file():
                 raise ConfigError(f"[agents].{name}: no file {getattr(a, name)!r}")
-        if a.straggler_s < 0 or a.lease_s <= 0:
-            raise ConfigError("[agents]: lease_s must be > 0 and straggler_s >= 0")
+        if self.measure.min_duration_s > self.measure.max_duration_s:
+            raise ConfigError("[measure]: min_duration_s must not exceed max_duration_s")
         self.train.validate()
-        top = self.space_options.get("max_epochs")
-        if isinstance(top, int) and top > self.train.max_epochs:
-            raise ConfigError(f"space_options.max_epochs {top} > [train].max_epochs {self.train.max_epochs}: "
-                              f"the epoch genes above {self.train.max_epochs} would have no effect")
-        if self.population_size < 2:
-            raise ConfigError("population_size must be at least 2")
         try:
             self.objective_list()
             self.constraint_list()
@@ -208,12 +201,79 @@ class SearchConfig:
         return self
 
 
-def _section(cls: type, data: dict[str, Any], where: str) -> Any:
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
+def _type_ok(value: Any, want: Any) -> bool:
+    """Whether a TOML value has the field's type (an integer is a float; a bool is neither)."""
+    origin = typing.get_origin(want) or want
+    if isinstance(value, bool) and origin is not bool:
+        return False
+    if origin is float:
+        return isinstance(value, (int, float))
+    if origin is tuple:
+        item = (typing.get_args(want) or (Any,))[0]
+        return isinstance(value, (list, tuple)) and all(item is Any or isinstance(v, item) for v in value)
+    return origin is Any or isinstance(value, origin)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+               tuple: "a list of strings", dict: "a table"}
+
+
+def check_types(cls: type, data: dict[str, Any], where: str) -> None:
+    """Every key of a TOML section ``[where]`` is a field of ``cls`` with the field's type;
+    otherwise one :class:`ConfigError` naming the key."""
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
     if unknown:
-        raise ConfigError(f"[{where}]: unknown keys {unknown}; known: {sorted(names)}")
+        raise ConfigError(f"[{where}]: unknown keys {unknown}; known: {sorted(hints)}")
+    for key, value in data.items():
+        want = hints[key]
+        if not _type_ok(value, want):
+            name = _TYPE_NAMES.get(typing.get_origin(want) or want, str(want))
+            raise ConfigError(f"[{where}].{key} must be {name}, got {value!r}")
+
+
+def _section(cls: type, data: dict[str, Any], where: str) -> Any:
+    check_types(cls, data, where)
     return cls(**data)
+
+
+#: (section, key) -> (low, high) closed range of every numeric setting (None: unbounded)
+_RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
+    ("search", "budget"): (1, None), ("search", "seed"): (0, 2**32 - 1), ("search", "population_size"): (2, None),
+    ("search", "train_workers"): (1, 256), ("search", "torch_threads"): (0, 1024), ("search", "subset"): (0, None),
+    ("train", "max_epochs"): (1, None), ("train", "time_budget_s"): (0, None), ("train", "patience"): (1, None),
+    ("train", "ray_max_retries"): (0, None), ("train", "ray_num_cpus"): (0, None), ("train", "ray_num_gpus"): (0, None),
+    ("agents", "lease_s"): (1e-3, None), ("agents", "max_attempts"): (1, None),
+    ("agents", "max_crashes"): (1, None), ("agents", "straggler_s"): (0, None),
+    ("build", "intra_op_threads"): (0, 1024), ("build", "workspace_mb"): (1, None),
+    ("measure", "warmup_s"): (0, None), ("measure", "min_iterations"): (1, None),
+    ("measure", "min_duration_s"): (0, None), ("measure", "max_duration_s"): (1e-3, None),
+    ("measure", "target_precision"): (0, 1), ("measure", "cv_threshold"): (0, None),
+    ("measure", "batch_size"): (1, None), ("measure", "seed"): (0, 2**32 - 1),
+    ("measure", "timeout_s"): (1e-3, None), ("measure", "memory_limit_mb"): (1, None),
+}
+
+
+def _check_ranges(cfg: "SearchConfig") -> None:
+    sections = {"search": cfg, "train": cfg.train, "agents": cfg.agents, "build": cfg.build, "measure": cfg.measure}
+    for (where, key), (low, high) in _RANGES.items():
+        obj = sections[where]
+        value = getattr(obj, key)
+        if not _type_ok(value, typing.get_type_hints(type(obj))[key]):  # a command-line override
+            raise ConfigError(f"[{where}].{key} must be a number, got {value!r}")
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            bounds = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+            raise ConfigError(f"[{where}].{key} must be {bounds}, got {value!r}")
+
+
+def check_epoch_range(cfg: SearchConfig) -> SearchConfig:
+    """A new run's space must not evolve epochs beyond ``[train].max_epochs`` (those genes would
+    have no effect). Not applied to stored runs, which resume as they were started."""
+    top = cfg.space_options.get("max_epochs")
+    if isinstance(top, int) and top > cfg.train.max_epochs:
+        raise ConfigError(f"space_options.max_epochs {top} > [train].max_epochs {cfg.train.max_epochs}: "
+                          f"the epoch genes above {cfg.train.max_epochs} would have no effect")
+    return cfg
 
 
 def from_dict(data: dict[str, Any]) -> SearchConfig:
@@ -222,6 +282,9 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
     unknown = sorted(set(data) - {"search", "train", "agents", "build", "measure"})
     if unknown:
         raise ConfigError(f"unknown sections {unknown}")
+    for name in ("search", "train", "agents", "build", "measure"):
+        if not isinstance(data.get(name, {}), dict):
+            raise ConfigError(f"[{name}] must be a table")
     s = dict(data.get("search", {}))
     for key in ("objectives", "constraints"):
         if key in s:
@@ -231,20 +294,23 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
     try:
         cfg = _section(SearchConfig, s, "search")
         agents = dict(data.get("agents", {}))
-        if "addresses" in agents:
+        if isinstance(agents.get("addresses"), list):
             agents["addresses"] = tuple(agents["addresses"])
+        build, measure = dict(data.get("build", {})), dict(data.get("measure", {}))
+        check_types(BuildConfig, build, "build")
+        check_types(MeasureConfig, measure, "measure")
         cfg = replace(
             cfg,
             train=_section(TrainSettings, data.get("train", {}), "train"),
             agents=_section(AgentsConfig, agents, "agents"),
-            build=BuildConfig.from_dict(data.get("build")),
-            measure=replace(DEMO_MEASURE, **data["measure"]) if "measure" in data else DEMO_MEASURE,
+            build=BuildConfig.from_dict(build),
+            measure=replace(DEMO_MEASURE, **measure),
         )
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return cfg.validate()
+    return check_epoch_range(cfg.validate())
 
 
 def load(path: str | Path | None) -> SearchConfig:

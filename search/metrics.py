@@ -18,6 +18,7 @@ says per value which of these it is (see ``status_field``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -38,6 +39,8 @@ class Metric:
     description: str
     #: the measurement's field (beside the number) that states the value's kind, if any
     status_field: str | None = None
+    #: the closed range ``[low, high]`` a device's reply may hold (anything else is impossible)
+    valid: tuple[float, float] = (-math.inf, math.inf)
 
     @property
     def device_bound(self) -> bool:
@@ -59,6 +62,16 @@ class Metric:
             node = node.get(key)
         return node  # type: ignore[return-value]
 
+    def impossible(self, value: Any) -> str | None:
+        """Why ``value`` cannot be a reading of this metric (not a finite number in
+        :attr:`valid`), or None when it can."""
+        low, high = self.valid
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{self.name} of {value!r} is not a finite number"
+        if not low <= value <= high:
+            return f"{self.name} of {value:g} is outside [{low:g}, {high:g}] {self.unit}".rstrip()
+        return None
+
     def status(self, result: Mapping[str, Any] | None) -> str:
         """The kind of this measurement's value, or ``unavailable`` (device metrics only)."""
         if result is None:
@@ -69,8 +82,14 @@ class Metric:
 
 
 def _m(name: str, unit: str, direction: str, source: str, path: tuple[str, ...], kind: str,
-       description: str, status_field: str | None = None) -> tuple[str, Metric]:
-    return name, Metric(name, unit, direction, source, path, kind, description, status_field)
+       description: str, status_field: str | None = None,
+       valid: tuple[float, float] = (-math.inf, math.inf)) -> tuple[str, Metric]:
+    return name, Metric(name, unit, direction, source, path, kind, description, status_field, valid)
+
+
+#: sane ranges of device readings: a time and an energy are positive (a picosecond, a femtojoule
+#: at least), one inference takes at most an hour, 10 TB, 1 MJ; a memory increase may be 0
+_MS, _MB, _MJ = (1e-9, 3.6e6), (0.0, 1e7), (1e-12, 1e9)
 
 
 #: every metric by name
@@ -80,15 +99,17 @@ CATALOGUE: dict[str, Metric] = dict([
     _m("params", "", "min", "candidate", ("params",), "computed", "trainable parameter count"),
     _m("size_mb", "MB", "min", "candidate", ("size_mb",), "computed", "size of the exported ONNX file"),
     _m("latency_ms", "ms", "min", "measurement", ("latency_ms", "median"), "measured",
-       "median latency of the timed runs on the agent"),
+       "median latency of the timed runs on the agent", valid=_MS),
     _m("latency_p99_ms", "ms", "min", "measurement", ("latency_ms", "p99"), "measured",
-       "99th-percentile latency of the timed runs on the agent"),
+       "99th-percentile latency of the timed runs on the agent", valid=_MS),
     _m("peak_memory_mb", "MB", "min", "measurement", ("peak_memory_mb", "value"), "measured",
-       "peak memory of the measurement job on the agent", status_field="status"),
+       "peak memory of the measurement job on the agent", status_field="status", valid=_MB),
     _m("energy_mj", "mJ", "min", "measurement", ("energy", "value_mj"), "measured",
-       "energy per inference (gross) from the agent's power sensor; never invented", status_field="status"),
+       "energy per inference (gross) from the agent's power sensor; never invented", status_field="status",
+       valid=_MJ),
     _m("energy_net_mj", "mJ", "min", "measurement", ("energy", "net_value_mj"), "measured",
-       "energy per inference above the idle baseline", status_field="status"),
+       "energy per inference above the idle baseline", status_field="status",
+       valid=(-_MJ[1], _MJ[1])),  # idle noise can make a small net value negative
 ])
 
 #: metrics measured by an agent on a device key
@@ -99,6 +120,17 @@ CANDIDATE_COSTS = tuple(name for name, m in CATALOGUE.items() if m.source == "ca
 
 #: device metrics the report compares per device key (one statistic per quantity)
 DEVICE_COSTS = ("latency_ms", "peak_memory_mb", "energy_mj")
+
+
+def impossible_reading(result: Mapping[str, Any]) -> str | None:
+    """The first device reading of an agent's successful ``result`` that cannot be real
+    (negative, zero, infinite, absurdly large), or None when every reading present is sane."""
+    for name in sorted(DEVICE_METRICS):
+        m = CATALOGUE[name]
+        value = m.read({}, result)
+        if value is not None and (why := m.impossible(value)):
+            return why
+    return None
 
 
 def metric(name: str) -> Metric:

@@ -142,7 +142,7 @@ class OrtRunner(Runner):
         binding = self._sess.io_binding()
         self._keep = []
         for name, arr in inputs.items():
-            arr = np.ascontiguousarray(arr)
+            arr = np.asarray(arr, order="C")  # ascontiguousarray would make a scalar 1-d
             if self._device == "cpu":
                 binding.bind_cpu_input(name, arr)
                 self._keep.append(arr)  # the binding points at this memory

@@ -417,7 +417,7 @@ class TensorRTRunner(Runner):
         rt = self._rt
         kind = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         for name, arr in inputs.items():
-            arr = np.ascontiguousarray(arr)
+            arr = np.asarray(arr, order="C")  # ascontiguousarray would make a scalar 1-d
             _cuda(rt, rt.cudaMemcpy(self._buffers[name], arr.ctypes.data, arr.nbytes, kind),
                   f"cudaMemcpy({name})")
         # One plain enqueue flushes deferred setup (TensorRT's advice before graph capture).

@@ -192,6 +192,14 @@ class ContentCache:
             self._touch(key)
             return entry.paths[0]
 
+    def discard_model(self, sha256: str) -> None:
+        """Forget a held model and delete its file (a model that failed validation is never
+        kept, even while a job that found it invalid still pins it)."""
+        with self._lock:
+            entry = self._entries.pop("m:" + sha256, None)
+            path = entry.paths[0] if entry else self._model_file(sha256)
+            path.unlink(missing_ok=True)
+
     def model_writer(self, sha256: str, size: int) -> ModelWriter:
         """A writer that streams a model of ``size`` bytes announced as ``sha256``."""
         if not is_sha256(sha256):

@@ -50,13 +50,15 @@ def make_inputs(specs: list[TensorSpec], seed: int) -> dict[str, np.ndarray]:
     for s in specs:
         dt = np.dtype(s.dtype)
         if dt.kind == "f":
-            out[s.name] = rng.standard_normal(s.shape).astype(dt)
+            arr = rng.standard_normal(s.shape)
         elif dt.kind in "iu":
-            out[s.name] = rng.integers(0, 10, size=s.shape).astype(dt)
+            arr = rng.integers(0, 10, size=s.shape)
         elif dt.kind == "b":
-            out[s.name] = rng.random(s.shape) < 0.5
+            arr = rng.random(s.shape) < 0.5
         else:
             raise ValueError(f"input {s.name!r}: cannot generate dtype {s.dtype}")
+        # a rank-0 draw can come back as a numpy scalar, which ONNX Runtime does not take
+        out[s.name] = np.asarray(arr, dtype=dt)
     return out
 
 

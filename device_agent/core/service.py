@@ -141,9 +141,11 @@ class AgentService:
                 if len(chunk) > MAX_CHUNK_BYTES:
                     raise InvalidRequest(f"chunk of {len(chunk)} bytes over the {MAX_CHUNK_BYTES} limit")
                 writer.write(chunk)
-            writer.commit()
+            path = writer.commit()
         finally:
             writer.abort()
+        if self._validation_error(sha256, path) is not None:
+            self.cache.discard_model(sha256)  # only validated models are kept; the reason is remembered
         return writer.received, False
 
     def check_measure_config(self, cfg: MeasureConfig) -> None:
@@ -169,12 +171,15 @@ class AgentService:
             return 0
         return self.receive_model(req.model_sha256, req.model_size, chunks)[0]
 
-    def _validation_error(self, sha256: str, path: Path) -> str | None:
-        """Validate once per sha256 (remembered); the reason, or None when valid."""
+    def _validation_error(self, sha256: str, path: Path | None) -> str | None:
+        """Validate once per sha256 (remembered); the reason, or None when valid (or, with no
+        ``path``, when the model was never rejected)."""
         with self._lock:
             if sha256 in self._validated:
                 self._validated.move_to_end(sha256)
                 return self._validated[sha256]
+        if path is None:
+            return None
         from device_agent.core.validate import InvalidModel, validate_model
 
         try:
@@ -253,10 +258,11 @@ class AgentService:
                                  table=self._table())
             return self._annotate(result, req, started, time.time(), 0.0, bytes_received)
         with self.cache.pin_model(req.model_sha256) as path:
-            if path is None:
-                raise ModelNotHeld(f"model {req.model_sha256[:12]} is not held by this agent")
             reason = self._validation_error(req.model_sha256, path)
+            if path is None and reason is None:
+                raise ModelNotHeld(f"model {req.model_sha256[:12]} is not held by this agent")
             if reason is not None:
+                self.cache.discard_model(req.model_sha256)
                 return MeasureResult.failure(
                     job_id=job_id, device_key=self.device_key, backend=build.backend,
                     model_sha256=req.model_sha256, error=f"invalid model: {reason}",
@@ -299,10 +305,11 @@ class AgentService:
         if cached is not None:
             return BuiltArtifact(data=cached[0], meta=dict(cached[1], cache_key=key), from_cache=True)
         with self.cache.pin_model(model_sha256) as path:
-            if path is None:
-                raise ModelNotHeld(f"model {model_sha256[:12]} is not held by this agent; upload it first")
             reason = self._validation_error(model_sha256, path)
+            if path is None and reason is None:
+                raise ModelNotHeld(f"model {model_sha256[:12]} is not held by this agent; upload it first")
             if reason is not None:
+                self.cache.discard_model(model_sha256)
                 return BuiltArtifact(data=b"", meta={}, error=f"invalid model: {reason}",
                                      error_kind="invalid_model")
             with self._job(cancel):

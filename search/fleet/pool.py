@@ -21,6 +21,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,11 +31,14 @@ from typing import Any, Callable
 
 from device_agent.config import BuildConfig, MeasureConfig
 from search.loop.store import Store
+from search.metrics import impossible_reading
 
 log = logging.getLogger("hwnas.pool")
 
 #: error kinds that point at the model hurting the runtime rather than at a plain model defect
 CRASH_KINDS = frozenset({"crash", "timeout"})
+#: the longest wait between two probes of a lost agent
+PROBE_MAX_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ class AgentState:
     address: str
     device_key: str
     info: dict[str, Any]
+    #: the resolved ``ip:port`` (see :func:`endpoint`)
+    endpoint: str = ""
     healthy: bool = True
     busy_with: str | None = None
     done: int = 0
@@ -69,6 +76,30 @@ class AgentState:
     current: MeasureJob | None = None
     #: jobs taken back from this agent (it was dropped) while it held them
     given_back: set[str] = field(default_factory=set)
+    #: failed probes since the agent was lost (the back-off grows with them)
+    probes: int = 0
+    #: the agent refuses this server's credentials (shown once, until it accepts them again)
+    auth_failed: bool = False
+
+
+def endpoint(address: str) -> str:
+    """The resolved ``ip:port`` an address reaches (``localhost:P``, ``127.0.0.1:P`` and
+    ``ipv4:127.0.0.1:P`` are one endpoint); the address itself when it does not resolve."""
+    target = address
+    for scheme in ("ipv4:", "ipv6:", "dns:///", "dns:"):
+        if target.startswith(scheme):
+            target = target[len(scheme):]
+            break
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return address
+    host = host.strip("[]")
+    try:
+        info = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return address
+    ip = sorted(i[4][0] for i in info)[0]  # the same choice for every alias
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
@@ -113,8 +144,15 @@ class AgentPool:
         max_crashes: int = 2,
         straggler_s: float | None = 120.0,
         client_factory: Callable[..., Any] | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
+        """``on_fatal(exc)``: an agent's worker met an error it cannot handle (the run store
+        failed, a full disk): it stops, and the caller must stop the search (the jobs it held
+        stay leased in the store, so a resume issues them again)."""
         self.store = store
+        self.on_fatal = on_fatal
+        #: the first error that stopped a worker (see on_fatal)
+        self.fatal: BaseException | None = None
         self.build = build
         self.measure = measure
         self.on_done = on_done
@@ -144,15 +182,30 @@ class AgentPool:
         self.retries = 0
 
     # -- agents -----------------------------------------------------------------------------
-    def add_agent(self, address: str, *, expect_key: str | None = None) -> AgentState:
+    def _alias_of(self, ep: str) -> AgentState | None:
+        """With the lock held: the agent in the pool that is at endpoint ``ep``, if any."""
+        return next((a for a in self.agents.values() if not a.removed and a.endpoint == ep), None)
+
+    def add_agent(self, address: str, *, expect_key: str | None = None,
+                  describe_timeout: float | None = None) -> AgentState:
         """Connect to an agent, ask its device key and start its worker.
 
         ``expect_key``: the key the agent announced (registry); ``ValueError`` when its
-        ``Describe`` reports another one. An agent that was removed may be added again.
+        ``Describe`` reports another one. An agent that was removed may be added again. An
+        address that resolves to the endpoint of an agent already in the pool (``localhost:P``
+        beside ``127.0.0.1:P``) is that agent: its state is returned, nothing is added.
         """
+        ep = endpoint(address)
+        with self._cv:
+            known = self._alias_of(ep)
+        if known is not None:
+            if expect_key is not None and expect_key != known.device_key:
+                raise ValueError(f"agent {address} announced device key {expect_key!r} but is "
+                                 f"{known.address}, which describes itself as {known.device_key!r}")
+            return known
         client = self._client_factory(address, token=self.token)
         try:
-            info = client.describe()
+            info = client.describe(timeout=describe_timeout) if describe_timeout else client.describe()
         except Exception:
             client.close()
             raise
@@ -160,14 +213,15 @@ class AgentPool:
             client.close()
             raise ValueError(f"agent {address} announced device key {expect_key!r} but describes "
                              f"itself as {info.get('device_key')!r}")
-        state = AgentState(address=address, device_key=info["device_key"], info=info)
+        state = AgentState(address=address, device_key=info["device_key"], info=info, endpoint=ep)
         with self._cv:
             if self._stop.is_set():
                 client.close()
                 raise RuntimeError("the agent pool is closed")
-            if address in self.agents and not self.agents[address].removed:
+            known = self._alias_of(ep)
+            if known is not None:  # added meanwhile, under this or another alias
                 client.close()
-                return self.agents[address]
+                return known
             self.agents[address] = state
             t = threading.Thread(target=self._worker, args=(state, client), name=f"agent-{address}",
                                  daemon=True)
@@ -282,68 +336,85 @@ class AgentPool:
 
     # -- the worker -------------------------------------------------------------------------
     def _worker(self, state: AgentState, client: Any) -> None:
-        from device_agent import errors as agent_errors
-
         try:
-            while not self._stop.is_set() and not state.removed:
-                if not state.healthy:
-                    if not self._probe(state, client):
-                        continue
-                job = self._next_job(state.device_key, state)
-                if job is None:
-                    break
-                if job.duplicate:
-                    self._measure_duplicate(state, client, job)
-                    continue
-                if not self.store.lease_job(job.job_id, state.address, time.time() + self.lease_s):
-                    continue  # failed or taken meanwhile
-                with self._cv:
-                    if state.removed:  # dropped between taking and leasing the job
-                        state.given_back.add(job.job_id)
-                        removed_now = True
-                    else:
-                        state.busy_with, state.current = job.job_id, job
-                        self._inflight[job.job_id] = (job, state.address, time.monotonic())
-                        removed_now = False
-                        self._cv.notify_all()  # wakes wait_until
-                if removed_now:
-                    self.store.requeue_job(job.job_id, reason="agent removed", agent=state.address)
-                    self._requeue_front(job)
-                    break
-                try:
-                    result = self._send(client, job)
-                except Exception as exc:  # noqa: BLE001 - sorted below
-                    if job.job_id in state.given_back:  # already back in the queue
-                        log.info("dropped agent %s failed job %s: %s", state.address, job.job_id, exc)
-                        break
-                    if isinstance(exc, agent_errors.AgentBusy):
-                        self.store.requeue_job(job.job_id, reason="agent busy", agent=state.address)
-                        self._requeue_front(job)
-                        time.sleep(0.2)
-                        continue
-                    if isinstance(exc, (agent_errors.AgentError, OSError)):
-                        self._agent_lost(state, job, f"{type(exc).__name__}: {exc}")
-                        continue
-                    raise
-                finally:
-                    with self._cv:
-                        state.busy_with, state.current = None, None
-                        self._inflight.pop(job.job_id, None)
-                        self._cv.notify_all()
-                if job.job_id in state.given_back:
-                    # a late answer of a dropped agent: counts if nobody else answered first
-                    if result.get("error") is None and self.store.record_measurement(
-                            job.job_id, agent=state.address, result=result):
-                        state.done += 1
-                        self._finish(job, result, None)
-                    break
-                state.last_seen = time.time()
-                self._handle_result(state, job, result)
+            self._work(state, client)
+        except Exception as exc:  # noqa: BLE001 - the store failed (disk full ...): stop the search
+            log.info("agent worker %s stopped: %s: %s", state.address, type(exc).__name__, exc)
+            with self._lock:
+                first = self.fatal is None
+                if first:
+                    self.fatal = exc
+            if first and self.on_fatal is not None:
+                self.on_fatal(exc)
         finally:
             try:
                 client.close()
             except Exception:  # noqa: BLE001 - closing a broken channel must not kill the pool
                 pass
+
+    def _work(self, state: AgentState, client: Any) -> None:
+        from device_agent import errors as agent_errors
+
+        while not self._stop.is_set() and not state.removed:
+            if not state.healthy:
+                if not self._probe(state, client):
+                    continue
+            job = self._next_job(state.device_key, state)
+            if job is None:
+                break
+            if job.duplicate:
+                self._measure_duplicate(state, client, job)
+                continue
+            if not self.store.lease_job(job.job_id, state.address, time.time() + self.lease_s):
+                continue  # failed or taken meanwhile
+            with self._cv:
+                if state.removed:  # dropped between taking and leasing the job
+                    state.given_back.add(job.job_id)
+                    removed_now = True
+                else:
+                    state.busy_with, state.current = job.job_id, job
+                    self._inflight[job.job_id] = (job, state.address, time.monotonic())
+                    removed_now = False
+                    self._cv.notify_all()  # wakes wait_until
+            if removed_now:
+                self.store.requeue_job(job.job_id, reason="agent removed", agent=state.address)
+                self._requeue_front(job)
+                break
+            try:
+                result = self._send(client, job)
+            except Exception as exc:  # noqa: BLE001 - sorted below
+                if job.job_id in state.given_back:  # already back in the queue
+                    log.info("dropped agent %s failed job %s: %s", state.address, job.job_id, exc)
+                    break
+                if isinstance(exc, agent_errors.AgentBusy):
+                    self.store.requeue_job(job.job_id, reason="agent busy", agent=state.address)
+                    self._requeue_front(job)
+                    time.sleep(0.2)
+                    continue
+                if isinstance(exc, agent_errors.InvalidRequest):  # the request, not the agent, is wrong
+                    err = f"agent {state.address} rejected the request: {exc}"
+                    self.store.fail_job(job.job_id, err)
+                    self._finish(job, None, err)
+                    continue
+                if isinstance(exc, (agent_errors.AgentError, OSError)):
+                    self._agent_lost(state, job, f"{type(exc).__name__}: {exc}", exc)
+                    continue
+                raise
+            finally:
+                with self._cv:
+                    state.busy_with, state.current = None, None
+                    self._inflight.pop(job.job_id, None)
+                    self._cv.notify_all()
+            if job.job_id in state.given_back:
+                # a late answer of a dropped agent: counts if nobody else answered first
+                result = self._checked(state, result)
+                if result.get("error") is None and self.store.record_measurement(
+                        job.job_id, agent=state.address, result=result):
+                    state.done += 1
+                    self._finish(job, result, None)
+                break
+            state.last_seen = time.time()
+            self._handle_result(state, job, result)
 
     def _measure_duplicate(self, state: AgentState, client: Any, job: MeasureJob) -> None:
         """Measure a straggler's job here; record it if the straggler has not answered yet."""
@@ -353,6 +424,7 @@ class AgentPool:
         except Exception as exc:  # noqa: BLE001 - the original holder still has the job
             log.info("re-issued job %s failed on %s: %s", job.job_id, state.address, exc)
             return
+        result = self._checked(state, result)
         if result.get("error") is None and self.store.record_measurement(
                 job.job_id, agent=state.address, result=result):
             state.done += 1
@@ -370,23 +442,41 @@ class AgentPool:
         return out
 
     def _probe(self, state: AgentState, client: Any) -> bool:
-        """Wait (with back-off) until a lost agent answers again."""
-        delay = min(5.0, 0.25 * (2 ** min(state.lost, 5)))
+        """Wait (exponential back-off over the failed probes, up to a minute) until a lost
+        agent answers again."""
+        delay = min(PROBE_MAX_S, 0.25 * (2 ** min(state.lost + state.probes - 1, 8)))
         if self._stop.wait(delay):
             return False
         try:
             client.describe()
-        except Exception:  # noqa: BLE001 - any failure means: still lost
+        except Exception as exc:  # noqa: BLE001 - any failure means: still lost
+            state.probes += 1
+            self._note_auth(state, exc)
             return False
-        state.healthy = True
+        state.healthy, state.probes, state.auth_failed = True, 0, False
         self.store.event("agent_recovered", agent=state.address)
         return True
 
-    def _agent_lost(self, state: AgentState, job: MeasureJob, reason: str) -> None:
+    def _note_auth(self, state: AgentState, exc: BaseException) -> None:
+        """An agent that refuses this server's token or certificate: said once on stderr and in
+        the store (``hwnas status`` shows it), not at every retry."""
+        from device_agent.errors import AuthenticationError, PermissionDenied
+
+        if not isinstance(exc, (AuthenticationError, PermissionDenied)) or state.auth_failed:
+            return
+        state.auth_failed = True
+        msg = (f"agent {state.address} refuses this search's credentials ({exc}); check --token / "
+               "--token-file and the agent's token; retrying with back-off")
+        print(f"hwnas: {msg}", file=sys.stderr, flush=True)
+        self.store.event("agent_auth_failed", agent=state.address, detail={"reason": str(exc)})
+
+    def _agent_lost(self, state: AgentState, job: MeasureJob, reason: str, exc: BaseException | None = None) -> None:
         state.healthy = False
         state.lost += 1
         self.retries += 1
         self.store.event("agent_lost", agent=state.address, detail={"job": job.job_id, "reason": reason})
+        if exc is not None:
+            self._note_auth(state, exc)
         attempts = next((j["attempts"] for j in self.store.jobs(candidate_id=job.candidate_id)
                          if j["id"] == job.job_id), 0)
         if attempts >= self.max_attempts:
@@ -397,7 +487,20 @@ class AgentPool:
             self.store.requeue_job(job.job_id, reason=reason, agent=state.address)
             self._requeue_front(job)
 
+    @staticmethod
+    def _checked(state: AgentState, result: dict[str, Any]) -> dict[str, Any]:
+        """``result``, or, when a reading in it cannot be real (negative, zero, infinite, absurd),
+        a failed measurement that names the agent (its values stay on record, not counted)."""
+        if result.get("error") is not None:
+            return result
+        why = impossible_reading(result)
+        if why is None:
+            return result
+        return dict(result, error=f"agent {state.address} returned an impossible reading: {why}",
+                    error_kind="implausible")
+
     def _handle_result(self, state: AgentState, job: MeasureJob, result: dict[str, Any]) -> None:
+        result = self._checked(state, result)
         kind = result.get("error_kind")
         if kind in CRASH_KINDS:
             row = next(j for j in self.store.jobs(candidate_id=job.candidate_id) if j["id"] == job.job_id)
@@ -440,6 +543,6 @@ class AgentPool:
         return [
             {"address": a.address, "device_key": a.device_key, "healthy": a.healthy,
              "busy": a.busy_with is not None, "done": a.done, "failures": a.failures, "lost": a.lost,
-             "removed": a.removed}
+             "removed": a.removed, "auth_failed": a.auth_failed}
             for a in self.agents.values()
         ]

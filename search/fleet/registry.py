@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from device_agent.errors import AgentUnavailable, FailedPrecondition, InvalidRequest
+from device_agent.errors import AgentBusy, AgentUnavailable, FailedPrecondition, InvalidRequest
 from device_agent.rpc.status import abort
 from device_agent.settings import is_loopback
 from protos.hwnas.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -28,27 +28,58 @@ from protos.hwnas.registry.v1 import registry_pb2, registry_pb2_grpc
 log = logging.getLogger("hwnas.registry")
 
 
+#: registrations checked at once (each may wait for a ``Describe`` of an unreachable address);
+#: more are refused with ``RESOURCE_EXHAUSTED``, so heartbeats never wait behind them
+MAX_PENDING_REGISTRATIONS = 4
+#: how long a registration's ``Describe`` check may take
+REGISTER_DESCRIBE_S = 10.0
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """``ValueError`` for a registry on a non-loopback address without a token (anyone who
+    reaches it could add agents)."""
+    if not token and not is_loopback(host):
+        raise ValueError(f"registry on {host} without a token: anyone who reaches it could add agents "
+                         "(set [agents] token / --token, or bind 127.0.0.1)")
+
+
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     """Register/Heartbeat/Deregister against an :class:`~search.fleet.pool.AgentPool`."""
 
-    def __init__(self, *, pool: Any, heartbeat_s: float, missed: int) -> None:
+    def __init__(self, *, pool: Any, heartbeat_s: float, missed: int,
+                 describe_timeout_s: float = REGISTER_DESCRIBE_S) -> None:
         self.pool = pool
+        self.describe_timeout_s = describe_timeout_s
         self.heartbeat_s = heartbeat_s
         self.missed = missed
         self._lock = threading.Lock()
         self.last_beat: dict[str, float] = {}
+        #: addresses whose registration is being checked now (one at a time per address)
+        self._pending: set[str] = set()
 
     def Register(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC name
         address = request.address.strip()
         if not address or ":" not in address:
             abort(context, InvalidRequest(f"address must be HOST:PORT, got {address!r}"))
+        with self._lock:
+            busy = address in self._pending or len(self._pending) >= MAX_PENDING_REGISTRATIONS
+            if not busy:
+                self._pending.add(address)
+        if busy:
+            abort(context, AgentBusy(f"a registration of {address} is pending, or {MAX_PENDING_REGISTRATIONS} "
+                                     "registrations are being checked; try again later"))
         try:
-            state = self.pool.add_agent(address, expect_key=request.device_key or None)
+            state = self.pool.add_agent(address, expect_key=request.device_key or None,
+                                        describe_timeout=self.describe_timeout_s)
         except ValueError as exc:  # announced key differs from the described one
             abort(context, FailedPrecondition(str(exc)))
         except Exception as exc:  # noqa: BLE001 - the agent could not be reached from here
             abort(context, AgentUnavailable(f"the search server cannot reach {address}: "
                                             f"{type(exc).__name__}: {exc}"))
+        finally:
+            with self._lock:
+                self._pending.discard(address)
+        address = state.address  # an alias of a known agent registers as that agent
         with self._lock:
             self.last_beat[address] = time.monotonic()
         self.pool.store.event("agent_registered", agent=address,
@@ -97,20 +128,23 @@ class RegistryServer:
 
     def __init__(self, *, pool: Any, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                  heartbeat_s: float = 2.0, missed: int = 3, tls_cert: str | None = None,
-                 tls_key: str | None = None, tls_client_ca: str | None = None) -> None:
+                 tls_key: str | None = None, tls_client_ca: str | None = None,
+                 describe_timeout_s: float = REGISTER_DESCRIBE_S) -> None:
         """tls_cert/tls_key: serve TLS (agents give ``--register-tls-ca``); tls_client_ca: also
-        require agents' client certificates signed by it (mutual TLS)."""
+        require agents' client certificates signed by it (mutual TLS); describe_timeout_s: how
+        long a registration's ``Describe`` check of the agent may take."""
         from device_agent.rpc.auth import TokenAuthInterceptor, server_credentials
 
         if heartbeat_s <= 0 or missed < 1:
             raise ValueError("heartbeat_s must be > 0 and missed >= 1")
-        if not token and not is_loopback(host):
-            raise ValueError(f"registry on {host} without a token: anyone who reaches it could add agents "
-                             "(set [agents] token / --token, or bind 127.0.0.1)")
-        self.servicer = RegistryServicer(pool=pool, heartbeat_s=heartbeat_s, missed=missed)
+        check_exposure(host, token)
+        self.servicer = RegistryServicer(pool=pool, heartbeat_s=heartbeat_s, missed=missed,
+                                         describe_timeout_s=describe_timeout_s)
         interceptors = [TokenAuthInterceptor(token=token)] if token else []
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="registry"),
-                                   interceptors=interceptors)
+        # registrations take at most MAX_PENDING_REGISTRATIONS threads: the rest always answer heartbeats
+        workers = MAX_PENDING_REGISTRATIONS + 8
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="registry"),
+                                   interceptors=interceptors, maximum_concurrent_rpcs=4 * workers)
         registry_pb2_grpc.add_RegistryServicer_to_server(self.servicer, self._server)
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if bool(tls_cert) != bool(tls_key):

@@ -15,7 +15,9 @@ queue; the loop's thread alone changes the tracker and the algorithm.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,8 +26,10 @@ from typing import Any
 from search.algorithms.base import AlgorithmOptions, create_algorithm
 from search.config import SearchConfig
 from search.fleet.pool import MeasureJob
-from search.loop.setup import (Fleet, RegistrySettings, SearchError, accuracy_source, make_evaluator, make_space,
-                               open_run, training_device)
+from search.loop.progress import PlainProgress
+from search.loop.setup import (Fleet, RegistrySettings, SearchError, accuracy_source, check_new_run, lock_run,
+                               make_evaluator, open_run, preflight, resume_config, training_device)
+from search.loop.store import StoreError
 from search.loop.tracker import Candidate, CandidateTracker, State, job_id
 from search.objectives import split_metric
 from search.training.evaluator import EvalRequest, Evaluator
@@ -34,6 +38,8 @@ __all__ = ["SearchError", "SearchRunner", "run_search"]
 
 #: most events handled in one store transaction of the loop (keeps the agents' threads' wait short)
 _ROUND_EVENTS = 32
+#: a write that failed for these stops the search (a full or read-only disk), not the candidate
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class SearchRunner:
@@ -44,21 +50,36 @@ class SearchRunner:
                  agents: list[str] | None = None, progress: bool = True, local_agent_args: tuple[str, ...] = (),
                  registry_port: int | None = None, registry_host: str = "127.0.0.1",
                  registry_tls: dict[str, str] | None = None, heartbeat_s: float = 2.0,
-                 wait_agents_s: float = 120.0, evaluator: Evaluator | None = None) -> None:
+                 wait_agents_s: float = 120.0, evaluator: Evaluator | None = None,
+                 progress_every_s: float = 30.0) -> None:
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.store, self.config = open_run(self.run_dir, config, resume=resume)
-        self.space = make_space(self.config)
         self.progress = progress
+        self.progress_every_s = progress_every_s
         registry = None
         if registry_port is not None:
             tls = tuple((k, v) for k, v in (registry_tls or {}).items() if v)
             registry = RegistrySettings(port=registry_port, host=registry_host, tls=tls, heartbeat_s=heartbeat_s)
-        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.fleet = Fleet(store=self.store, config=self.config,
-                           addresses=list(agents if agents is not None else self.config.agents.addresses),
-                           on_done=lambda job, res, err: self._events.put(("measured", (job, res, err))),
-                           registry=registry, local_agent_args=local_agent_args, wait_agents_s=wait_agents_s)
+        # every check that needs no agent comes before the run directory is created or locked,
+        # so a failed start leaves nothing behind (a retry with the same --out works)
+        if config is None and resume:
+            config = resume_config(self.run_dir, token_given=False)
+        assert config is not None
+        self.space = preflight(config, registry=registry)
+        self._source = accuracy_source(config) if evaluator is None else None
+        if self._source is not None and not config.accuracy_table:
+            training_device(config)  # an absent GPU (or Ray) fails before anything is started
+        if not resume:
+            check_new_run(config)
+        self._run_lock = lock_run(self.run_dir)  # one process per run directory, freed at exit
+        try:
+            self.store, self.config = open_run(self.run_dir, config, resume=resume)
+            self._init_fleet(agents, registry, local_agent_args, wait_agents_s)
+        except BaseException:
+            if hasattr(self, "store"):
+                self.store.close()
+            self._run_lock.release()
+            raise
         self.evaluator = evaluator
         self.tracker: CandidateTracker | None = None
         self.device_keys: list[str] = []
@@ -73,7 +94,21 @@ class SearchRunner:
         self._progressed = threading.Condition()
         #: candidate id -> its last epoch record, while it trains (the progress line)
         self.training_progress: dict[int, dict[str, float]] = {}
-        self._source: Any = None
+
+    def _init_fleet(self, agents: list[str] | None, registry: RegistrySettings | None,
+                    local_agent_args: tuple[str, ...], wait_agents_s: float) -> None:
+        # the agents are stored (not their token): a resume without --agent measures on them again
+        addresses = list(agents) if agents is not None else None
+        if addresses is None and self.resume:
+            addresses = self.store.get_meta("agents")
+        if addresses is None:
+            addresses = list(self.config.agents.addresses)
+        self._addresses = list(addresses)
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.fleet = Fleet(store=self.store, config=self.config, addresses=list(addresses),
+                           on_done=lambda job, res, err: self._events.put(("measured", (job, res, err))),
+                           registry=registry, local_agent_args=local_agent_args, wait_agents_s=wait_agents_s,
+                           on_fatal=lambda exc: self._events.put(("fatal", exc)))
 
     @property
     def pool(self):
@@ -90,11 +125,10 @@ class SearchRunner:
         """Run the search to its budget; the summary (also stored as ``search_finished``)."""
         cfg = self.config
         t_start = time.perf_counter()
-        source = self._source = accuracy_source(cfg) if self.evaluator is None else None
-        if source is not None and not cfg.accuracy_table:
-            training_device(cfg)  # an absent GPU fails before any agent starts
+        source = self._source
         try:
             objectives, constraints, self.device_keys = self.fleet.bind(cfg, self.fleet.start())
+            self.store.set_meta("agents", self._addresses)  # stored once they measure for the run
             if self.evaluator is None:
                 # a table-backed fleet measures by architecture key and needs no ONNX file, unless
                 # an objective or constraint is the ONNX size; the parameter count needs the model
@@ -139,6 +173,9 @@ class SearchRunner:
         try:
             ev = fut.result()
         except Exception as exc:  # noqa: BLE001 - a failed candidate is a value
+            if isinstance(exc, OSError) and exc.errno in _NO_SPACE:  # not the candidate's fault
+                raise SearchError(f"cannot write candidate {cid}'s model: {exc}; free space, then "
+                                  f"hwnas search --resume {self.run_dir}") from None
             self.tracker.fail(cid, f"build/train failed: {type(exc).__name__}: {exc}")
             return
         for k in self.timings:
@@ -170,8 +207,12 @@ class SearchRunner:
             if cid in self.tracker and self.tracker[cid].state is State.TRAINING:
                 self.training_progress[cid] = record
                 self._refresh()
-        else:
+        elif kind == "measured":
             self._measured(*payload)
+        else:  # "fatal": an agent worker met an error it cannot handle; the search stops
+            if isinstance(payload, (StoreError, SearchError)):
+                raise payload
+            raise SearchError(f"an agent worker stopped: {type(payload).__name__}: {payload}")
 
     def _propose(self) -> None:
         trial = self.tracker.algorithm.ask()
@@ -290,6 +331,8 @@ class SearchRunner:
     def _progress_bar(self, *, total: int, initial: int) -> Any:
         if not self.progress:
             return None
+        if not sys.stderr.isatty():  # a log (CI, nohup, systemd): plain lines, not a redrawn bar
+            return PlainProgress(total=total, initial=max(0, initial), every_s=self.progress_every_s)
         from tqdm import tqdm
 
         return tqdm(total=total, initial=max(0, initial), desc="hwnas search", unit="cand", dynamic_ncols=True)
@@ -324,11 +367,14 @@ class SearchRunner:
         if self._closed.is_set():
             return
         self._closed.set()
-        closer = getattr(self.evaluator, "close", None)
-        if closer is not None:
-            closer()
-        self.fleet.close()
-        self.store.close()
+        try:
+            closer = getattr(self.evaluator, "close", None)
+            if closer is not None:
+                closer()
+            self.fleet.close()
+            self.store.close()
+        finally:
+            self._run_lock.release()
 
 
 def run_search(config: SearchConfig, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:

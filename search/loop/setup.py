@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from search.config import SearchConfig
 from search.fleet.pool import AgentPool
+from search.loop.runlock import RunLock, RunLocked
 from search.loop.store import Store
 from search.metrics import DEVICE_METRICS
 from search.objectives import Constraint, Objective, bind, split_metric
@@ -48,7 +49,7 @@ def stored_config(store: Store, *, token_given: bool) -> SearchConfig:
 
 def resume_config(run_dir: str | Path, *, token_given: bool) -> SearchConfig:
     """:func:`stored_config` of the run in ``run_dir`` (the store is closed again)."""
-    store = Store(run_dir)
+    store = Store(run_dir, read_only=True)
     try:
         return stored_config(store, token_given=token_given)
     finally:
@@ -56,16 +57,22 @@ def resume_config(run_dir: str | Path, *, token_given: bool) -> SearchConfig:
 
 
 def open_run(run_dir: str | Path, config: SearchConfig | None, *, resume: bool) -> tuple[Store, SearchConfig]:
-    """Create (or, ``resume``, reopen) the run store and record the config in it (no token)."""
+    """Create (or, ``resume``, reopen) the run store and record the config in it (no token).
+
+    The caller holds the run directory's :class:`~search.loop.runlock.RunLock`. On a resume
+    whose objectives and constraints are the stored ones, the device keys they were bound to
+    stay (``objectives`` meta); changed ones are bound again."""
     run_dir = Path(run_dir)
     if resume:
         store = Store(run_dir)
-        if config is None:
-            try:
-                config = stored_config(store, token_given=False)
-            except SearchError:
-                store.close()
-                raise
+        try:
+            previous = stored_config(store, token_given=True)
+            config = config if config is not None else stored_config(store, token_given=False)
+        except SearchError:
+            store.close()
+            raise
+        if (previous.objectives, previous.constraints) != (config.objectives, config.constraints):
+            store.set_meta("objectives", None)  # bound again by Fleet.bind
     else:
         if (run_dir / "run.sqlite").exists():
             raise SearchError(f"{run_dir} already holds a run; use --resume or another --out")
@@ -73,6 +80,50 @@ def open_run(run_dir: str | Path, config: SearchConfig | None, *, resume: bool) 
     assert config is not None
     store.set_meta("config", config.to_stored())  # no token in the run folder
     return store, config
+
+
+def lock_run(run_dir: str | Path) -> RunLock:
+    """Take the run directory for this process (``SearchError`` naming the holder's PID)."""
+    try:
+        return RunLock(run_dir).acquire()
+    except RunLocked as exc:
+        raise SearchError(str(exc)) from None
+    except OSError as exc:
+        raise SearchError(f"cannot lock {run_dir}: {exc}") from None
+
+
+def preflight(config: SearchConfig, *, registry: "RegistrySettings | None") -> SearchSpace:
+    """Every start-up check that needs no agent, run before the run directory is touched (a
+    failed start leaves nothing behind): the space and its options, the registry's exposure
+    and certificate files. Returns the space."""
+    from search.config import ConfigError
+    from search.fleet.registry import check_exposure
+
+    try:
+        config.validate()  # a config built in code, or restored from an older run store
+    except ConfigError as exc:
+        raise SearchError(str(exc)) from None
+    space = make_space(config)
+    if registry is not None:
+        try:
+            check_exposure(registry.host, config.agents.token or None)
+        except ValueError as exc:
+            raise SearchError(f"registry: {exc}") from None
+        for name, path in registry.tls:
+            if not Path(path).is_file():
+                raise SearchError(f"registry TLS {name}: no file {path!r}")
+    return space
+
+
+def check_new_run(config: SearchConfig) -> None:
+    """Checks for a new run only (a stored run resumes as it was started): the space's epoch
+    range ends at ``[train].max_epochs``."""
+    from search.config import ConfigError, check_epoch_range
+
+    try:
+        check_epoch_range(config)
+    except ConfigError as exc:
+        raise SearchError(str(exc)) from None
 
 
 def make_space(config: SearchConfig) -> SearchSpace:
@@ -84,7 +135,7 @@ def make_space(config: SearchConfig) -> SearchSpace:
     options = dict(config.space_options)
     try:
         # a space with an epoch gene trains at most [train].max_epochs: its range ends there
-        # unless the options say otherwise (validate() refuses a range beyond it for new runs)
+        # unless the options say otherwise (check_new_run refuses a range beyond it for new runs)
         if "max_epochs" in inspect.signature(SPACES.get(config.space)).parameters:
             options.setdefault("max_epochs", config.train.max_epochs)
             options.setdefault("min_epochs", min(options.get("min_epochs", 1), options["max_epochs"]))
@@ -110,7 +161,8 @@ class Fleet:
 
     def __init__(self, *, store: Store, config: SearchConfig, addresses: list[str],
                  on_done: Callable[..., None], registry: RegistrySettings | None = None,
-                 local_agent_args: tuple[str, ...] = (), wait_agents_s: float = 120.0) -> None:
+                 local_agent_args: tuple[str, ...] = (), wait_agents_s: float = 120.0,
+                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
         settings = config.agents
         self.store = store
         self.addresses = list(addresses)
@@ -131,7 +183,7 @@ class Fleet:
         self.pool = AgentPool(
             store=store, build=config.build, measure=config.measure, on_done=on_done, token=self.token,
             lease_s=settings.lease_s, max_attempts=settings.max_attempts, max_crashes=settings.max_crashes,
-            straggler_s=settings.straggler_s or None, client_factory=factory)
+            straggler_s=settings.straggler_s or None, client_factory=factory, on_fatal=on_fatal)
 
     def _start_registry(self, reg: RegistrySettings) -> None:
         from search.fleet.registry import RegistryServer
@@ -175,9 +227,15 @@ class Fleet:
 
     def bind(self, config: SearchConfig, default_key: str) -> tuple[list[Objective], list[Constraint], list[str]]:
         """The config's objectives and constraints bound to ``default_key``, and the device keys
-        they need (waiting, with a registry, for agents of every key to join)."""
-        objectives = [dataclasses.replace(o, name=bind(o.name, default_key)) for o in config.objective_list()]
-        constraints = [dataclasses.replace(c, name=bind(c.name, default_key)) for c in config.constraint_list()]
+        they need (waiting, with a registry, for agents of every key to join). A resumed run
+        keeps the bindings it stored: its measurements stay on the devices they began on."""
+        stored = self.store.get_meta("objectives")
+        if stored is not None:
+            objectives = [Objective(**o) for o in stored]
+            constraints = [Constraint(**c) for c in self.store.get_meta("constraints", [])]
+        else:
+            objectives = [dataclasses.replace(o, name=bind(o.name, default_key)) for o in config.objective_list()]
+            constraints = [dataclasses.replace(c, name=bind(c.name, default_key)) for c in config.constraint_list()]
         keys = set()
         for item in [*objectives, *constraints]:
             metric, key = split_metric(item.name)
@@ -188,10 +246,14 @@ class Fleet:
             pool.wait_until(lambda: keys <= pool.device_keys(), self.wait_agents_s)
         missing = keys - pool.device_keys()
         if missing:
+            hint = (f"; this run measures on those keys: start an agent of each (the run's agents: "
+                    f"{', '.join(self.addresses) or 'a local agent'}) or pass --agent"
+                    if stored is not None else "")
             raise SearchError(f"objectives need device keys {sorted(missing)}, but the agents are "
-                              f"{sorted(pool.device_keys())}")
-        self.store.set_meta("objectives", [dataclasses.asdict(o) for o in objectives])
-        self.store.set_meta("constraints", [dataclasses.asdict(c) for c in constraints])
+                              f"{sorted(pool.device_keys())}{hint}")
+        if stored is None:
+            self.store.set_meta("objectives", [dataclasses.asdict(o) for o in objectives])
+            self.store.set_meta("constraints", [dataclasses.asdict(c) for c in constraints])
         return objectives, constraints, sorted(keys)
 
     def runs_onnx(self) -> bool:

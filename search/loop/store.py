@@ -31,6 +31,7 @@ import json
 import sqlite3
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -118,28 +119,85 @@ class RunFiles:
 class Store:
     """Thread-safe access to a run's SQLite file (one connection, serialised by a lock)."""
 
-    def __init__(self, run_dir: str | Path, *, create: bool = False) -> None:
+    def __init__(self, run_dir: str | Path, *, create: bool = False, read_only: bool = False) -> None:
+        """``create``: make the run directory and a fresh store; ``read_only``: open the file
+        read-only (read commands: nothing is written, works on read-only media)."""
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / DB_NAME
+        self.read_only = read_only
         if not create and not self.path.exists():
             raise StoreError(f"no run store at {self.path} (is {self.run_dir} a run directory?)")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.models_dir.mkdir(exist_ok=True)
         self._lock = threading.RLock()
         self._batch_depth = 0  # > 0 while a batch() holds the lock and its transaction is open
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        if read_only:
+            self._db = self._connect_read_only()
+            self._check_version(self.get_meta("schema_version"))
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.models_dir.mkdir(exist_ok=True)
+        try:
+            if not create and self.path.stat().st_size == 0:
+                raise sqlite3.DatabaseError("the file is empty")
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            if not create and not self._db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone():
+                raise sqlite3.DatabaseError("it holds no hwnas tables")
+            with self._lock:
+                self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise self._damaged(exc) from None
         version = self.get_meta("schema_version")
         if version is None:
             self.set_meta("schema_version", SCHEMA_VERSION)
             self.set_meta("created", time.time())
-        elif int(version) != SCHEMA_VERSION:
+        else:
+            self._check_version(version)
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A read-only connection; on read-only media without a WAL beside the file the
+        database is opened ``immutable`` (SQLite could not create its ``-shm`` file there)."""
+        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
+        try:  # a WAL with content must be read: never immutable then
+            wal_content = self.path.with_name(DB_NAME + "-wal").stat().st_size > 0
+        except OSError:
+            wal_content = False
+        tries = [uri] if wal_content else [uri, uri + "&immutable=1"]
+        last: sqlite3.Error | None = None
+        for u in tries:
+            try:
+                db = sqlite3.connect(u, uri=True, check_same_thread=False, isolation_level=None)
+                db.row_factory = sqlite3.Row
+                db.execute("PRAGMA busy_timeout=5000")
+                if not db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone():
+                    db.close()
+                    raise sqlite3.DatabaseError("it holds no hwnas tables" if self.path.stat().st_size
+                                                else "the file is empty")
+                return db
+            except sqlite3.OperationalError as exc:  # cannot open (read-only media): next try
+                last = exc
+            except sqlite3.Error as exc:
+                raise self._damaged(exc) from None
+        raise self._damaged(last)  # type: ignore[arg-type]
+
+    def _check_version(self, version: Any) -> None:
+        if version is None:
+            raise self._damaged(sqlite3.DatabaseError("no schema version"))
+        if int(version) != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: schema version {version}, this hwnas reads {SCHEMA_VERSION}")
+
+    def _damaged(self, exc: BaseException) -> StoreError:
+        """The one-line error of a store that cannot be used (``exc``: SQLite's reason)."""
+        msg = str(exc)
+        if "full" in msg:
+            return StoreError(f"{self.path}: {msg}: free space, then continue with "
+                              f"hwnas search --resume {self.run_dir}")
+        if "readonly" in msg or "read-only" in msg:
+            return StoreError(f"{self.path}: {msg} (the run directory is on read-only media or not writable)")
+        return StoreError(f"{self.path} is damaged or not an hwnas run store ({msg}); restore the run "
+                          "directory from a copy, or start a new run with another --out")
 
     # -- plumbing ---------------------------------------------------------------------------
     @property
@@ -176,13 +234,17 @@ class Store:
             self.nested = st._batch_depth > 0
             try:
                 st._db.execute("SAVEPOINT tx" if self.nested else "BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                st._lock.release()
+                raise st._damaged(exc) from None
             except BaseException:
                 st._lock.release()
                 raise
             return st._db
 
         def __exit__(self, exc_type, exc, tb) -> None:
-            db = self.store._db
+            st = self.store
+            db = st._db
             try:
                 if self.nested:
                     if exc_type:
@@ -190,8 +252,15 @@ class Store:
                     db.execute("RELEASE tx")
                 else:
                     db.execute("ROLLBACK" if exc_type else "COMMIT")
+            except sqlite3.Error as err:
+                if not self.nested:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise st._damaged(err) from None
             finally:
-                self.store._lock.release()
+                st._lock.release()
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+                raise st._damaged(exc) from None  # disk full, I/O error: one line, not a traceback
 
     def _tx(self) -> "Store._Tx":
         return Store._Tx(self)
@@ -211,25 +280,33 @@ class Store:
                 finally:
                     self._batch_depth -= 1
                 return
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._damaged(exc) from None
             self._batch_depth = 1
             try:
                 yield
             except BaseException:
                 self._batch_depth = 0
-                self._db.execute("ROLLBACK")
+                # SQLite may have rolled back already (a full disk does that)
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 raise
             self._batch_depth = 0
             try:
                 self._db.execute("COMMIT")
-            except BaseException:
+            except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
-                raise
+                raise self._damaged(exc) from None
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:  # a truncated or overwritten file shows up here
+                raise self._damaged(exc) from None
 
     def close(self) -> None:
         with self._lock:

@@ -75,7 +75,7 @@ def _measurement(m: dict[str, Any]) -> dict[str, Any]:
 
 def collect(run_dir: str | Path) -> list[dict[str, Any]]:
     """Read a run directory into the results list described in the module docstring."""
-    store = Store(run_dir)
+    store = Store(run_dir, read_only=True)
     try:
         objs, cons = run_objectives(store)
         space = (store.get_meta("config") or {}).get("space")

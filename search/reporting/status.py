@@ -26,7 +26,7 @@ def training_throughput(cands: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def run_status(run_dir: str | Path) -> dict[str, Any]:
     """A snapshot of a run as a dict."""
-    st = Store(run_dir)
+    st = Store(run_dir, read_only=True)
     try:
         counts = st.count()
         jobs = st.jobs()
@@ -48,8 +48,11 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
             elif ev["kind"] == "agent_lost" and a in agents:
                 agents[a]["health"] = "lost"
                 agents[a]["lost"] += 1
+            elif ev["kind"] == "agent_auth_failed" and a in agents:
+                agents[a]["health"] = "auth"
+                agents[a]["left"] = f"refuses our credentials: {ev['detail'].get('reason')}"
             elif ev["kind"] == "agent_recovered" and a in agents:
-                agents[a]["health"] = "ok"
+                agents[a]["health"], agents[a]["left"] = "ok", None
             if ev["kind"] == "job_requeued":
                 retries += 1
         for m in st.measurements():

@@ -29,6 +29,8 @@ class AccuracyTable:
         except ValueError as exc:
             raise AccuracyTableError(f"{path}: needs columns {key_column!r} and {column!r} ({exc})") from None
         self.values = {key: values[0] for key, values in rows.items() if values[0] is not None}
+        if not self.values:
+            raise AccuracyTableError(f"{path}: column {column!r} holds no numbers")
         self.source = f"table:{Path(path).name}:{column}"
         # percentages (NAS-Bench-201 reports 0..100) become fractions like a trained accuracy
         self.scale = 0.01 if max(self.values.values(), default=0) > 1.0 else 1.0

@@ -44,7 +44,7 @@ def train_final(run_dir: str | Path, *, top: int | None = None, epochs: int | No
                 ids: Sequence[int] | None = None, device: str | None = None,
                 log: Any = sys.stderr) -> list[dict[str, Any]]:
     """Retrain the chosen candidates of the run in ``run_dir``; their ``final`` records."""
-    from search.loop.setup import make_space, stored_config, training_device
+    from search.loop.setup import lock_run, make_space, stored_config, training_device
     from search.reporting.results import collect
     from search.training.devices import configure_worker, cpu_threads
     from search.training.evaluator import EvalRequest
@@ -56,6 +56,7 @@ def train_final(run_dir: str | Path, *, top: int | None = None, epochs: int | No
     run = Path(run_dir)
     if not (run / "run.sqlite").is_file():
         raise FinalTrainingError(f"{run} holds no run (no run.sqlite)")
+    lock = lock_run(run)  # not while a search (or another train-final) writes this run
     store = Store(run)
     try:
         config = stored_config(store, token_given=True)  # training needs no agent token
@@ -106,3 +107,4 @@ def train_final(run_dir: str | Path, *, top: int | None = None, epochs: int | No
         return out
     finally:
         store.close()
+        lock.release()
