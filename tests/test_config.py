@@ -97,4 +97,4 @@ def test_training_flags_reach_the_config(tmp_path, capsys):
     rc = hwnas(["search", "--out", str(tmp_path / "r"), "--time-budget-s", "-3", "--no-progress"])
     assert rc == 2 and "time_budget_s must be >= 0" in capsys.readouterr().err
     rc = hwnas(["search", "--out", str(tmp_path / "r2"), "--max-epochs", "0", "--no-progress"])
-    assert rc == 2 and "max_epochs and patience must be at least 1" in capsys.readouterr().err
+    assert rc == 2 and "[train].max_epochs must be >= 1, got 0" in capsys.readouterr().err
