@@ -77,13 +77,17 @@ def _session_procs(temp_dir: str) -> list[psutil.Process]:
 def cluster():
     temp_dir = tempfile.mkdtemp(prefix="hr", dir="/tmp")  # short: Ray's socket paths
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+    # a loopback test cluster without token auth, whether or not ~/.ray/auth_token exists (a
+    # local ray.init() writes one); the driver (this process) gets the same setting
+    auth = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    saved = {k: os.environ.get(k) for k in auth}
+    os.environ.update(auth)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     ray_cli = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--num-gpus=0", f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, env=env, capture_output=True, timeout=120)
     try:
+        subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                        "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp_dir}", "--include-dashboard=false",
+                        "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
         yield f"127.0.0.1:{port}", temp_dir
     finally:
         procs = _session_procs(temp_dir)  # only this cluster's processes, by pid
@@ -94,6 +98,11 @@ def cluster():
                 pass
         psutil.wait_procs(procs, timeout=10)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _kill_running_training(temp_dir: str, timeout: float = 60.0) -> int:
