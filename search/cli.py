@@ -2,6 +2,9 @@
 
     hwnas search [--config FILE.toml] [--out DIR] [--budget N] [--agent HOST:PORT ...] [--resume DIR]
                  [--token T | --token-file F] [--agent-tls-ca PEM [--agent-tls-cert PEM --agent-tls-key PEM]]
+                 [--cost-first] [--rungs 1,3,9 [--eta 3]] [--early-bird] [--inherit-weights]
+                 [--accuracy supernet:PATH]
+    hwnas supernet train --space mobile --dataset D --out PATH [--phase-epochs ...] [--space-options JSON]
     hwnas results DIR [--json]
     hwnas report DIR [--out DIR]
     hwnas export DIR [--out DIR] [--all] [--agent HOST:PORT] [--token T] [--tls-ca PEM ...]
@@ -70,6 +73,7 @@ def _search(args: argparse.Namespace) -> int:
                                       "max_epochs": args.max_epochs, "min_epochs": lo}
     if "space" in overrides and overrides["space"] != cfg.space:
         overrides["space_options"] = {}  # the options belonged to the other space
+    overrides.update(_cheap_overrides(args, cfg))
     if args.objective:
         overrides["objectives"] = tuple(args.objective)
     if args.constraint:
@@ -91,6 +95,37 @@ def _search(args: argparse.Namespace) -> int:
                                         "client_ca": args.registry_tls_client_ca})
     summary = runner.run()
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cheap_overrides(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    """Config overrides of the cheap-accuracy flags (issue 11)."""
+    out: dict[str, Any] = {}
+    if args.cost_first:
+        out["cost_first"] = True
+    if args.accuracy is not None:
+        out["accuracy"] = args.accuracy
+    if args.rungs is not None:
+        from search.config import FidelitySettings
+
+        try:
+            rungs = tuple(int(r) for r in args.rungs.split(",") if r.strip())
+        except ValueError:
+            raise CLIError(f"--rungs {args.rungs!r}: expected epoch counts such as 1,3,9") from None
+        out["fidelity"] = FidelitySettings(rungs=rungs, eta=args.eta or cfg.fidelity.eta)
+    train = {k: True for k in ("early_bird", "inherit_weights") if getattr(args, k)}
+    if train:
+        out["train"] = dataclasses.replace(cfg.train, **train)
+    return out
+
+
+def _supernet(args: argparse.Namespace) -> int:
+    from search.training.supernet_cli import run
+
+    try:
+        run(args)
+    except ValueError as exc:
+        raise CLIError(f"supernet train: {exc}") from None
     return 0
 
 
@@ -235,9 +270,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--registry-tls-client-ca", metavar="PEM",
                    help="registry: require agents' client certificates signed by this CA (mutual TLS)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--cost-first", action="store_true",
+                   help="measure the untrained network first; a constraint violator is never trained")
+    s.add_argument("--accuracy", metavar="supernet:PATH",
+                   help="accuracy with weights inherited from a trained supernet (mobile space), no training")
+    s.add_argument("--rungs", metavar="E1,E2,...", help="fidelity rungs in epochs, e.g. 1,3,9 (successive halving)")
+    s.add_argument("--eta", type=int, help="the best 1/eta at a rung are promoted (default 3)")
+    s.add_argument("--early-bird", dest="early_bird", action="store_true",
+                   help="stop a training once its Early-Bird ticket is drawn")
+    s.add_argument("--inherit-weights", dest="inherit_weights", action="store_true",
+                   help="a child starts from its parent's trained weights where shapes agree")
     s.add_argument("--progress-every", type=float, default=30.0, metavar="S",
                    help="where stderr is not a terminal: a plain progress line every S seconds (default 30)")
     s.set_defaults(func=_search)
+
+    sn = sub.add_parser("supernet", help="once-for-all supernet for the mobile space")
+    snsub = sn.add_subparsers(dest="supernet_command", required=True)
+    snt = snsub.add_parser("train", help="train (or resume) a supernet: --space mobile --dataset D --out PATH")
+    from search.training.supernet_cli import add_arguments
+
+    add_arguments(snt)
+    snt.set_defaults(func=_supernet)
 
     r = sub.add_parser("results", help="print a run's candidates")
     r.add_argument("run_dir")

@@ -17,6 +17,8 @@ File format::
     accuracy_table = ""         # CSV:COLUMN, replaces training by a published accuracy
     train_workers = 1           # training worker processes on CPU (cuda: one per visible GPU)
     torch_threads = 1           # torch threads per worker (0: the cores shared out over the workers)
+    cost_first = false          # export the untrained network, measure it, never train a violator
+    accuracy = ""               # "" (train) | "supernet:PATH" (inherited weights, mobile space)
 
     [train]
     max_epochs = 6              # the longest training; the space's epoch gene stays within it
@@ -29,6 +31,14 @@ File format::
     ray_max_retries = 2         # a training whose Ray worker or node is lost runs again this often
     ray_num_cpus = 1.0          # resources each training asks Ray for
     ray_num_gpus = 0.0
+    early_bird = false          # stop a training once its Early-Bird ticket is drawn
+    early_bird_window = 5       # ... the last N mask distances all below early_bird_eps
+    early_bird_eps = 0.1
+    inherit_weights = false     # a child starts from its parent's trained weights where shapes agree
+
+    [fidelity]                  # asynchronous successive halving (off: rungs = [])
+    rungs = [1, 3, 9]           # epochs at each rung
+    eta = 3                     # the best 1/eta at a rung go on to the next
 
     [agents]
     addresses = ["10.0.0.5:50051"]   # none: one local agent is started on loopback
@@ -80,6 +90,10 @@ class TrainSettings:
     ray_max_retries: int = 2
     ray_num_cpus: float = 1.0
     ray_num_gpus: float = 0.0
+    early_bird: bool = False
+    early_bird_window: int = 5
+    early_bird_eps: float = 0.1
+    inherit_weights: bool = False
 
     def validate(self) -> "TrainSettings":
         """Raise :class:`ConfigError` for values no training could use."""
@@ -96,6 +110,19 @@ class TrainSettings:
     def budget_s(self) -> float | None:
         """The per-candidate time budget, None when there is none."""
         return self.time_budget_s or None
+
+
+@dataclass(frozen=True)
+class FidelitySettings:
+    """The `[fidelity]` section: rung budgets in epochs (ascending; empty: off) and eta."""
+
+    rungs: tuple[int, ...] = ()
+    eta: int = 3
+
+    @property
+    def enabled(self) -> bool:
+        """Whether candidates climb rungs (more than one rung)."""
+        return len(self.rungs) > 1
 
 
 @dataclass(frozen=True)
@@ -148,7 +175,10 @@ class SearchConfig:
     accuracy_table: str = ""
     train_workers: int = 1
     torch_threads: int = 1
+    cost_first: bool = False
+    accuracy: str = ""
     train: TrainSettings = field(default_factory=TrainSettings)
+    fidelity: FidelitySettings = field(default_factory=FidelitySettings)
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     measure: MeasureConfig = DEMO_MEASURE
@@ -193,6 +223,13 @@ class SearchConfig:
         if self.measure.min_duration_s > self.measure.max_duration_s:
             raise ConfigError("[measure]: min_duration_s must not exceed max_duration_s")
         self.train.validate()
+        f = self.fidelity
+        if f.rungs and (list(f.rungs) != sorted(set(f.rungs)) or f.rungs[0] < 1 or f.eta < 2):
+            raise ConfigError("[fidelity]: rungs must be ascending distinct epoch counts >= 1 and eta >= 2")
+        if self.accuracy and not self.accuracy.startswith("supernet:"):
+            raise ConfigError(f"accuracy {self.accuracy!r}: expected '' (train) or 'supernet:PATH'")
+        if self.train.early_bird_window < 1 or self.train.early_bird_eps <= 0:
+            raise ConfigError("[train]: early_bird_window must be >= 1 and early_bird_eps > 0")
         try:
             self.objective_list()
             self.constraint_list()
@@ -279,10 +316,10 @@ def check_epoch_range(cfg: SearchConfig) -> SearchConfig:
 def from_dict(data: dict[str, Any]) -> SearchConfig:
     """Build a config from the parsed TOML structure."""
     data = dict(data)
-    unknown = sorted(set(data) - {"search", "train", "agents", "build", "measure"})
+    unknown = sorted(set(data) - {"search", "train", "agents", "build", "measure", "fidelity"})
     if unknown:
         raise ConfigError(f"unknown sections {unknown}")
-    for name in ("search", "train", "agents", "build", "measure"):
+    for name in ("search", "train", "agents", "build", "measure", "fidelity"):
         if not isinstance(data.get(name, {}), dict):
             raise ConfigError(f"[{name}] must be a table")
     s = dict(data.get("search", {}))
@@ -303,6 +340,7 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
             cfg,
             train=_section(TrainSettings, data.get("train", {}), "train"),
             agents=_section(AgentsConfig, agents, "agents"),
+            fidelity=_fidelity(data.get("fidelity", {})),
             build=BuildConfig.from_dict(build),
             measure=replace(DEMO_MEASURE, **measure),
         )
@@ -311,6 +349,15 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return check_epoch_range(cfg.validate())
+
+
+def _fidelity(data: dict[str, Any]) -> FidelitySettings:
+    d = dict(data)
+    if "rungs" in d:
+        if not isinstance(d["rungs"], list) or not all(isinstance(r, int) for r in d["rungs"]):
+            raise ConfigError("[fidelity].rungs must be a list of epoch counts, e.g. [1, 3, 9]")
+        d["rungs"] = tuple(d["rungs"])
+    return _section(FidelitySettings, d, "fidelity")
 
 
 def load(path: str | Path | None) -> SearchConfig:
@@ -342,5 +389,8 @@ def restore(data: dict[str, Any]) -> SearchConfig:
     d["constraints"] = tuple(d["constraints"])
     agents["addresses"] = tuple(agents["addresses"])
     agents.pop("token_set", None)  # see SearchConfig.to_stored
+    fid = dict(d.pop("fidelity", None) or {})  # absent in runs stored before [fidelity]
+    fid["rungs"] = tuple(fid.get("rungs", ()))
     return SearchConfig(**d, train=TrainSettings(**train), agents=AgentsConfig(**agents),
+                        fidelity=FidelitySettings(**fid),
                         build=BuildConfig.from_dict(build), measure=MeasureConfig.from_dict(measure))

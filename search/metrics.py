@@ -7,7 +7,9 @@ the loop's objective values (:mod:`search.loop.tracker`), the results and the re
 
 A value lives in one of three places:
 
-- ``train``: the candidate's training record (``accuracy``);
+- ``train``: the candidate's training record (``accuracy``; ``memory``: the figures
+  :mod:`search.memory` computes from the exported ONNX graph, ``peak_activation_kb`` and
+  ``weights_kb`` at the build config's precision);
 - ``candidate``: the candidate's own row (``params``, ``size_mb``);
 - ``measurement``: a device agent's measurement result on the metric's device key.
 
@@ -98,6 +100,10 @@ CATALOGUE: dict[str, Metric] = dict([
        "held-out accuracy of the trained candidate (0..1), or a table's published accuracy"),
     _m("params", "", "min", "candidate", ("params",), "computed", "trainable parameter count"),
     _m("size_mb", "MB", "min", "candidate", ("size_mb",), "computed", "size of the exported ONNX file"),
+    _m("peak_activation_kb", "kB", "min", "train", ("memory", "peak_activation_kb"), "computed",
+       "largest set of activations alive at once over the ONNX graph's schedule, batch 1 (search.memory)"),
+    _m("weights_kb", "kB", "min", "train", ("memory", "weights_kb"), "computed",
+       "floating-point parameters at the deployed precision ([build].precision; search.memory)"),
     _m("latency_ms", "ms", "min", "measurement", ("latency_ms", "median"), "measured",
        "median latency of the timed runs on the agent", valid=_MS),
     _m("latency_p99_ms", "ms", "min", "measurement", ("latency_ms", "p99"), "measured",
@@ -117,6 +123,9 @@ DEVICE_METRICS = frozenset(name for name, m in CATALOGUE.items() if m.device_bou
 
 #: cost metrics of a candidate's own row, compared in the report even when they are not objectives
 CANDIDATE_COSTS = tuple(name for name, m in CATALOGUE.items() if m.source == "candidate")
+
+#: metrics computed from the exported ONNX graph (the network is exported when one is asked for)
+ONNX_METRICS = frozenset({"size_mb", "peak_activation_kb", "weights_kb"})
 
 #: device metrics the report compares per device key (one statistic per quantity)
 DEVICE_COSTS = ("latency_ms", "peak_memory_mb", "energy_mj")

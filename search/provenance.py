@@ -50,6 +50,11 @@ def provenance(c: dict[str, Any], name: str) -> tuple[str, str]:
     metric, key = split_metric(name)
     entry = CATALOGUE[metric]
     value = (c.get("objectives") or {}).get(name, c.get(name) if metric in CANDIDATE_COSTS else None)
+    if entry.source == "train" and entry.kind == "computed":  # from the exported graph (memory)
+        rec = (c.get("train") or {}).get(entry.path[0]) or {}
+        value = value if value is not None else entry.read(c)
+        how = f"{entry.description}; {rec.get('method', 'computed')}"
+        return (entry.kind if value is not None else "unavailable"), how
     if entry.source == "train":
         train = c.get("train") or {}
         src = train.get("source") or "as recorded in the run's results (no training record)"

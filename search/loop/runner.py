@@ -30,6 +30,8 @@ from search.loop.progress import PlainProgress
 from search.loop.setup import (Fleet, RegistrySettings, SearchError, accuracy_source, check_new_run, lock_run,
                                make_evaluator, open_run, preflight, resume_config, training_device)
 from search.loop.store import StoreError
+from search.loop.rungs import RungLadder
+from search.metrics import ONNX_METRICS
 from search.loop.tracker import Candidate, CandidateTracker, State, job_id
 from search.objectives import split_metric
 from search.training.evaluator import EvalRequest, Evaluator
@@ -82,6 +84,8 @@ class SearchRunner:
             raise
         self.evaluator = evaluator
         self.tracker: CandidateTracker | None = None
+        #: fidelity rungs ([fidelity]), when on
+        self.ladder: RungLadder | None = None
         self.device_keys: list[str] = []
         self.started = threading.Event()
         self.timings = {"train_s": 0.0, "export_s": 0.0}
@@ -134,13 +138,16 @@ class SearchRunner:
                 # an objective or constraint is the ONNX size; the parameter count needs the model
                 # built (not exported)
                 server_metrics = {split_metric(i.name)[0] for i in [*objectives, *constraints]}
-                export = "size_mb" in server_metrics or self.fleet.runs_onnx()
+                export = bool(server_metrics & ONNX_METRICS) or self.fleet.runs_onnx()
                 self.evaluator = make_evaluator(
                     cfg, source, self.space, self.store, export=export, build=export or "params" in server_metrics,
                     on_progress=lambda cid, record: self._events.put(("progress", (cid, record))))
             algo = create_algorithm(cfg.algorithm, AlgorithmOptions(
                 space=self.space, objectives=tuple(objectives), constraints=tuple(constraints),
                 seed=cfg.seed, population_size=cfg.population_size))
+            if cfg.fidelity.enabled:
+                self.ladder = RungLadder(rungs=cfg.fidelity.rungs, eta=cfg.fidelity.eta, objectives=objectives,
+                                         constraints=constraints)
             self.tracker = CandidateTracker(store=self.store, algorithm=algo, objectives=objectives,
                                             constraints=constraints, on_closed=self._advance)
             self.started.set()
@@ -153,19 +160,33 @@ class SearchRunner:
 
     # -- the candidate's way ----------------------------------------------------------------
     def _evaluate(self, cid: int) -> None:
-        """Hand a proposed candidate to the evaluator (inline, or in a training thread)."""
+        """Hand a proposed candidate to the evaluator (inline, or in a training thread); cost
+        first: export its untrained network to be measured before any training."""
         cand = self.tracker[cid]
         self.tracker.training(cid)
-        request = EvalRequest(candidate_id=cid, genome=cand.genome, arch_key=cand.arch_key)
+        if self.config.cost_first and hasattr(self.evaluator, "export_untrained"):
+            cand.costs_only = True
+            self._submit(cid, self.evaluator.export_untrained)
+        else:
+            self._submit(cid, self.evaluator.evaluate)
+
+    def _submit(self, cid: int, fn: Any) -> None:
+        """Run ``fn(request)`` for the candidate at its rung's budget; its answer comes back as
+        a ``trained`` event."""
+        cand = self.tracker[cid]
+        fidelity = float(self.ladder.epochs(cand.rung)) if self.ladder is not None else None
+        parents = tuple(self.store.candidate(cid)["parents"]) if self.config.train.inherit_weights else ()
+        request = EvalRequest(candidate_id=cid, genome=cand.genome, arch_key=cand.arch_key, fidelity=fidelity,
+                              parents=parents)
         if self.evaluator.inline:
             fut: cf.Future = cf.Future()
             try:
-                fut.set_result(self.evaluator.evaluate(request))
+                fut.set_result(fn(request))
             except Exception as exc:  # noqa: BLE001 - reported through the future as below
                 fut.set_exception(exc)
             self._events.put(("trained", (cid, fut)))
             return
-        fut = self._executor.submit(self.evaluator.evaluate, request)
+        fut = self._executor.submit(fn, request)
         fut.add_done_callback(lambda f, cid=cid: self._events.put(("trained", (cid, f))))
 
     def _trained(self, cid: int, fut: cf.Future) -> None:
@@ -180,9 +201,52 @@ class SearchRunner:
             return
         for k in self.timings:
             self.timings[k] += ev.timings.get(k, 0.0)
+        cand = self.tracker[cid]
+        if self.ladder is not None and not cand.costs_only:
+            ev.train["rungs"] = [*(cand.train or {}).get("rungs", []), {
+                "rung": cand.rung, "epochs": self.ladder.epochs(cand.rung), "accuracy": ev.train.get("accuracy"),
+                "train_time_s": ev.timings.get("train_s", 0.0)}]
+        # costs do not depend on the weights: a key measured already (cost first, a lower rung) is not measured again
+        keys = [k for k in self.device_keys if k not in cand.results]
         self.tracker.trained(cid, train=ev.train, params=ev.params, size_mb=ev.size_mb,
-                             model_sha256=ev.model_sha256, device_keys=self.device_keys)
-        self._measure(self.tracker[cid], {k: job_id(cid, k) for k in self.device_keys})
+                             model_sha256=ev.model_sha256, device_keys=keys)
+        if cand.costs_only:
+            self._measure_again(cid)  # on resume, jobs measured before are kept
+        else:
+            self._measure(cand, {k: job_id(cid, k) for k in keys})
+
+    def _costs_known(self, cid: int) -> None:
+        """Cost first: the untrained network is measured; infeasible, or on to training."""
+        tracker = self.tracker
+        values, err = tracker.values(cid, costs_only=True)
+        if err is not None:
+            tracker.fail(cid, err)
+            return
+        over = [c for c in tracker.constraints if c.name in values and c.violation(values[c.name]) > 0]
+        if over:
+            reason = "before training, the untrained network violates " + "; ".join(
+                f"{c.name} {c.op} {c.bound:g} ({c.name} = {values[c.name]:.4g})" for c in over)
+            tracker.infeasible(cid, values, reason)
+            return
+        tracker.train_on(cid)
+        self._submit(cid, self.evaluator.evaluate)
+
+    def _settle(self, cid: int) -> None:
+        """Every measurement of the candidate is back: cost-first decision, rung promotion, or close."""
+        tracker = self.tracker
+        if tracker.costs_measured(cid):
+            self._costs_known(cid)
+            return
+        cand = tracker[cid] if cid in tracker else None
+        if (self.ladder is not None and cand is not None and cand.state is State.MEASURING and not cand.pending
+                and cand.error is None):
+            values, err = tracker.values(cid)
+            if err is None and self.ladder.record(cand.rung, cid, values):
+                tracker.promote(cid, cand.rung + 1)
+                tracker.training_again(cid)
+                self._submit(cid, self.evaluator.evaluate)
+                return
+        tracker.settle(cid)
 
     def _measure(self, cand: Candidate, jobs: dict[str, str]) -> None:
         """Send the candidate's jobs (device key -> job id) to the pool; close it if none is left."""
@@ -192,11 +256,11 @@ class SearchRunner:
             self.pool.submit(MeasureJob(job_id=jid, candidate_id=cand.id, device_key=key, model_path=path,
                                         model_sha256=cand.model_sha256, arch_key=cand.arch_key,
                                         space=self.space.name))
-        self.tracker.settle(cand.id)
+        self._settle(cand.id)
 
     def _measured(self, job: MeasureJob, result: dict[str, Any] | None, error: str | None) -> None:
         self.tracker.measured(job.candidate_id, job.device_key, result, error)
-        self.tracker.settle(job.candidate_id)
+        self._settle(job.candidate_id)
 
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "trained":
@@ -225,23 +289,41 @@ class SearchRunner:
     # -- resume -----------------------------------------------------------------------------
     def _replay(self) -> None:
         """Feed a resumed store to the algorithm; evaluate or measure again what was in flight."""
-        algo, to_train, to_measure = self.tracker.algorithm, [], []
+        algo, to_train, to_measure, to_promote = self.tracker.algorithm, [], [], []
         for c in self.store.candidates():
             genome, parents = self.space.from_json(c["genome"]), tuple(c["parents"])
-            if c["status"] in ("done", "failed"):
+            if self.ladder is not None and c["status"] == "done":
+                for r in (c["train"] or {}).get("rungs", []):  # the rungs' standings come back
+                    self.ladder.record(r["rung"], c["id"], {**c["objectives"], "accuracy": r["accuracy"]})
+            if c["status"] in ("done", "failed", "infeasible"):
                 algo.observe(genome, c["objectives"] if c["status"] == "done" else None, number=c["id"],
                              parents=parents)
                 continue
             algo.reserve(c["id"], genome, parents)
+            if c["status"] == "promoted" and self.ladder is not None:
+                to_promote.append(c)
+                continue
             trained = c["status"] == "trained"
             self.tracker.add(c["id"], genome, c["arch_key"], state=State.TRAINED if trained else State.PROPOSED,
                              row=c)
             (to_measure if trained else to_train).append(c["id"])
+        for c in to_promote:
+            self._train_promoted(c)
         for cid in to_train:
             self._evaluate(cid)
         for cid in to_measure:
             self._measure_again(cid)
-        self.store.event("resumed", detail={"train": to_train, "measure": to_measure})
+        self.store.event("resumed", detail={"train": to_train, "measure": to_measure,
+                                            "promoted": [c["id"] for c in to_promote]})
+
+    def _train_promoted(self, c: dict[str, Any]) -> None:
+        """A resumed promoted candidate: its measured costs back, training on at its next rung
+        from the weights it saved."""
+        cand = self.tracker.add(c["id"], self.space.from_json(c["genome"]), c["arch_key"], row=c)
+        cand.rung = c["train"]["rungs"][-1]["rung"] + 1
+        cand.results = {m["device_key"]: m["result"] for m in self.store.measurements(c["id"], ok_only=True)}
+        self.tracker.training(c["id"])
+        self._submit(c["id"], self.evaluator.evaluate)
 
     def _measure_again(self, cid: int) -> None:
         """A resumed trained candidate: keep its finished jobs, issue the others again."""
@@ -304,6 +386,7 @@ class SearchRunner:
         counts = self.store.count()
         summary = {"run_dir": str(self.run_dir), "candidates": sum(counts.values()),
                    "done": counts.get("done", 0), "failed": counts.get("failed", 0),
+                   "infeasible": counts.get("infeasible", 0),
                    "wall_s": time.perf_counter() - t_start, "train_s": self.timings["train_s"],
                    "export_s": self.timings["export_s"], "retries": self.pool.retries,
                    "pareto_size": len(self._pareto_ids())}

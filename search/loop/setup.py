@@ -279,6 +279,8 @@ def accuracy_source(config: SearchConfig) -> Any:
     fast): the config's :class:`AccuracyTable`, or its dataset's splits."""
     from search.training.accuracy_table import AccuracyTable, AccuracyTableError
 
+    if config.accuracy.startswith("supernet:"):
+        return load_supernet(config)
     if config.accuracy_table:
         try:
             return AccuracyTable(config.accuracy_table)
@@ -308,18 +310,58 @@ def training_device(config: SearchConfig) -> str:
         raise SearchError(str(exc)) from None
 
 
+@dataclasses.dataclass(frozen=True)
+class SupernetSource:
+    """``--accuracy supernet:PATH``: the loaded supernet scorer and its path."""
+
+    path: str
+    scorer: Any
+
+
+def load_supernet(config: SearchConfig) -> SupernetSource:
+    """Load the supernet of ``config.accuracy`` (``supernet:PATH``) and check its dataset is the run's."""
+    from search.training.supernet_train import SupernetAccuracy, load_checkpoint
+
+    path = config.accuracy.partition(":")[2]
+    if not Path(path).is_file():
+        raise SearchError(f"--accuracy {config.accuracy}: no supernet checkpoint at {path}")
+    try:
+        trained_on = load_checkpoint(path)["config"]["dataset"]
+        if trained_on != config.dataset:
+            raise SearchError(f"supernet {path} was trained on {trained_on!r}, the run's dataset is {config.dataset!r}")
+        return SupernetSource(path=path, scorer=SupernetAccuracy(path, device="cpu"))
+    except (ValueError, KeyError, OSError) as exc:
+        raise SearchError(f"supernet {path}: {exc}") from None
+
+
 def make_evaluator(config: SearchConfig, source: Any, space: SearchSpace, store: Store, *, build: bool,
                    export: bool, on_progress: Callable[[int, dict], None] | None = None) -> Evaluator:
-    """The run's evaluator for an :func:`accuracy_source`: the table's look-up, or training in
-    worker processes (one per GPU, or ``train_workers`` on CPU) or on a Ray cluster."""
+    """The run's evaluator for an :func:`accuracy_source`: the table's look-up, a supernet's
+    inherited weights, cheap training (rungs, Early-Bird, inherited weights: in this process),
+    or training in worker processes (one per GPU, or ``train_workers`` on CPU) or on a Ray
+    cluster."""
     from search.training.accuracy_table import AccuracyTable
     from search.training.evaluator import TableEvaluator
 
+    common: dict[str, Any] = dict(space=space, model_path=store.model_path, export=export,
+                                  precision=config.build.precision)
     if isinstance(source, AccuracyTable):
-        table = TableEvaluator(table=source, build=build, torch_threads=config.torch_threads, space=space,
-                               model_path=store.model_path, export=export)
+        table = TableEvaluator(table=source, build=build, torch_threads=config.torch_threads, **common)
         table.capacity = config.train_workers
         return table
+    if isinstance(source, SupernetSource):
+        from search.training.evaluator import SupernetEvaluator
+
+        try:
+            return SupernetEvaluator(scorer=source.scorer, path=source.path, build=True,
+                                     torch_threads=config.torch_threads, **common)
+        except ValueError as exc:
+            raise SearchError(str(exc)) from None
+    t = config.train
+    if config.fidelity.enabled or t.early_bird or t.inherit_weights:
+        from search.training.fidelity import CheapTrainer
+
+        return CheapTrainer(splits=source, config=config, weights_dir=store.run_dir / "weights", **common)
     device = training_device(config)
     if config.train.executor == "ray":
         from search.training.ray_executor import RayTrainer

@@ -5,7 +5,9 @@ File format (``<run dir>/run.sqlite``), schema version 1:
 - ``meta(key, value)``: ``schema_version``, ``config`` (the resolved search config as JSON),
   ``created``.
 - ``candidates``: one row per proposed genome. ``id`` is the algorithm's trial number;
-  ``status`` goes ``pending`` -> ``trained`` -> ``done`` | ``failed``; ``genome`` and
+  ``status`` goes ``pending`` -> ``trained`` -> ``done`` | ``failed``
+  (cost first: ``pending`` -> ``infeasible`` when the untrained network's measured costs violate
+  a constraint; fidelity rungs: ``promoted`` between rungs, ``train`` holding the last rung's); ``genome`` and
   ``parents`` are JSON; ``train`` holds the training result (JSON); ``model_sha256`` names the
   ONNX file ``models/<sha256>.onnx`` beside the database; ``objectives`` (JSON) are the values
   told to the algorithm.
@@ -340,7 +342,7 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "UPDATE candidates SET status='trained', train=?, model_sha256=?, params=?, size_mb=?,"
-                " updated=? WHERE id=? AND status='pending'",
+                " updated=? WHERE id=? AND status IN ('pending', 'promoted')",
                 (_dumps(train), model_sha256, params, size_mb, now, cid),
             )
             for job_id, key in jobs:
@@ -348,6 +350,32 @@ class Store:
                     "INSERT OR IGNORE INTO jobs(id, candidate_id, device_key, updated) VALUES (?, ?, ?, ?)",
                     (job_id, cid, key, now),
                 )
+
+    def add_jobs(self, cid: int, jobs: list[tuple[str, str]]) -> None:
+        """Queue measurement jobs ``(job_id, device_key)`` of a candidate not yet trained (cost
+        first measures the untrained network); jobs that exist already are kept."""
+        now = time.time()
+        with self._tx() as db:
+            for job_id, key in jobs:
+                db.execute("INSERT OR IGNORE INTO jobs(id, candidate_id, device_key, updated) VALUES (?, ?, ?, ?)",
+                           (job_id, cid, key, now))
+
+    def infeasible_candidate(self, cid: int, *, train: dict, costs: dict[str, float], reason: str,
+                             model_sha256: str | None, params: int | None, size_mb: float | None) -> None:
+        """Cost first: the untrained network's measured ``costs`` violate a constraint; never trained."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE candidates SET status='infeasible', error=?, train=?, objectives=?, model_sha256=?,"
+                " params=?, size_mb=?, updated=? WHERE id=?",
+                (reason, _dumps(train), _dumps(costs), model_sha256, params, size_mb, time.time(), cid))
+            self._event(db, "candidate_infeasible", candidate_id=cid, detail={"reason": reason, "costs": costs})
+
+    def promote_candidate(self, cid: int, *, train: dict, rung: int) -> None:
+        """A fidelity rung passed the candidate on: it trains on to rung ``rung``."""
+        with self._tx() as db:
+            db.execute("UPDATE candidates SET status='promoted', train=?, updated=? WHERE id=?",
+                       (_dumps(train), time.time(), cid))
+            self._event(db, "candidate_promoted", candidate_id=cid, detail={"to_rung": rung})
 
     def finish_candidate(self, cid: int, *, objectives: dict[str, float]) -> None:
         with self._tx() as db:

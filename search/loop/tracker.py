@@ -47,7 +47,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.PROPOSED: frozenset({State.TRAINING, State.FAILED}),
     State.TRAINING: frozenset({State.TRAINED, State.FAILED}),
     State.TRAINED: frozenset({State.MEASURING, State.FAILED}),
-    State.MEASURING: frozenset({State.DONE, State.FAILED}),
+    # cost first: measured untrained -> infeasible, or on to training; rungs: promoted
+    State.MEASURING: frozenset({State.DONE, State.FAILED, State.INFEASIBLE, State.TRAINING, State.PROMOTED}),
+    State.PROMOTED: frozenset({State.TRAINING, State.FAILED}),
 }
 
 
@@ -75,6 +77,10 @@ class Candidate:
     results: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     #: the first measurement error; the candidate fails once nothing is pending
     error: str | None = None
+    #: cost first: the measurements out are of the untrained network (training comes after)
+    costs_only: bool = False
+    #: fidelity rungs: the rung of its latest training (0-based)
+    rung: int = 0
 
     def row(self) -> dict[str, Any]:
         """The candidate-row view the metric catalogue reads (``train``, ``params``, ``size_mb``)."""
@@ -134,9 +140,12 @@ class CandidateTracker:
         """The evaluator's answer: store it with one queued job per device key."""
         cand = self._cands[cid]
         self._move(cand, State.TRAINED)
-        keys = list(device_keys)
-        self.store.set_trained(cid, train=train, model_sha256=model_sha256, params=params, size_mb=size_mb,
-                               jobs=[(job_id(cid, k), k) for k in keys])
+        jobs = [(job_id(cid, k), k) for k in device_keys]
+        if cand.costs_only:  # the untrained network: jobs only, the row stays pending until trained
+            self.store.add_jobs(cid, jobs)
+        else:
+            self.store.set_trained(cid, train=train, model_sha256=model_sha256, params=params, size_mb=size_mb,
+                                   jobs=jobs)
         cand.train, cand.params, cand.size_mb, cand.model_sha256 = train, params, size_mb, model_sha256
         return cand
 
@@ -164,30 +173,77 @@ class CandidateTracker:
             return False
         if cand.error is not None:
             self.fail(cid, cand.error)
+        elif cand.costs_only:  # cost first: the runner decides (infeasible or on to training)
+            return False
         else:
             self.finish(cid)
         return True
 
     # ---------------------------------------------------------------------- the two exits
-    def finish(self, cid: int) -> None:
-        """The one finish path: objective values from the metric catalogue, or a failure when
-        one is missing (energy without a power sensor is never invented)."""
+    def values(self, cid: int, *, costs_only: bool = False) -> tuple[dict[str, float], str | None]:
+        """The candidate's objective and constraint values from the metric catalogue, and the
+        error naming the first missing one (None when all are there). ``costs_only``: only the
+        metrics that do not need training (accuracy is left out)."""
         cand = self._cands[cid]
         values: dict[str, float] = {}
         for item in [*self.objectives, *self.constraints]:
             metric, key = split_metric(item.name)
+            if costs_only and CATALOGUE[metric].kind == "measured" and CATALOGUE[metric].source == "train":
+                continue
             v = CATALOGUE[metric].read(cand.row(), cand.results.get(key) if key is not None else None)
             if v is None:
                 err = f"{item.name} is unavailable for this candidate"
                 if metric.startswith("energy"):
                     err += " (the agent's device has no power sensor; energy is never invented)"
-                self.fail(cid, err)
-                return
+                return values, err
             values[item.name] = float(v)
+        return values, None
+
+    def finish(self, cid: int) -> None:
+        """The one finish path: objective values from the metric catalogue, or a failure when
+        one is missing (energy without a power sensor is never invented)."""
+        cand = self._cands[cid]
+        values, err = self.values(cid)
+        if err is not None:
+            self.fail(cid, err)
+            return
         self._move(cand, State.DONE)
         self.store.finish_candidate(cid, objectives=values)
         self.algorithm.tell(cid, values)
         self._close(cand)
+
+    def costs_measured(self, cid: int) -> bool:
+        """Cost first: every measurement of the untrained network is back (and none failed)."""
+        cand = self._cands.get(cid)
+        return (cand is not None and cand.state is State.MEASURING and cand.costs_only and not cand.pending
+                and cand.error is None)
+
+    def infeasible(self, cid: int, costs: dict[str, float], reason: str) -> None:
+        """Cost first: the untrained network's measured ``costs`` violate a constraint. Stored
+        with its costs, never trained; the algorithm is told it failed (no accuracy exists)."""
+        cand = self._cands[cid]
+        self._move(cand, State.INFEASIBLE)
+        self.store.infeasible_candidate(cid, train=cand.train or {}, costs=costs, reason=reason,
+                                        model_sha256=cand.model_sha256, params=cand.params, size_mb=cand.size_mb)
+        self.algorithm.tell(cid, None)
+        self._close(cand)
+
+    def train_on(self, cid: int) -> None:
+        """Cost first: measured and feasible, so it goes to training (its costs are kept)."""
+        cand = self._cands[cid]
+        self._move(cand, State.TRAINING)
+        cand.costs_only = False
+
+    def promote(self, cid: int, rung: int) -> None:
+        """A fidelity rung passed it on to rung ``rung`` (it trains on from its weights)."""
+        cand = self._cands[cid]
+        self._move(cand, State.PROMOTED)
+        self.store.promote_candidate(cid, train=cand.train or {}, rung=rung)
+        cand.rung = rung
+
+    def training_again(self, cid: int) -> None:
+        """A promoted candidate trains on at its new rung."""
+        self._move(self._cands[cid], State.TRAINING)
 
     def fail(self, cid: int, error: str) -> None:
         """The one fail path: store the error, tell the algorithm, forget the candidate."""

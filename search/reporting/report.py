@@ -113,6 +113,16 @@ def _pareto_flags(results: Sequence[dict[str, Any]], objectives: Sequence[Object
     return flags
 
 
+def _fidelity_note(results: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """With fidelity rungs: at which budget the front's accuracies were taken."""
+    budgets = [c.get("fidelity") for c in results if c.get("status") == "done" and c.get("fidelity") is not None]
+    if not budgets:
+        return {}
+    top = max(budgets)
+    return {"accuracy fidelity": f"front among the {budgets.count(top)} candidates trained to the highest rung "
+                                 f"reached ({top:g} epochs); {len(budgets) - budgets.count(top)} stopped at lower rungs"}
+
+
 # ---------------------------------------------------------------- plots
 
 def _plot_front(done: list[dict], pareto: dict[int, bool], acc_o: Objective, cost: Objective,
@@ -271,6 +281,7 @@ def write_report(results: list[dict[str, Any]], out_dir: str, *, objectives: lis
         "by status": ", ".join(f"{k}: {v}" for k, v in sorted(status_counts.items())),
         "objectives": ", ".join(f"{o.direction} {o.name}" for o in objectives),
         "Pareto members": ", ".join(f"#{c['id']}" for c in members) or "none",
+        **_fidelity_note(results),
         "report written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if rows:

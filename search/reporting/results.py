@@ -38,7 +38,12 @@ from search.pareto import pareto_members
 
 def pareto_ids(done: Sequence[dict[str, Any]], objectives: Sequence[Objective],
                constraints: Sequence[Constraint] = ()) -> list[int]:
-    """Ids of the Pareto members among finished candidates (infeasible ones excluded)."""
+    """Ids of the Pareto members among finished candidates (infeasible ones excluded). With
+    fidelity rungs, only the candidates at the highest fidelity reached (:func:`front_fidelity`)
+    are compared: a lower rung's accuracy is not that of a full training."""
+    top = front_fidelity(done)
+    if top is not None:
+        done = [c for c in done if fidelity_budget(c) == top]
     values = [c.get("objectives") for c in done]
     feasible = [v is not None and total_violation(list(constraints), v) == 0 for v in values]
     mask = pareto_members(values, list(objectives), feasible)
@@ -52,6 +57,17 @@ def accuracies(train: dict[str, Any] | None) -> dict[str, Any]:
     t = train or {}
     return {"val_accuracy": t.get("accuracy"), "test_accuracy": t.get("test_accuracy"),
             "train_device": t.get("device"), "final": t.get("final")}
+
+
+def fidelity_budget(c: dict[str, Any]) -> float | None:
+    """The rung budget (epochs) behind a candidate's accuracy, or None (full training, a table)."""
+    return ((c.get("train") or {}).get("fidelity") or {}).get("budget")
+
+
+def front_fidelity(done: Sequence[dict[str, Any]]) -> float | None:
+    """The highest rung budget (epochs) any finished candidate reached; None without rungs."""
+    budgets = [b for b in (fidelity_budget(c) for c in done) if b is not None]
+    return max(budgets) if budgets else None
 
 
 def run_objectives(store: Store) -> tuple[list[Objective], list[Constraint]]:
@@ -93,7 +109,7 @@ def collect(run_dir: str | Path) -> list[dict[str, Any]]:
                 "arch_key": c["arch_key"], "genome": c["genome"], "parents": c["parents"],
                 "origin": c["origin"], "objectives": values or {},
                 "feasible": values is not None and total_violation(cons, values) == 0,
-                "pareto": c["id"] in members, "train": c["train"], "params": c["params"],
+                "pareto": c["id"] in members, "fidelity": fidelity_budget(c), "train": c["train"], "params": c["params"],
                 **accuracies(c["train"]),
                 "size_mb": c["size_mb"], "model_sha256": c["model_sha256"],
                 "onnx_path": f"models/{c['model_sha256']}.onnx" if c["model_sha256"] else None,

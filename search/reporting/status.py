@@ -59,7 +59,7 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
             if m["agent"] in agents:
                 agents[m["agent"]]["measured"] += 1
         cands = st.candidates()
-        finished = [c["updated"] for c in cands if c["status"] in ("done", "failed")]
+        finished = [c["updated"] for c in cands if c["status"] in ("done", "failed", "infeasible")]
         t0 = min((c["created"] for c in cands), default=time.time())
         span = (max(finished) - t0) if finished else 0.0
         queue: dict[str, int] = {}

@@ -40,8 +40,10 @@ class EvalRequest:
     candidate_id: int
     genome: Any
     arch_key: str
-    #: budget of a fidelity rung (fraction of the full training); None = full fidelity
+    #: budget of a fidelity rung (epochs, cumulative: search.loop.rungs); None = full fidelity
     fidelity: float | None = None
+    #: the candidate's parents (trial numbers), for weight inheritance
+    parents: tuple[int, ...] = ()
 
 
 @dataclass
@@ -75,8 +77,9 @@ class _ModelEvaluator:
     capacity = 1
 
     def __init__(self, *, space: SearchSpace, task: TaskSpec, model_path: Callable[[str], Path],
-                 build: bool, export: bool, torch_threads: int = 1) -> None:
+                 build: bool, export: bool, torch_threads: int = 1, precision: str = "fp32") -> None:
         self.space, self.task = space, task
+        self.precision = precision
         self.model_path = model_path
         self.export = export
         self.build = build or export
@@ -109,9 +112,32 @@ class _ModelEvaluator:
                 tmp.write_bytes(data)
                 os.replace(tmp, path)
             out.size_mb = len(data) / 1e6
+            train["memory"] = memory_record(data, precision=self.precision)
         out.timings = {"train_s": t_train, "export_s": time.perf_counter() - t1 if out.model_sha256 else 0.0}
         train["server_timings"] = dict(out.timings)
         return out
+
+
+    def export_untrained(self, request: EvalRequest) -> Evaluation:
+        """The untrained network exported (cost first: latency, memory and energy do not depend
+        on the weights); ``train`` says so and holds no accuracy."""
+        t0 = time.perf_counter()
+        model = self._build(request.genome)
+        train = {"accuracy": None, "fidelity": None,
+                 "source": "untrained network exported to measure its costs first (no accuracy)"}
+        ev = self._package(request, model, train, 0.0)
+        ev.timings["export_s"] = time.perf_counter() - t0
+        return ev
+
+
+def memory_record(onnx_bytes: bytes, *, precision: str) -> dict[str, Any]:
+    """The memory figures :mod:`search.memory` computes from an ONNX graph (kind ``computed``)."""
+    from search.memory import peak_activation_kb, weights_kb
+
+    return {"peak_activation_kb": peak_activation_kb(onnx_bytes), "weights_kb": weights_kb(onnx_bytes, precision=precision),
+            "precision": precision, "batch": 1, "kind": "computed",
+            "method": "search.memory: live tensors over the ONNX node order; parameters x bytes at the precision"}
+
 
 
 #: the global torch RNG seeds a network's initial weights: one build at a time per process
@@ -141,7 +167,8 @@ class InProcessTrainer(_ModelEvaluator):
         self.settings = config.train
         self.seed = config.seed
         self.device = device
-        self.weights_path = weights_path
+        #: where the trained weights go (not ``weights_path``: CheapTrainer's method has that name)
+        self.weights_file = weights_path
         self.on_progress = on_progress
         self.capacity = config.train_workers
 
@@ -175,8 +202,8 @@ class InProcessTrainer(_ModelEvaluator):
         train["source"] = f"trained on {self.splits.source}; accuracy on the validation split"
         train["worker"] = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(), "device": self.device}
         model.to("cpu")
-        if self.weights_path is not None:
-            path = self.weights_path(request.candidate_id)
+        if self.weights_file is not None:
+            path = self.weights_file(request.candidate_id)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
             torch.save(model.state_dict(), tmp)
@@ -201,3 +228,36 @@ class TableEvaluator(_ModelEvaluator):
         train = {"accuracy": self.table.lookup(request.arch_key), "source": self.table.source}
         model = self._build(request.genome) if self.build else None
         return self._package(request, model, train, time.perf_counter() - t0)
+
+
+class SupernetEvaluator(_ModelEvaluator):
+    """``--accuracy supernet:PATH``: a ``mobile`` sub-network's accuracy with weights inherited
+    from a trained once-for-all supernet (batch norm recalibrated), no training; the exported
+    ONNX is that network. Its fidelity is recorded as ``inherited weights``. The run's space
+    must be the one the supernet was trained for, and accuracy is on the supernet's own
+    validation split (:class:`~search.training.supernet_train.SupernetAccuracy`)."""
+
+    def __init__(self, *, scorer: Any, path: str, space: SearchSpace, **kwargs: Any) -> None:
+        from search.training.supernet import space_settings
+
+        if space.name != "mobile" or space_settings(space) != space_settings(scorer.space):
+            raise ValueError(f"supernet {path} covers the mobile space {space_settings(scorer.space)}, "
+                             f"not this run's {space.name} space (set [search].space_options to match)")
+        super().__init__(space=space, task=scorer.supernet.task, **kwargs)
+        self.scorer, self.path = scorer, path
+        self.lock = threading.Lock()  # one scorer: BN recalibration is not thread-safe
+
+    def evaluate(self, request: EvalRequest) -> Evaluation:
+        """Inherit, recalibrate, score on the validation split; export that network."""
+        from search.training.train import evaluate
+
+        t0 = time.perf_counter()
+        g = request.genome
+        with self.lock:
+            net = self.scorer.network(g)
+            acc = evaluate(net, self.scorer.splits.val, resize_to=g.resolution)
+        train = {"accuracy": acc, "fidelity": {"kind": "inherited weights", "supernet": self.path,
+                                               "supernet_done": self.scorer.done},
+                 "source": f"weights inherited from supernet {self.path} (batch norm recalibrated), "
+                           f"accuracy on the validation split of {self.scorer.splits.source}; not trained"}
+        return self._package(request, net, train, time.perf_counter() - t0)

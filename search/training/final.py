@@ -77,7 +77,7 @@ def train_final(run_dir: str | Path, *, top: int | None = None, epochs: int | No
 
         trainer = make_trainer(config, splits, run_dir=run, export=True, device=dev,
                                threads=cpu_threads(1, config.torch_threads), on_progress=progress)
-        trainer.weights_path = lambda cid: run / "final" / f"{cid}.pt"
+        trainer.weights_file = lambda cid: run / "final" / f"{cid}.pt"
         out = []
         for c in chosen:
             genome = space.from_json(c["genome"])

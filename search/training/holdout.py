@@ -52,7 +52,12 @@ def evaluate_on_test(*, store: Any, space: SearchSpace, splits: Any, ids: Sequen
             continue
         genome = space.from_json(cand["genome"])
         model = space.build(genome, splits.task)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        except Exception as exc:  # noqa: BLE001 - weights that do not load are skipped, with the reason
+            out["skipped"][cid] = f"weights at {path} do not load: {type(exc).__name__}: {exc}"
+            continue
         acc = accuracy_on_test(model, space, genome, splits, test, device=device)
         store.update_train(cid, test_accuracy=acc,
                            test_source=f"{len(test)} test images of {splits.source}; evaluated once, after the search")

@@ -302,26 +302,15 @@ class SupernetAccuracy:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m search.training.supernet_train --dataset digits --out supernet.pt``."""
+    from search.training.supernet_cli import add_arguments, run
+
     p = argparse.ArgumentParser(description="Train a once-for-all supernet for the mobile space.")
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--out", required=True, help="checkpoint path (resumed when it exists)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--phase-epochs", default="4,2,2,2,2", help=f"epochs per phase: {','.join(PHASES)}")
-    p.add_argument("--time-budget", type=float, default=None, help="seconds; resume later to continue")
-    p.add_argument("--no-resume", action="store_true")
+    add_arguments(p)
     a = p.parse_args(argv)
     try:
-        cfg = SupernetTrainConfig(dataset=a.dataset, limit=a.limit, seed=a.seed, batch_size=a.batch_size,
-                                  learning_rate=a.lr, time_budget_s=a.time_budget,
-                                  phase_epochs=tuple(int(e) for e in a.phase_epochs.split(",")))
-        res = train_supernet(cfg, checkpoint=a.out, resume=not a.no_resume, log=print)
+        run(a)
     except ValueError as exc:
         p.error(str(exc))
-    print(f"{'done' if res.done else 'stopped in phase ' + res.phase}: {res.steps} steps, "
-          f"{res.train_time_s:.0f} s, checkpoint {res.checkpoint}")
     return 0
 
 

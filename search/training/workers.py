@@ -60,7 +60,8 @@ def make_trainer(config: SearchConfig, splits: Any, *, run_dir: Path, export: bo
     (files.run_dir / "models").mkdir(parents=True, exist_ok=True)
     return InProcessTrainer(splits=TrainingSplits.of(splits), config=config, space=make_space(config),
                             model_path=files.model_path, weights_path=files.weights_path, export=export,
-                            device=device, torch_threads=threads, on_progress=on_progress)
+                            device=device, torch_threads=threads, on_progress=on_progress,
+                            precision=config.build.precision)
 
 
 # --------------------------------------------------------------------- inside a worker process
