@@ -84,6 +84,7 @@ class RayTrainer:
             raise RuntimeError(f"the Ray cluster has {have:g} {'GPU' if s.ray_num_gpus > 0 else 'CPU'}, "
                                f"a training asks for {want:g}")
         self.capacity = max(1, int(have // want)) if want > 0 else config.train_workers
+        self._task_spec = splits.task
 
     def evaluate(self, request: EvalRequest) -> Evaluation:
         """One Ray task; its files are written into the run folder."""
@@ -103,6 +104,17 @@ class RayTrainer:
             os.replace(tmp, path)
         ev.train["executor"] = "ray"
         return ev
+
+    def export_untrained(self, request: EvalRequest) -> Evaluation:
+        """Cost first: the untrained network is built and exported here (no training, no task)."""
+        from search.loop.setup import make_space
+        from search.loop.store import RunFiles
+        from search.training.evaluator import _ModelEvaluator
+
+        exporter = _ModelEvaluator(space=make_space(self.config), task=self._task_spec,
+                                   model_path=RunFiles(self.run_dir).model_path, build=True, export=True,
+                                   precision=self.config.build.precision)
+        return exporter.export_untrained(request)
 
     def close(self) -> None:
         """Disconnect from the cluster (a cluster started here stops)."""

@@ -84,6 +84,10 @@ def _run(request: EvalRequest) -> Evaluation:
     return _WORKER["trainer"].evaluate(request)
 
 
+def _run_untrained(request: EvalRequest) -> Evaluation:
+    return _WORKER["trainer"].export_untrained(request)
+
+
 # ------------------------------------------------------------------------------ the server side
 class ProcessPoolTrainer:
     """The :class:`~search.training.evaluator.Evaluator` of the local executor: ``devices``
@@ -124,10 +128,17 @@ class ProcessPoolTrainer:
 
     def evaluate(self, request: EvalRequest) -> Evaluation:
         """Run the candidate in a worker; a worker that died fails it with the reason."""
+        return self._call(_run, request)
+
+    def export_untrained(self, request: EvalRequest) -> Evaluation:
+        """Cost first: the untrained network exported in a worker (see ``_ModelEvaluator``)."""
+        return self._call(_run_untrained, request)
+
+    def _call(self, fn: Any, request: EvalRequest) -> Evaluation:
         with self._lock:
             pool = self._pool
         try:
-            return pool.submit(_run, request).result()
+            return pool.submit(fn, request).result()
         except BrokenProcessPool as exc:
             with self._lock:
                 if self._pool is pool:  # the first to notice rebuilds it
