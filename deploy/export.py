@@ -5,11 +5,15 @@ For each chosen candidate (by default the Pareto members) ``export_candidates`` 
 
 - ``model.onnx``: the candidate's ONNX, copied from ``run_dir/models/<sha256>.onnx`` after its
   sha256 is checked against the run's record;
-- with an agent: the artifact the agent built on its device (``model.ort.onnx`` for ONNX
-  Runtime's optimized graph, ``engine.plan`` for a TensorRT plan), with an output check: an
-  ONNX artifact is run beside the reference ONNX with ONNX Runtime CPU on seeded inputs here;
-  a TensorRT plan can only run on its device, so the manifest records the check the agent's
-  build reply carried (or that there was none);
+- with an agent: the artifact the agent built on its device with the requested backend and
+  precision (``model.ort.onnx`` for ONNX Runtime's optimized, possibly fp16, graph;
+  ``engine.plan`` for a TensorRT plan), with an output check: an ONNX artifact is run beside
+  the reference ONNX with ONNX Runtime CPU here, on real images of the run's dataset and judged
+  by top-1 agreement (:mod:`deploy.check`; seeded random inputs and elementwise tolerances only
+  when the run has no dataset); a TensorRT plan can only run on its device, so the manifest
+  records the check the agent's build reply carried (or that there was none). The precision
+  obtained (per layer type) is recorded; a build that did not obtain the requested precision
+  fails on the agent;
 - ``manifest.json`` (:mod:`deploy.manifest`).
 
 and ``out_dir/index.json`` listing the exports (one entry per chosen candidate, with ``error``
@@ -25,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from deploy.check import MIN_AGREEMENT, agreement_check, onnx_accuracy
 from deploy.manifest import build_manifest, sha256_bytes, write_manifest
 
 INDEX_SCHEMA = "hwnas.deploy.index"
@@ -120,13 +125,33 @@ def _artifact_file(backend: str, data: bytes) -> tuple[str, str]:
         return "artifact.bin", "unknown"
 
 
-def _build_artifact(client: Any, agent: str, model: bytes, build: Any, dest: Path) -> dict[str, Any]:
+def _build_dict(build: Any) -> dict[str, Any] | None:
+    """A BuildConfig, a mapping of some of its fields (the agent fills the rest) or None."""
+    return dict(build) if isinstance(build, dict) else (build.to_dict() if build is not None else None)
+
+
+def _with_calibration(client: Any, build: Any, ds: Any) -> Any:
+    """``build`` naming the calibration images, uploaded to the agent in an ONNX container (INT8)."""
+    if ds is None or ds.calibration_images is None:
+        return build
+    from device_agent.core.calibration import calibration_model
+
+    sha = client.upload_model(calibration_model(ds.calibration_images))["model_sha256"]
+    return {**(_build_dict(build) or {}), "calibration_sha256": sha}
+
+
+def _build_artifact(client: Any, agent: str, model: bytes, build: Any, dest: Path,
+                    ds: Any = None, min_agreement: float = MIN_AGREEMENT) -> dict[str, Any]:
+    build = _with_calibration(client, build, ds)
     data, meta = client.build_engine(model, build=build)
-    backend = str(meta.get("backend") or getattr(build, "backend", "") or "")
+    backend = str(meta.get("backend") or (_build_dict(build) or {}).get("backend") or "")
     name, fmt = _artifact_file(backend, data)
     (dest / name).write_bytes(data)
     prov = meta.get("provenance") or {}
-    if fmt == "onnx":
+    if fmt == "onnx" and ds is not None:
+        check = agreement_check(model, data, ds.check_images, min_agreement=min_agreement,
+                                source=f"the validation split of {ds.source}")
+    elif fmt == "onnx":
         check = check_onnx_artifact(model, data)
     elif prov.get("output_check"):
         check = {"status": "agent-reported", "method": "output check run by the agent on its device "
@@ -143,14 +168,47 @@ def _build_artifact(client: Any, agent: str, model: bytes, build: Any, dest: Pat
             "size_bytes": len(data), "agent": agent, "device_key": prov.get("device_key"),
             "from_cache": meta.get("from_cache"), "cache_key": meta.get("cache_key"),
             # the build the agent applied (its defaults filled in), else the one requested
-            "build_config": prov.get("build") or (build.to_dict() if build is not None else None),
+            "build_config": prov.get("build") or _build_dict(build),
+            "precision": {"requested": (prov.get("build") or _build_dict(build) or {}).get("precision"),
+                          "obtained": prov.get("precision_obtained", "unknown"),
+                          "by_layer_type": ((prov.get("runner") or {}).get("precision_obtained") or {})
+                          .get("layer_types", {})},
             "provenance": prov, "output_check": check}
+
+
+def _accuracy(c: dict[str, Any], model: bytes, ds: Any, prov: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Validation accuracy as the run recorded it; test accuracy of the exported ONNX, here."""
+    train = c.get("train") or {}
+    val = {"value": train.get("accuracy"), "kind": (prov.get("accuracy") or {}).get("status", "unavailable"),
+           "method": train.get("source") or "not recorded"}
+    if ds is None or ds.test_images is None:
+        test = {"value": None, "kind": "unavailable",
+                "method": "no test split (a table run, or a dataset without one)"}
+    else:
+        test = {"value": onnx_accuracy(model, ds.test_images, ds.test_labels), "kind": "measured",
+                "method": f"top-1 of model.onnx (ONNX Runtime CPU) on {len(ds.test_labels)} test images "
+                          f"of {ds.source}, at export"}
+    return {"validation": val, "test": test}
+
+
+def _costs(c: dict[str, Any], objectives: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every cost number with what it is (kind, method) and the device key it belongs to."""
+    from search.provenance import cost_values, provenance
+
+    out = []
+    for name, value in cost_values(c, objectives).items():
+        kind, how = provenance(c, name)
+        out.append({"metric": name, "value": value, "kind": kind, "method": how,
+                    "device_key": name.partition("@")[2] or None})
+    return out
 
 
 def export_candidates(results: list[dict[str, Any]], run_dir: str, out_dir: str, *,
                       only_pareto: bool = True, agent: str | None = None, token: str | None = None,
                       build: Any | None = None, ids: Sequence[int] | None = None,
-                      tls: dict[str, str] | None = None) -> list[dict[str, Any]]:
+                      tls: dict[str, str] | None = None, data: Any = None,
+                      objectives: Sequence[Any] = (),
+                      min_agreement: float = MIN_AGREEMENT) -> list[dict[str, Any]]:
     """Export the chosen candidates of a run (see the module docstring); return the index entries.
 
     only_pareto: export the Pareto members only (else every finished candidate with a model).
@@ -159,6 +217,9 @@ def export_candidates(results: list[dict[str, Any]], run_dir: str, out_dir: str,
     (a :class:`device_agent.config.BuildConfig`; the agent's default when ``None``); ``tls``: the
     TLS keyword arguments of :class:`device_agent.rpc.client.AgentClient` (``tls_ca``, ``tls_cert``,
     ``tls_key``, ``tls_server_name``).
+    data: the run's :class:`deploy.data.ExportData` (preprocessing, class names, check and test
+    images; ``None`` for a run without a dataset); objectives: the run's, for the costs list;
+    min_agreement: the top-1 agreement an ONNX artifact must reach on the check images.
     A candidate that cannot be exported gets an entry with ``error``; the others go on.
     """
     run = Path(run_dir)
@@ -197,11 +258,14 @@ def export_candidates(results: list[dict[str, Any]], run_dir: str, out_dir: str,
             artifacts: list[dict[str, Any]] = []
             if client is not None:
                 try:
-                    artifacts.append(_build_artifact(client, agent, model, build, dest))  # type: ignore[arg-type]
+                    artifacts.append(_build_artifact(client, agent, model, build, dest,  # type: ignore[arg-type]
+                                                     data, min_agreement))
                 except Exception as exc:  # noqa: BLE001 - a failed build is recorded, the ONNX stays
                     entry["artifact_error"] = f"{type(exc).__name__}: {exc}"
-            manifest = build_manifest(c, model_bytes=model, provenance=_objective_provenance(c),
-                                      artifacts=artifacts)
+            prov = _objective_provenance(c)
+            manifest = build_manifest(c, model_bytes=model, provenance=prov, artifacts=artifacts,
+                                      dataset=data.info if data is not None else None,
+                                      accuracy=_accuracy(c, model, data, prov), costs=_costs(c, objectives))
             if entry.get("artifact_error"):
                 manifest["artifact_error"] = entry["artifact_error"]
             write_manifest(dest / "manifest.json", manifest)

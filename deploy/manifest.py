@@ -23,8 +23,20 @@ File format (JSON object, UTF-8), one per exported candidate, beside its ``model
                      "device_key": "...", "build_config": {...}, "provenance": {...},
                      "output_check": {"status": "passed" | "failed" | "agent-reported" | "not-checked",
                                       "method": "...", "max_abs_diff": 1e-6, ...}}],
+      "input": {"name": "input", "shape": ["batch", 3, 32, 32], "dtype": "float32", "layout": "NCHW"},
+      "preprocessing": {"color": "RGB", "resize": [32, 32], "interpolation": "bilinear (Pillow)",
+                        "scale": 255.0, "mean": [...], "std": [...], "layout": "NCHW", "dtype": "float32",
+                        "formula": "x[c] = (pixel[c] / scale - mean[c]) / std[c]"},   # null: no dataset
+      "classes": ["airplane", ...],         # index -> class name (null: no dataset)
+      "accuracy": {"validation": {"value": 0.81, "kind": "measured", "method": "..."},
+                   "test": {"value": 0.80, "kind": "measured" | "unavailable", "method": "..."}},
+      "costs": [{"metric": "latency_ms@<key>", "value": 0.21, "kind": "measured" | "published" | ...,
+                 "method": "...", "device_key": "<key>" | null}],
+      "runtime_versions": {"<device key>": {"onnxruntime": "1.20.1", "tensorrt": ..., "l4t": ..., ...}},
       "hwnas_version": "0.1.0", "created": "2026-01-01T00:00:00+00:00"
     }
+
+``hwnas run MANIFEST IMAGE...`` (:mod:`deploy.run`) classifies images from these fields alone.
 
 Symbolic dimensions (the dynamic batch) are strings. ``sha256`` is that of the file's bytes.
 A reader must reject a ``schema_version`` newer than it knows (:func:`read_manifest` does).
@@ -38,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "hwnas.deploy.manifest"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: input, preprocessing, classes, accuracy, costs, runtime_versions
 REQUIRED = ("schema", "schema_version", "candidate_id", "genome", "objectives", "model",
             "hwnas_version", "created")
 
@@ -89,11 +101,49 @@ def onnx_info(data: bytes) -> dict[str, Any]:
             "metadata": {p.key: p.value for p in model.metadata_props}}
 
 
+def preprocessing_of(info: Any, input_shape: list[Any]) -> dict[str, Any]:
+    """The ``preprocessing`` entry from a :class:`search.training.data.DatasetInfo`."""
+    h, w = (int(d) if isinstance(d, int) else info.image_size for d in input_shape[-2:])
+    return {"color": "RGB" if info.in_channels == 3 else "L", "resize": [h, w],
+            "interpolation": "bilinear (Pillow)", "scale": info.scale, "mean": list(info.mean),
+            "std": list(info.std), "layout": "NCHW", "dtype": "float32",
+            "formula": "x[c] = (pixel[c] / scale - mean[c]) / std[c]"}
+
+
+def runtime_versions(candidate: dict[str, Any], artifacts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Runtime versions (and accelerator, driver, L4T) per device key, from the measurements'
+    and the artifacts' provenance."""
+    out: dict[str, dict[str, Any]] = {}
+    for prov in [m.get("provenance") or {} for m in candidate.get("measurements") or []] + \
+            [a.get("provenance") or {} for a in artifacts]:
+        key = prov.get("device_key")
+        if not key:
+            continue
+        entry = out.setdefault(key, {})
+        entry.update(prov.get("versions") or {})
+        runner = prov.get("runner") or {}
+        for name in ("tensorrt", "onnxruntime"):
+            if runner.get(name):
+                entry[name] = runner[name]
+        for name in ("jetson_module", "l4t", "gpu", "driver", "nvpmodel", "python"):
+            if prov.get(name):
+                entry[name] = prov[name]
+    return out
+
+
 def build_manifest(candidate: dict[str, Any], *, model_bytes: bytes, model_file: str = "model.onnx",
                    provenance: dict[str, dict[str, str]] | None = None,
-                   artifacts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The manifest of ``candidate`` (an entry of the run's results) exported as ``model_bytes``."""
+                   artifacts: list[dict[str, Any]] | None = None, dataset: Any = None,
+                   accuracy: dict[str, Any] | None = None,
+                   costs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The manifest of ``candidate`` (an entry of the run's results) exported as ``model_bytes``.
+
+    dataset: the run's :class:`search.training.data.DatasetInfo` (preprocessing, class names);
+    accuracy / costs: the ``accuracy`` and ``costs`` entries (module docstring).
+    """
     info = onnx_info(model_bytes)
+    first = info["inputs"][0] if info["inputs"] else {"name": "", "shape": [], "dtype": ""}
+    artifacts = artifacts or []
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
         "candidate_id": candidate["id"],
@@ -109,7 +159,13 @@ def build_manifest(candidate: dict[str, Any], *, model_bytes: bytes, model_file:
         "measurements": candidate.get("measurements") or [],
         "model": {"file": model_file, "sha256": sha256_bytes(model_bytes), "size_bytes": len(model_bytes),
                   **info},
-        "artifacts": artifacts or [],
+        "artifacts": artifacts,
+        "input": {**first, "layout": "NCHW"},
+        "preprocessing": preprocessing_of(dataset, first["shape"]) if dataset is not None else None,
+        "classes": list(dataset.classes) if dataset is not None else None,
+        "accuracy": accuracy or {},
+        "costs": costs or [],
+        "runtime_versions": runtime_versions(candidate, artifacts),
         "hwnas_version": hwnas_version(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

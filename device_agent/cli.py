@@ -29,6 +29,42 @@ def _metric(text: str) -> tuple[str, str]:
     return name.strip(), column.strip()
 
 
+def add_build_args(p: argparse.ArgumentParser, *, backends: Sequence[str] | None = None) -> None:
+    """``--backend --precision --execution-provider --batch``: how the agent builds the model
+    (``build_from_args`` turns them into a :class:`device_agent.config.BuildConfig`)."""
+    from device_agent.config import PRECISIONS
+
+    p.add_argument("--backend", choices=list(backends) if backends else None,
+                   help="onnxruntime or tensorrt (default: the agent's --backend)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="requested precision; a build that does not obtain it fails (default fp32)")
+    p.add_argument("--execution-provider", choices=["cpu", "cuda", "tensorrt"],
+                   help="onnxruntime's execution provider (default cpu)")
+    p.add_argument("--batch", type=_batch_profile, metavar="MIN,OPT,MAX",
+                   help="TensorRT optimization profile of a dynamic batch dimension")
+
+
+def _batch_profile(text: str) -> tuple[int, int, int]:
+    try:
+        lo, opt, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,OPT,MAX (three integers), got {text!r}") from None
+    if not 1 <= lo <= opt <= hi:
+        raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= OPT <= MAX, got {text!r}")
+    return lo, opt, hi
+
+
+def build_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`BuildConfig` fields given by :func:`add_build_args`' flags (absent: not set)."""
+    out: dict[str, Any] = {}
+    for name in ("backend", "precision", "execution_provider"):
+        if getattr(args, name, None) is not None:
+            out[name] = getattr(args, name)
+    if getattr(args, "batch", None) is not None:
+        out["batch_min"], out["batch_opt"], out["batch_max"] = args.batch
+    return out
+
+
 #: the client-side TLS flags: option name, metavar, help ({peer}: what is dialled)
 _CLIENT_TLS_FLAGS = (
     ("ca", "PEM", "CA bundle that verifies the {peer} (enables TLS)"),
@@ -75,10 +111,14 @@ def _add_commands(sub: Any) -> None:
                    help="allow a non-loopback address without token or mutual TLS")
     s.add_argument("--backend", choices=[*BACKENDS.names(), *table_names()],
                    help="backend for requests; 'table' answers every request from --table")
+    s.add_argument("--precision", choices=["fp32", "fp16", "int8", "best"],
+                   help="precision for requests that name none (default fp32)")
     s.add_argument("--table", help="CSV (.csv or .csv.gz) of published measurements (table backend)")
     s.add_argument("--table-key-column", help="column holding the arch key (default arch_str)")
-    s.add_argument("--metric", action="append", type=_metric, metavar="METRIC=COLUMN",
-                   help="table backend: metric from a column, e.g. latency_ms=lat_raspi4 (repeat)")
+    s.add_argument("--metric", action="append", type=_metric, metavar="METRIC=COLUMN[:KIND]",
+                   help="table backend: metric from a column, e.g. latency_ms=lat_raspi4 (repeat); "
+                        "KIND is published (default: a benchmark's measurement) or simulated "
+                        "(latency_ms=lat_eyeriss:simulated)")
     s.add_argument("--cache-dir", help="model/artifact cache folder")
     s.add_argument("--cache-size-mb", type=int, help="cache size limit (LRU eviction)")
     s.add_argument("--queue-size", type=int, help="jobs that may wait behind the running one")
@@ -103,7 +143,7 @@ def _add_commands(sub: Any) -> None:
     m.add_argument("--agent", required=True, metavar="HOST:PORT")
     _client_tls_args(m)
     m.add_argument("--json", action="store_true", help="print the result as JSON")
-    m.add_argument("--backend", default="onnxruntime")
+    add_build_args(m)
     m.add_argument("--iterations", type=int, help="minimum timed iterations")
     m.add_argument("--duration", type=float, help="minimum timed duration (s)")
     m.add_argument("--threads", type=int, help="intra-op threads")
@@ -134,7 +174,7 @@ def settings_from_args(args: argparse.Namespace) -> DaemonSettings:
     metrics = tuple(args.metric) if args.metric else None
     return settings.with_overrides(
         host=args.host, port=args.port, port_file=args.port_file, token=token,
-        insecure=args.insecure, backend=args.backend, table=args.table,
+        insecure=args.insecure, backend=args.backend, precision=args.precision, table=args.table,
         table_key_column=args.table_key_column, metrics=metrics, cache_dir=args.cache_dir,
         cache_size_mb=args.cache_size_mb, queue_size=args.queue_size, max_model_mb=args.max_model_mb,
         device_key=args.device_key, drain_grace_s=args.drain_grace_s,
@@ -214,7 +254,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         mc["min_iterations"] = args.iterations
     if args.duration is not None:
         mc["min_duration_s"] = args.duration
-    bc: dict[str, Any] = {"backend": args.backend}
+    bc = build_overrides(args)  # unset fields: the agent's defaults (agent serve --backend/--precision)
     if args.threads is not None:
         bc["intra_op_threads"] = args.threads
     try:
@@ -242,15 +282,15 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``python -m device_agent``."""
-    p = argparse.ArgumentParser(prog="python -m device_agent", description="hwnas device agent")
+def build_parser(prog: str = "python -m device_agent") -> argparse.ArgumentParser:
+    """The parser of ``python -m device_agent`` (also ``hwnas-agent`` and ``hwnas agent``)."""
+    p = argparse.ArgumentParser(prog=prog, description="hwnas device agent")
     sub = p.add_subparsers(dest="command", metavar="{serve,measure,describe}", required=True)
     _add_commands(sub)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m device_agent``."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m device_agent") -> int:
+    """Entry point of ``python -m device_agent``, ``hwnas-agent`` and ``hwnas agent``."""
+    args = build_parser(prog).parse_args(argv)
     return int(args.func(args) or 0)

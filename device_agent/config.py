@@ -6,10 +6,14 @@ and come back inside the result, so every number can be traced to the settings t
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+#: precisions a build may ask for; ``best`` lets TensorRT's builder pick per layer
+PRECISIONS = ("fp32", "fp16", "int8", "best")
 
 
 def _from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
@@ -28,10 +32,17 @@ class BuildConfig:
     backend: ``onnxruntime`` (everywhere), ``tensorrt`` (NVIDIA, where installed), ``table``
       (look-up of published measurements, no model run).
     execution_provider: for ``onnxruntime``: ``cpu``, ``cuda`` or ``tensorrt``.
-    precision: requested precision (``fp32``, ``fp16``, ``int8``); the result reports the
-      precision actually obtained.
+    precision: requested precision (``fp32``, ``fp16``, ``int8``, ``best``: TensorRT picks per
+      layer); the result reports the precision actually obtained, and a build that did not
+      obtain the requested one fails (``device_agent.backends.base.precision_problem``).
     intra_op_threads: ONNX Runtime intra-op threads (recorded; 0 = the agent's default).
     workspace_mb: TensorRT builder workspace limit.
+    batch_min / batch_opt / batch_max: TensorRT optimization profile of a dynamic batch
+      dimension (0 = a fixed profile at the job's batch size).
+    calibration_sha256: INT8 calibration images (float32 NCHW, preprocessed as the model
+      expects) that the caller uploaded like a model, in an ONNX container
+      (``device_agent.core.calibration``);
+      TensorRT calibrates on them (entropy calibrator), the calibration cache is kept.
     """
 
     backend: str = "onnxruntime"
@@ -39,6 +50,19 @@ class BuildConfig:
     precision: str = "fp32"
     intra_op_threads: int = 1
     workspace_mb: int = 1024
+    batch_min: int = 0
+    batch_opt: int = 0
+    batch_max: int = 0
+    calibration_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if self.calibration_sha256 and not re.fullmatch(r"[0-9a-f]{64}", self.calibration_sha256):
+            raise ValueError("calibration_sha256 must be a lowercase hex sha256")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        batch = (self.batch_min, self.batch_opt, self.batch_max)
+        if any(batch) and not 1 <= self.batch_min <= self.batch_opt <= self.batch_max:
+            raise ValueError(f"batch profile {batch}: expected 1 <= MIN <= OPT <= MAX")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,6 +8,7 @@ File format (every key optional; command-line flags override the file)::
     port = 50051
     token_file = "/etc/hwnas/agent.token"   # or token = "..." (a file keeps it out of `ps`)
     backend = "onnxruntime"                 # default backend when a request names none
+    precision = "fp32"                      # default precision when a request names none
     table = "/data/nb201_tables.csv.gz"     # table look-ups: CSV of published measurements
     metrics = { latency_ms = "lat_raspi4" } # table look-ups: metric -> column
     cache_dir = "/var/cache/hwnas-agent"
@@ -22,10 +23,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from device_agent.compat import tomllib
+from device_agent.config import PRECISIONS, BuildConfig
 from device_agent.tables import answers_by_arch_key
 
 #: Largest model-bytes chunk in one message (the client sends chunks of this size).
@@ -60,6 +63,7 @@ class DaemonSettings:
     insecure: allow listening on a non-loopback address without a token or mutual TLS.
     backend: the backend used when a request does not name one; ``table`` answers from
       ``table`` (CSV) with ``metrics`` (metric name -> column).
+    precision: the precision used when a request does not name one.
     queue_size: jobs allowed to wait behind the running one (more -> RESOURCE_EXHAUSTED).
     max_model_mb: largest model accepted (INVALID_ARGUMENT above it).
     cache_dir / cache_size_mb: content-addressed store of models and artifacts (LRU).
@@ -74,6 +78,7 @@ class DaemonSettings:
     token: str | None = field(default=None, repr=False)
     insecure: bool = False
     backend: str = "onnxruntime"
+    precision: str = "fp32"
     table: str | None = None
     table_key_column: str = "arch_str"
     metrics: tuple[tuple[str, str], ...] = ()
@@ -101,10 +106,17 @@ class DaemonSettings:
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         if answers_by_arch_key(self.backend) and not self.table:
             raise ValueError(f"backend {self.backend!r} needs a table (CSV path)")
         if self.table and "latency_ms" not in dict(self.metrics):
             raise ValueError("a table needs the column of latency_ms (--metric latency_ms=COLUMN)")
+
+    @property
+    def default_build(self) -> BuildConfig:
+        """The build of a request that names no backend or precision (``--backend/--precision``)."""
+        return BuildConfig(backend=self.backend, precision=self.precision)
 
     @property
     def max_model_bytes(self) -> int:

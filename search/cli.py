@@ -7,9 +7,13 @@
     hwnas supernet train --space mobile --dataset D --out PATH [--phase-epochs ...] [--space-options JSON]
     hwnas results DIR [--json]
     hwnas report DIR [--out DIR]
-    hwnas export DIR [--out DIR] [--all] [--agent HOST:PORT] [--token T] [--tls-ca PEM ...]
+    hwnas export DIR [--out DIR] [--all] [--agent HOST:PORT [--backend B] [--precision P] [--batch MIN,OPT,MAX]
+                 [--calibration N]] [--token T] [--tls-ca PEM ...] [--check-images N] [--min-agreement F]
+    hwnas run MANIFEST IMAGE... [--artifact FILE] [--top K] [--json]
     hwnas status DIR [--json]
     hwnas train-final DIR [--top K] [--epochs N] [--id ID ...] [--train-device DEV]
+    hwnas predictor fit DIR --device-key K -o FILE
+    hwnas predict FILE MODEL.onnx [--json]
     hwnas agent serve|measure ...
 """
 from __future__ import annotations
@@ -22,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from device_agent.cli import add_client_tls_args, client_tls_from_args, read_token
+from device_agent.cli import add_build_args, add_client_tls_args, build_overrides, client_tls_from_args, read_token
 
 
 class CLIError(Exception):
@@ -78,12 +82,16 @@ def _search(args: argparse.Namespace) -> int:
         overrides["objectives"] = tuple(args.objective)
     if args.constraint:
         overrides["constraints"] = tuple(args.constraint)
+    if args.predictor:
+        overrides["predictor"] = dataclasses.replace(cfg.predictor, enabled=True)
     # the TLS flags are named like [agents]' fields (and AgentClient's arguments)
     agent_overrides = client_tls_from_args(args, prefix="agent-")
     if args.token is not None:
         agent_overrides["token"] = args.token
     if agent_overrides:
         overrides["agents"] = dataclasses.replace(cfg.agents, **agent_overrides)
+    if build_overrides(args):  # --backend/--precision/...: how every candidate is built on the agents
+        overrides["build"] = dataclasses.replace(cfg.build, **build_overrides(args))
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides).validate()
     agents = args.agent or None
@@ -167,21 +175,40 @@ def _report(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     args.token = _token(args)
+    from deploy.data import load_export_data
     from deploy.export import export_candidates
-    from search.reporting.results import collect
+    from search.loop.store import Store
+    from search.reporting.results import collect, run_objectives
 
     results = collect(args.run_dir)
     out = args.out or str(Path(args.run_dir) / "export")
+    build = build_overrides(args)
+    if args.calibration and build.get("precision") not in ("int8", "best"):
+        raise CLIError("--calibration N calibrates INT8: give --precision int8 or best")
+    if build and not args.agent:
+        raise CLIError("--backend/--precision/--batch build on a device: give --agent HOST:PORT")
+    try:  # preprocessing, class names, check and test images: the run's dataset
+        data = load_export_data(args.run_dir, check_images=args.check_images,
+                                calibration_images=args.calibration)
+    except (ValueError, OSError) as exc:
+        raise CLIError(f"the run's dataset cannot be loaded for the manifest: {exc}") from None
+    st = Store(args.run_dir, read_only=True)
+    objectives, _ = run_objectives(st)
+    st.close()
     exported = export_candidates(results, args.run_dir, out, only_pareto=not args.all,
-                                 agent=args.agent, token=args.token, tls=client_tls_from_args(args))
+                                 agent=args.agent, token=args.token, tls=client_tls_from_args(args),
+                                 build=build or None, data=data, objectives=objectives,
+                                 min_agreement=args.min_agreement)
     for e in exported:
         print(json.dumps(e, default=str))
     # a candidate without its ONNX, or without the artifact the agent was to build, is not exported
-    failed = [e for e in exported if e.get("error") or e.get("artifact_error")]
+    failed = [e for e in exported if e.get("error") or e.get("artifact_error")
+              or any(a["output_check"] == "failed" for a in e.get("artifacts", []))]
     print(f"{len(exported) - len(failed)} candidate(s) exported to {out}"
           + (f"; {len(failed)} could not be" if failed else "") + ("" if exported else " (none was chosen)"))
     for e in failed:
-        why = e.get("error") or f"the agent's build failed: {e['artifact_error']}"
+        why = e.get("error") or (f"the agent's build failed: {e['artifact_error']}" if e.get("artifact_error")
+                                 else "the artifact failed its output check (see its manifest)")
         print(f"hwnas: error: candidate {e['candidate_id']} not exported: {why}", file=sys.stderr)
     return 1 if failed else 0
 
@@ -262,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--token", help="token the agents expect (visible in `ps`: prefer --token-file)")
     tok.add_argument("--token-file", help="file holding the token the agents expect")
     add_client_tls_args(s, prefix="agent-")
+    add_build_args(s)
     s.add_argument("--registry-port", type=int, metavar="P",
                    help="serve the agent registry here (0 = any free port): agents join with --register")
     s.add_argument("--registry-host", default="127.0.0.1", help="registry bind address (default 127.0.0.1)")
@@ -270,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--registry-tls-client-ca", metavar="PEM",
                    help="registry: require agents' client certificates signed by this CA (mutual TLS)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--predictor", action="store_true",
+                   help="profile layers, fit a cost model per device key and screen candidates ([predictor])")
     s.add_argument("--cost-first", action="store_true",
                    help="measure the untrained network first; a constraint violator is never trained")
     s.add_argument("--accuracy", metavar="supernet:PATH",
@@ -311,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     etok.add_argument("--token", help="token the agent expects (visible in `ps`: prefer --token-file)")
     etok.add_argument("--token-file", help="file holding the token")
     add_client_tls_args(e)
+    add_build_args(e, backends=["onnxruntime", "tensorrt"])
+    e.add_argument("--check-images", type=int, default=256, metavar="N",
+                   help="validation images the ONNX artifact's output check runs on (default 256)")
+    e.add_argument("--calibration", type=int, default=0, metavar="N",
+                   help="INT8: send N training images of the run's dataset for TensorRT's calibrator")
+    e.add_argument("--min-agreement", type=float, default=0.99, metavar="F",
+                   help="top-1 agreement with model.onnx the artifact must reach (default 0.99)")
     e.set_defaults(func=_export)
 
     tf = sub.add_parser("train-final", help="retrain chosen Pareto members with their full schedule")
@@ -321,19 +358,52 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--train-device", metavar="DEV", help="auto, cpu, cuda, cuda:N (default: the run's)")
     tf.set_defaults(func=_train_final)
 
+    rn = sub.add_parser("run", help="classify images with an export's manifest.json (see hwnas run -h)",
+                        add_help=False)
+    rn.add_argument("rest", nargs=argparse.REMAINDER)
+
     st = sub.add_parser("status", help="agents, queue and progress of a run")
     st.add_argument("run_dir")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_status)
 
+    from search.costmodel.cli import add_parsers as add_predictor_parsers
+
+    add_predictor_parsers(sub)
     from device_agent.cli import add_agent_parser
 
     add_agent_parser(sub)
     return p
 
 
+#: Top-level modules of the ``search`` extra; an agent-only install (``pip install hwnas``) lacks them.
+_SEARCH_EXTRA = frozenset({"torch", "torchvision", "sklearn", "matplotlib", "tqdm", "pymoo", "moocore", "optuna"})
+
+
+def _missing_search_extra(exc: ModuleNotFoundError) -> int:
+    """One line instead of a traceback when a search command runs in an agent-only install."""
+    if (exc.name or "").split(".")[0] not in _SEARCH_EXTRA:
+        raise exc
+    print(f"hwnas: error: {exc.name} is not installed: the search commands need "
+          "pip install 'hwnas[search]' (this install serves `hwnas agent ...`)", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    """Entry point of ``hwnas``; ``hwnas agent ...`` needs only the agent's install (no torch)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["agent"]:
+        from device_agent.cli import main as agent_main
+
+        return agent_main(argv[1:], prog="hwnas agent")
+    if argv[:1] == ["run"]:  # the manifest runner: also in an agent-only install
+        from deploy.run import main as run_main
+
+        return run_main(argv[1:])
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as exc:
+        return _missing_search_extra(exc)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -346,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ConfigError, SearchError, StoreError, OSError) as exc:  # OSError: a missing file, read-only media
         print(f"hwnas: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        return _missing_search_extra(exc)
     except KeyboardInterrupt:
         print("hwnas: interrupted; resume with: hwnas search --resume DIR", file=sys.stderr)
         return 130

@@ -54,16 +54,26 @@ File format::
 
     [build]    # device_agent.config.BuildConfig fields
     [measure]  # device_agent.config.MeasureConfig fields
+
+    [predictor]   # issue 12: per-device-key cost model and screening (off by default)
+    enabled = false             # on: agents profile layers, a cost model per key is fitted as
+                                # measurements arrive, and candidates are screened once it is good
+    min_networks = 12           # profiled networks of a key before its first fit (>= 10: held-out)
+    refit_every = 6             # refit after this many more
+    max_heldout_mape_pct = 15.0 # screen with a key's model only when its held-out MAPE is below
+    audit_share = 0.2           # this share of screened candidates is trained and measured anyway
+    screen = true               # false: fit and log predictions, never screen
+    screen_out_of_range = true  # also screen on predictions with features outside the fit's range
 """
 from __future__ import annotations
 
 import math
-import tomllib
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from device_agent.compat import tomllib
 from device_agent.config import BuildConfig, MeasureConfig
 from search.objectives import Constraint, Objective
 
@@ -147,8 +157,23 @@ class AgentsConfig:
         return {k: v for k, v in opts.items() if v}
 
 
-#: The measurement settings of the embedded default: short windows so a demo of ~40
-#: candidates fits in minutes on 2 cores. A real run uses MeasureConfig's defaults.
+@dataclass(frozen=True)
+class PredictorConfig:
+    """The `[predictor]` section (issue 12): fleet-fitted cost models and screening; see
+    :mod:`search.loop.screening`."""
+
+    enabled: bool = False
+    screen: bool = True
+    screen_out_of_range: bool = True
+    min_networks: int = 12
+    refit_every: int = 6
+    max_heldout_mape_pct: float = 15.0
+    audit_share: float = 0.2
+
+
+#: The measurement settings of the embedded default (``hwnas search`` without ``--config``):
+#: short windows so a demo of ~40 candidates fits in minutes on 2 cores. A TOML config starts
+#: from MeasureConfig's documented defaults (docs/measurement.md); its [measure] overrides them.
 DEMO_MEASURE = MeasureConfig(warmup_s=0.1, min_iterations=50, min_duration_s=0.25, max_duration_s=5.0,
                              timeout_s=60.0, memory_limit_mb=2048)
 
@@ -181,7 +206,8 @@ class SearchConfig:
     fidelity: FidelitySettings = field(default_factory=FidelitySettings)
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
-    measure: MeasureConfig = DEMO_MEASURE
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
 
     def objective_list(self) -> list[Objective]:
         return [Objective.parse(o) for o in self.objectives]
@@ -235,6 +261,12 @@ class SearchConfig:
             self.constraint_list()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        pr = self.predictor
+        if pr.min_networks < 10 or pr.refit_every < 1 or not 0.0 <= pr.audit_share <= 1.0:
+            raise ConfigError("[predictor]: min_networks >= 10 (a held-out share is needed), "
+                              "refit_every >= 1, 0 <= audit_share <= 1")
+        if pr.enabled and not self.measure.profile_layers:  # the model learns from the profiles
+            return replace(self, measure=replace(self.measure, profile_layers=True))
         return self
 
 
@@ -316,10 +348,10 @@ def check_epoch_range(cfg: SearchConfig) -> SearchConfig:
 def from_dict(data: dict[str, Any]) -> SearchConfig:
     """Build a config from the parsed TOML structure."""
     data = dict(data)
-    unknown = sorted(set(data) - {"search", "train", "agents", "build", "measure", "fidelity"})
+    unknown = sorted(set(data) - {"search", "train", "agents", "build", "measure", "fidelity", "predictor"})
     if unknown:
         raise ConfigError(f"unknown sections {unknown}")
-    for name in ("search", "train", "agents", "build", "measure", "fidelity"):
+    for name in ("search", "train", "agents", "build", "measure", "fidelity", "predictor"):
         if not isinstance(data.get(name, {}), dict):
             raise ConfigError(f"[{name}] must be a table")
     s = dict(data.get("search", {}))
@@ -342,7 +374,8 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
             agents=_section(AgentsConfig, agents, "agents"),
             fidelity=_fidelity(data.get("fidelity", {})),
             build=BuildConfig.from_dict(build),
-            measure=replace(DEMO_MEASURE, **measure),
+            measure=MeasureConfig.from_dict(measure),
+            predictor=_section(PredictorConfig, data.get("predictor", {}), "predictor"),
         )
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
@@ -363,7 +396,7 @@ def _fidelity(data: dict[str, Any]) -> FidelitySettings:
 def load(path: str | Path | None) -> SearchConfig:
     """Read a TOML config (``None``: the embedded default)."""
     if path is None:
-        return SearchConfig(space_options=dict(DEMO_SPACE_OPTIONS)).validate()
+        return SearchConfig(space_options=dict(DEMO_SPACE_OPTIONS), measure=DEMO_MEASURE).validate()
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
@@ -391,6 +424,7 @@ def restore(data: dict[str, Any]) -> SearchConfig:
     agents.pop("token_set", None)  # see SearchConfig.to_stored
     fid = dict(d.pop("fidelity", None) or {})  # absent in runs stored before [fidelity]
     fid["rungs"] = tuple(fid.get("rungs", ()))
+    predictor = PredictorConfig(**d.pop("predictor", {}))  # absent in runs stored before issue 12
     return SearchConfig(**d, train=TrainSettings(**train), agents=AgentsConfig(**agents),
-                        fidelity=FidelitySettings(**fid),
+                        fidelity=FidelitySettings(**fid), predictor=predictor,
                         build=BuildConfig.from_dict(build), measure=MeasureConfig.from_dict(measure))

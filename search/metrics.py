@@ -78,9 +78,12 @@ class Metric:
         """The kind of this measurement's value, or ``unavailable`` (device metrics only)."""
         if result is None:
             return "unavailable"
-        if self.status_field is not None:
-            return (result.get(self.path[0]) or {}).get(self.status_field, "unavailable")
-        return self.kind if self.read({}, result) is not None else "unavailable"
+        if self.read({}, result) is None and self.path[0] != "energy":
+            return "unavailable"
+        if self.status_field is not None:  # a result from before the field existed: the entry's kind
+            return (result.get(self.path[0]) or {}).get(self.status_field) or (
+                self.kind if self.read({}, result) is not None else "unavailable")
+        return self.kind
 
 
 def _m(name: str, unit: str, direction: str, source: str, path: tuple[str, ...], kind: str,
@@ -104,12 +107,20 @@ CATALOGUE: dict[str, Metric] = dict([
        "largest set of activations alive at once over the ONNX graph's schedule, batch 1 (search.memory)"),
     _m("weights_kb", "kB", "min", "train", ("memory", "weights_kb"), "computed",
        "floating-point parameters at the deployed precision ([build].precision; search.memory)"),
+    # a table agent's latency is published or simulated: the result's latency says which
     _m("latency_ms", "ms", "min", "measurement", ("latency_ms", "median"), "measured",
-       "median latency of the timed runs on the agent", valid=_MS),
+       "median latency of the timed runs on the agent (or a table's published/simulated value)",
+       status_field="status", valid=_MS),
     _m("latency_p99_ms", "ms", "min", "measurement", ("latency_ms", "p99"), "measured",
-       "99th-percentile latency of the timed runs on the agent", valid=_MS),
+       "99th-percentile latency of the timed runs on the agent", status_field="status", valid=_MS),
+    _m("host_peak_mb", "MB", "min", "measurement", ("peak_memory_mb", "value"), "measured",
+       "peak host RSS of the measurement job on the agent (not accelerator memory)", status_field="status",
+       valid=_MB),
+    _m("device_peak_mb", "MB", "min", "measurement", ("device_peak_mb", "value"), "measured",
+       "accelerator memory: a TensorRT engine's device memory size (computed) or the NVML/CUDA "
+       "delta during the job (measured); absent on a CPU", status_field="status", valid=_MB),
     _m("peak_memory_mb", "MB", "min", "measurement", ("peak_memory_mb", "value"), "measured",
-       "peak memory of the measurement job on the agent", status_field="status", valid=_MB),
+       "older name of host_peak_mb (host RSS of the job)", status_field="status", valid=_MB),
     _m("energy_mj", "mJ", "min", "measurement", ("energy", "value_mj"), "measured",
        "energy per inference (gross) from the agent's power sensor; never invented", status_field="status",
        valid=_MJ),
@@ -128,7 +139,7 @@ CANDIDATE_COSTS = tuple(name for name, m in CATALOGUE.items() if m.source == "ca
 ONNX_METRICS = frozenset({"size_mb", "peak_activation_kb", "weights_kb"})
 
 #: device metrics the report compares per device key (one statistic per quantity)
-DEVICE_COSTS = ("latency_ms", "peak_memory_mb", "energy_mj")
+DEVICE_COSTS = ("latency_ms", "host_peak_mb", "device_peak_mb", "energy_mj")
 
 
 def impossible_reading(result: Mapping[str, Any]) -> str | None:

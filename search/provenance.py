@@ -59,7 +59,8 @@ def provenance(c: dict[str, Any], name: str) -> tuple[str, str]:
         train = c.get("train") or {}
         src = train.get("source") or "as recorded in the run's results (no training record)"
         how = src + (f"; {train['epochs']} epochs" if train.get("epochs") else "")
-        return (entry.kind if value is not None else "unavailable"), how
+        kind = "published" if str(src).startswith("table:") else entry.kind  # --accuracy-table
+        return (kind if value is not None else "unavailable"), how
     if entry.source == "candidate":
         return (entry.kind if value is not None else "unavailable"), entry.description
     m = _measurement_for(c, key)
@@ -68,23 +69,27 @@ def provenance(c: dict[str, Any], name: str) -> tuple[str, str]:
     if m.get("error"):
         return "unavailable", f"measurement failed: {m['error']}"
     where = f"on {m.get('device_key')}" + (f" via {m['agent']}" if m.get("agent") else "")
-    if entry.status_field is None:  # latency: a statistic of the timed runs
+    if entry.path[0] == "latency_ms":  # a statistic of the timed runs, or a table's value
         lat = m.get("latency_ms") or {}
         if not lat:
             return "unavailable", f"no latency {where}"
+        status = entry.status(m)
+        if status in ("published", "simulated"):
+            return status, f"{lat.get('method') or 'a table'} {where}"
         stat = entry.path[-1]
         ci = (f", 95% CI of median [{fmt(lat.get('ci_low'))}, {fmt(lat.get('ci_high'))}]"
               if lat.get("ci_low") is not None else "")
         flags = f"; flags: {', '.join(m['flags'])}" if m.get("flags") else ""
-        return "measured", (f"{stat} of {lat.get('count', '?')} timed runs {where}"
-                            f" ({lat.get('method') or m.get('backend') or 'timed loop'}){ci}{flags}")
+        return status, (f"{stat} of {lat.get('count', '?')} timed runs {where}"
+                        f" ({lat.get('method') or m.get('backend') or 'timed loop'}){ci}{flags}")
     part = m.get(entry.path[0]) or {}
     return entry.status(m), f"{part.get('method') or 'not reported'} {where}"
 
 
 def cost_values(c: dict[str, Any], objectives: Sequence[Objective]) -> dict[str, float]:
-    """Every cost number of ``c``: cost objectives, params, size_mb, and the measured latency,
-    peak memory and energy on each device (energy only where a sensor gave a value)."""
+    """Every cost number of ``c``: cost objectives, params, size_mb, and the latency, host and
+    device memory and energy on each device (energy only where a sensor or table gave a value);
+    what each number is comes from :func:`provenance`."""
     out: dict[str, float] = {}
     objs = c.get("objectives") or {}
     for o in objectives:
@@ -101,6 +106,6 @@ def cost_values(c: dict[str, Any], objectives: Sequence[Objective]) -> dict[str,
         for name in DEVICE_COSTS:
             entry = CATALOGUE[name]
             v = num(entry.read({}, m))
-            if v is not None and entry.status(m) in ("measured", "estimated"):
+            if v is not None and entry.status(m) != "unavailable":
                 out.setdefault(f"{name}@{dk}", v)
     return out

@@ -15,7 +15,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from device_agent.config import BuildConfig, MeasureConfig
-from device_agent.core.jobs import JobFailed, build_artifact, run_job
+from device_agent.core.jobs import PEAK_MEMORY_METHOD, JobFailed, build_artifact, run_job
 
 from conftest import export_tiny_cnn, hang_onnx, job_processes, wait_until
 
@@ -60,7 +60,8 @@ def test_tiny_cnn_ok(models):
     assert s.count >= 30 and 0 < s.min <= s.median <= s.p99 <= s.max < 1000
     assert s.ci_low <= s.median <= s.ci_high and "host wall clock" in s.method
     assert r.peak_memory_mb.status == "measured" and 0 < r.peak_memory_mb.value < 1024
-    assert r.peak_memory_mb.method == "peak RSS delta of the job process (ru_maxrss)"
+    assert r.peak_memory_mb.method == PEAK_MEMORY_METHOD and r.peak_memory_mb.method.startswith("host RSS")
+    assert r.device_peak_mb is None  # no accelerator here
     assert r.output_check["ok"] and r.output_check["max_abs_diff"] < 1e-5
     assert r.energy.status in ("measured", "unavailable")
     if r.energy.status == "unavailable":
@@ -174,3 +175,18 @@ def test_unavailable_backend_is_unsupported(models):
         pytest.skip("TensorRT is available here; its own tests cover it")
     r = run_job(models["cnn"], BuildConfig(backend="tensorrt"), FAST, job_id="trt", device_key="dev")
     assert r.error_kind == "unsupported" and "tensorrt" in r.error.lower()
+
+
+def test_device_memory_is_its_own_metric_measured_or_computed():
+    """Accelerator memory: the CUDA/NVML delta when measured, the engine's size when not, absent on a CPU."""
+    from device_agent.core.jobs import device_memory_metric
+
+    assert device_memory_metric({}) is None  # a CPU runner reports no accelerator memory
+    trt = {"memory": {"activation_bytes": 3 << 20, "io_bytes": 1 << 20, "cuda_mem_delta_bytes": 0}}
+    m = device_memory_metric(trt)
+    assert m["value"] == 4.0 and m["status"] == "computed" and "device_memory_size" in m["method"]
+    trt["memory"]["cuda_mem_delta_bytes"] = 10 << 20
+    m = device_memory_metric(trt)
+    assert m["value"] == 10.0 and m["status"] == "measured" and "device_memory_size 3.0 MB" in m["method"]
+    ort = {"memory": {"nvml_used_delta_bytes": 6 << 20, "method": "NVML delta"}}
+    assert device_memory_metric(ort) == {"value": 6.0, "status": "measured", "method": "NVML delta", "unit": "MB"}

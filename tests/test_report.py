@@ -75,7 +75,7 @@ def test_near_best_picks_the_cheapest_within_tolerance():
     assert r2["cheapest_id"] == 7 and r2["ratio"] == pytest.approx(10.0)
     assert by[(2.0, "params")]["ratio"] == pytest.approx(20.0)
     # measured peak memory counts as a cost; unavailable energy does not appear
-    assert (1.0, f"peak_memory_mb@{DEV}") in by
+    assert (1.0, f"host_peak_mb@{DEV}") in by
     assert not any(m.startswith("energy") for _, m in by)
 
 

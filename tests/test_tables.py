@@ -30,6 +30,17 @@ def write_csv(path, gz: bool = False) -> str:
     return str(path)
 
 
+def test_simulated_column_is_labelled_simulated_never_measured(tmp_path):
+    path = write_csv(tmp_path / "t.csv", False)
+    tb = TableSource(table_path=path, metrics={"latency_ms": "lat_dev:simulated", "energy_mj": "energy_dev"})
+    r = tb.lookup("a|b")
+    assert r.latency_ms.median == 1.5 and r.latency_ms.status == "simulated"
+    assert r.latency_ms.method == "table:t.csv:lat_dev" and r.energy.status == "published"
+    assert tb.describe()["kinds"] == {"latency_ms": "simulated", "energy_mj": "published"}
+    with pytest.raises(ValueError, match="lat_nope"):  # the column, not "lat_nope:simulated"
+        TableSource(table_path=path, metrics={"latency_ms": "lat_nope:simulated"})
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_lookup_from_written_csv(tmp_path, gz):
     path = write_csv(tmp_path / ("t.csv.gz" if gz else "t.csv"), gz)
@@ -40,9 +51,9 @@ def test_lookup_from_written_csv(tmp_path, gz):
     s = r.latency_ms
     assert s.median == s.mean == 1.5 and s.count == 1
     assert s.method == f"table:{os.path.basename(path)}:lat_dev"
-    assert r.energy.status == "measured" and r.energy.value_mj == 10.0
-    assert r.energy.method == f"table:{os.path.basename(path)}:energy_dev (published measurement)"
-    assert r.peak_memory_mb.value == 3.0
+    assert r.energy.status == "published" and s.status == "published" and r.energy.value_mj == 10.0
+    assert r.energy.method == f"table:{os.path.basename(path)}:energy_dev"
+    assert r.peak_memory_mb.value == 3.0 and r.peak_memory_mb.status == "published"
     # missing energy cell: energy unavailable, never invented
     r = tb.lookup("c|d")
     assert r.ok and r.latency_ms.median == 2.25 and r.energy.status == "unavailable" and r.energy.value_mj is None

@@ -201,3 +201,38 @@ def test_build_run_profile_serialize_on_gpu(tmp_path):
     assert again.info()["engine_cache"] == "hit"
     again.close()
     assert any((tmp_path / "cache" / "timing").iterdir())
+
+
+def test_int8_by_calibration_and_best_flags():
+    """INT8 from calibration images (entropy calibrator) on TensorRT < 11; ``best`` sets FP16
+    (+ INT8 where the graph is quantized or calibrated); TensorRT 11 has no implicit calibration."""
+    from device_agent.backends.tensorrt import calibration_batches
+
+    assert select_precision("int8", (10, 3, 0), has_qdq=False, calibrated=True).set_flags == ("INT8",)
+    assert select_precision("best", (10, 3, 0), has_qdq=False).set_flags == ("FP16",)
+    assert select_precision("best", (8, 6, 1), has_qdq=False, calibrated=True).set_flags == ("FP16", "INT8")
+    with pytest.raises(UnsupportedError, match="no implicit INT8 calibration"):
+        select_precision("int8", (11, 0, 0), has_qdq=False, calibrated=True)
+    batches = calibration_batches(np.arange(7 * 3 * 2 * 2, dtype=np.float64).reshape(7, 3, 2, 2), 3)
+    assert [b.shape for b in batches] == [(3, 3, 2, 2)] * 2 and batches[0].dtype == np.float32
+    assert batches[1].flags["C_CONTIGUOUS"] and batches[1][0, 0, 0, 0] == 36.0
+    with pytest.raises(UnsupportedError, match="at least 8 images"):
+        calibration_batches(np.zeros((4, 3, 2, 2)), 8)
+
+
+def test_calibration_images_round_trip_through_a_valid_onnx_container(tmp_path):
+    """The agent keeps only valid models, so calibration images travel as one ONNX initializer."""
+    from device_agent.core.calibration import calibration_model, read_calibration
+    from device_agent.core.validate import validate_model
+
+    images = np.random.default_rng(0).standard_normal((5, 3, 4, 4)).astype(np.float32)
+    path = tmp_path / "cal.onnx"
+    path.write_bytes(calibration_model(images))
+    validate_model(str(path))  # passes the agent's hostile-input checks
+    assert np.array_equal(read_calibration(str(path)), images)
+    other = tmp_path / "model.onnx"
+    from tests._agent_util import tiny_cnn_onnx
+
+    other.write_bytes(tiny_cnn_onnx())
+    with pytest.raises(ValueError, match="calibration container"):
+        read_calibration(str(other))

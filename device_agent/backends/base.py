@@ -205,19 +205,57 @@ class Backend(ABC):
         """``(available, reason)``: whether this backend can run here, and why (not)."""
         return True, "available"
 
+    #: whether ``build(calibration=...)`` (INT8 calibration images) is understood
+    supports_calibration: bool = False
+
     def build(self, model_path: str, build: BuildConfig, *, workdir: str,
-              batch_size: int = 1) -> Runner:
-        """Compile ``model_path`` with ``build``; dynamic batch dims become ``batch_size``."""
+              batch_size: int = 1, calibration: str | None = None) -> Runner:
+        """Compile ``model_path`` with ``build``; dynamic batch dims become ``batch_size``;
+        ``calibration``: the path of INT8 calibration images (``device_agent.core.calibration``)."""
         ok, reason = self.availability()
         if not ok:
             raise BackendUnavailable(f"backend {self.name!r} unavailable: {reason}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        return self.build_impl(model_path, build, workdir=workdir, batch_size=batch_size)
+        if calibration is not None and not self.supports_calibration:
+            raise UnsupportedError(f"backend {self.name!r} does not calibrate INT8 (TensorRT does)")
+        extra = {"calibration": calibration} if calibration is not None else {}
+        runner = self.build_impl(model_path, build, workdir=workdir, batch_size=batch_size, **extra)
+        problem = precision_problem(build.precision, runner.precision,
+                                    runner.info().get("precision_obtained"))
+        if problem is not None:  # a fallback (fp32 instead of fp16) is an error, not a label
+            runner.close()
+            raise BuildError(problem)
+        return runner
 
     @abstractmethod
     def build_impl(self, model_path: str, build: BuildConfig, *, workdir: str,
                    batch_size: int) -> Runner: ...
+
+
+def precision_problem(requested: str, obtained: str, detail: Any = None) -> str | None:
+    """Why a build that asked for ``requested`` and got ``obtained`` is not acceptable, or None.
+
+    ``obtained`` is fp32 / fp16 / int8 / mixed / unknown; ``detail`` may hold ``layer_types``
+    (layers per output type, from TensorRT's inspector). fp16 and int8 must be seen in the
+    engine (``mixed`` counts when that type has layers); fp32 accepts ``unknown`` because no
+    reduced-precision flag was set; ``best`` accepts anything the inspector could read.
+    """
+    if requested == obtained:
+        return None
+    layer_types = (detail or {}).get("layer_types", {}) if isinstance(detail, dict) else {}
+    if requested == "best" and obtained != "unknown":
+        return None
+    if requested == "fp32" and obtained == "unknown":
+        return None
+    if obtained == "mixed" and requested in ("fp16", "int8") and layer_types.get(requested, 0) > 0:
+        return None
+    if obtained == "unknown":
+        return (f"requested precision {requested} could not be confirmed: the runtime does not "
+                "report the precision it obtained")
+    how = "; ".join(x for x in (f"layers by type: {layer_types}" if layer_types else "",
+                                 str((detail or {}).get("method", "")) if isinstance(detail, dict) else "") if x)
+    return f"requested precision {requested} was not obtained: the build gave {obtained}" + (f" ({how})" if how else "")
 
 
 # ------------------------------------------------------------------------------------ registry

@@ -4,6 +4,16 @@ Session settings (the build step of docs/measurement.md, "One job, step by step"
 ``ORT_SEQUENTIAL`` execution, ``intra_op_num_threads`` set explicitly from the build config and
 recorded, ``inter_op_num_threads=1``; the CUDA EP uses ``arena_extend_strategy=kSameAsRequested``
 so peak memory reflects the model. Inputs are bound once through IOBinding.
+
+Precision: ``fp16`` on the CPU or CUDA provider converts the graph with ONNX Runtime's own
+float16 converter (``onnxruntime.transformers.float16``, inputs and outputs kept float32). The
+precision obtained is read from the weights of the graph that runs: on the CPU provider the
+graph as ORT optimized it, because the CPU provider casts fp16 nodes it has no kernel for back
+to fp32 (on x86 it has none, so an fp16 request fails there: fp32 compute is not fp16); ``fp16`` on the TensorRT provider sets
+``trt_fp16_enable`` but ORT cannot say what TensorRT picked, so the precision is ``unknown`` and
+the build fails (use the ``tensorrt`` backend, whose inspector can tell). ``int8`` needs a Q/DQ
+model; ``best`` is a TensorRT builder mode. A session whose providers do not start with the
+requested one (ORT silently drops a CUDA/TensorRT provider it cannot load) fails the build.
 """
 from __future__ import annotations
 
@@ -83,6 +93,52 @@ def providers_for(build: BuildConfig, *, workdir: str) -> list[Any]:
     return [("TensorrtExecutionProvider", trt_opts), cuda, "CPUExecutionProvider"]
 
 
+def provider_fallback(execution_provider: str, session_providers: list[str]) -> str | None:
+    """Why a session is not running on the requested provider, or None.
+
+    ``InferenceSession`` drops a CUDA or TensorRT provider it cannot initialise (missing CUDA or
+    cuDNN libraries, no device) with only a log warning and runs on the CPU; that would time the
+    CPU under the GPU's name, so it is an error (``session.get_providers()`` tells).
+    """
+    want = _EP_NAMES.get(execution_provider, execution_provider)
+    if session_providers and session_providers[0] == want:
+        return None
+    return (f"{want} was requested but the session runs on {', '.join(session_providers) or 'nothing'}: "
+            "ONNX Runtime fell back (CUDA/cuDNN/TensorRT libraries missing or no device?)")
+
+
+def graph_precision(model: Any) -> dict[str, Any]:
+    """Precision of an ONNX graph from its floating-point initializers (weights):
+    ``{"precision": fp32|fp16|int8|mixed|unknown, "layer_types": {type: count}}``."""
+    import onnx
+
+    names = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16",
+             onnx.TensorProto.BFLOAT16: "bf16", onnx.TensorProto.DOUBLE: "fp64"}
+    counts: dict[str, int] = defaultdict(int)
+    for init in model.graph.initializer:
+        if init.data_type in names and len(init.dims) > 1:  # weights, not scalars or shapes
+            counts[names[init.data_type]] += 1
+    if any(n.op_type in ("QuantizeLinear", "QLinearConv", "ConvInteger") for n in model.graph.node):
+        counts["int8"] += 1
+    kinds = sorted(counts)
+    precision = "unknown" if not kinds else kinds[0] if len(kinds) == 1 else "mixed"
+    return {"precision": precision, "layer_types": dict(sorted(counts.items())),
+            "method": "weight initializer dtypes"}
+
+
+def convert_to_fp16(model_path: str, out_path: str) -> str:
+    """The model with float16 weights and compute, float32 inputs/outputs kept (ORT's converter)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(model_path)
+    try:
+        onnx.save(convert_float_to_float16(model, keep_io_types=True), out_path)
+    except Exception as exc:  # noqa: BLE001 - the converter raises several types
+        raise BuildError(f"fp16 conversion failed: {type(exc).__name__}: {exc}") from None
+    return out_path
+
+
 def resolve_inputs(sess: ort.InferenceSession, batch_size: int) -> list[TensorSpec]:
     """Concrete input specs: a dynamic leading dim becomes ``batch_size``; others are errors."""
     specs = []
@@ -109,11 +165,31 @@ class OrtRunner(Runner):
         super().__init__()
         self._model_path, self._build, self._workdir = model_path, build, workdir
         self._providers = providers
-        self._so = session_options(build)
+        # The CPU provider runs fp16 nodes it has no kernels for by casting them to fp32 (x86
+        # MLAS has none): the precision obtained is read from the graph ORT actually runs.
+        self._optimized = os.path.join(workdir, "optimized.onnx") if build.execution_provider == "cpu" else None
+        self._so = session_options(build, optimized_path=self._optimized)
+        self._nvml_before: int | None = None
+        if build.execution_provider in ("cuda", "tensorrt"):  # accelerator memory: NVML delta
+            from device_agent.sensors.nvml import gpu_used_bytes
+
+            self._nvml_before = gpu_used_bytes()
         try:
             self._sess = ort.InferenceSession(model_path, sess_options=self._so, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises several exception types
             raise BuildError(f"onnxruntime session creation failed: {exc}") from None
+        fallback = provider_fallback(build.execution_provider, self._sess.get_providers())
+        if fallback is not None:
+            raise BuildError(fallback)
+        if build.execution_provider == "tensorrt":
+            self._precision = {"precision": "unknown", "layer_types": {},
+                               "method": "the TensorRT provider does not report what it picked"}
+        else:
+            import onnx
+
+            self._precision = graph_precision(onnx.load(self._optimized or model_path, load_external_data=False))
+            self._precision["method"] += (" of the graph as ORT optimized it for the CPU provider" if self._optimized
+                                          else " (the CUDA provider runs the graph's types)")
         self._specs = resolve_inputs(self._sess, batch_size)
         self._device = "cuda" if build.execution_provider in ("cuda", "tensorrt") else "cpu"
         self._binding: ort.IOBinding | None = None
@@ -126,13 +202,20 @@ class OrtRunner(Runner):
 
     @property
     def precision(self) -> str:
-        if self._build.execution_provider == "tensorrt" and self._build.precision == "fp16":
-            return "fp16"
-        types = {o.type for o in self._sess.get_outputs()} | {i.type for i in self._sess.get_inputs()}
-        return "fp16" if "tensor(float16)" in types else "fp32"
+        return str(self._precision["precision"])
 
     def info(self) -> dict[str, Any]:
-        return {"onnxruntime": ort.__version__, "providers": self._sess.get_providers(),
+        out: dict[str, Any] = {}
+        if self._nvml_before is not None:
+            from device_agent.sensors.nvml import gpu_used_bytes
+
+            now = gpu_used_bytes()
+            if now is not None:
+                out["memory"] = {"nvml_used_delta_bytes": now - self._nvml_before,
+                                 "method": "NVML device-wide used memory, after the session ran minus "
+                                           "before it was created (other processes included)"}
+        return {**out, "onnxruntime": ort.__version__, "providers": self._sess.get_providers(),
+                "precision_obtained": dict(self._precision),
                 "intra_op_num_threads": self._so.intra_op_num_threads,
                 "inter_op_num_threads": self._so.inter_op_num_threads,
                 "graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
@@ -181,9 +264,10 @@ class OrtRunner(Runner):
 
     def serialize_impl(self) -> bytes | None:
         """The graph as optimized by ORT_ENABLE_ALL for this machine (a second session writes it)."""
-        path = os.path.join(self._workdir, "optimized.onnx")
-        so = session_options(self._build, optimized_path=path)
-        ort.InferenceSession(self._model_path, sess_options=so, providers=self._providers)
+        path = self._optimized or os.path.join(self._workdir, "optimized.onnx")
+        if self._optimized is None:
+            so = session_options(self._build, optimized_path=path)
+            ort.InferenceSession(self._model_path, sess_options=so, providers=self._providers)
         with open(path, "rb") as f:
             return f.read()
 
@@ -194,10 +278,13 @@ class OrtRunner(Runner):
 
 
 def aggregate_profile(events: list[dict[str, Any]], iterations: int) -> list[dict[str, Any]]:
-    """Per-node mean/median ms from an ORT profiler trace (``*_kernel_time`` node events)."""
+    """Per-node mean/median ms from an ORT profiler trace (``*_kernel_time`` node events), with
+    the node's ``input_type_shape``/``output_type_shape`` as ORT reports them (the shapes the
+    cost model's features are checked against; issue 12)."""
     times: dict[str, list[float]] = defaultdict(list)
     ops: dict[str, str] = {}
     providers: dict[str, str] = {}
+    shapes: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     for ev in events:
         if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time"):
@@ -209,12 +296,13 @@ def aggregate_profile(events: list[dict[str, Any]], iterations: int) -> list[dic
         args = ev.get("args", {})
         ops[name] = args.get("op_name", "")
         providers[name] = args.get("provider", "")
+        shapes.setdefault(name, {k: args[k] for k in ("input_type_shape", "output_type_shape") if k in args})
     out = []
     for name in order:
         t = times[name][-iterations:] if len(times[name]) > iterations else times[name]
         out.append({"name": name, "op_type": ops[name], "provider": providers[name],
                     "mean_ms": statistics.fmean(t), "median_ms": statistics.median(t),
-                    "count": len(t)})
+                    "count": len(t), **shapes[name]})
     return out
 
 
@@ -228,10 +316,14 @@ class OnnxRuntimeBackend(Backend):
 
     def build_impl(self, model_path: str, build: BuildConfig, *, workdir: str,
                    batch_size: int) -> OrtRunner:
-        if build.precision not in ("fp32", "fp16", "int8"):
+        if build.precision not in ("fp32", "fp16", "int8", "best"):
             raise UnsupportedError(f"unknown precision {build.precision!r}")
+        if build.precision == "best":
+            raise UnsupportedError("precision 'best' is a TensorRT builder mode; ask onnxruntime for fp32 or fp16")
         if build.precision == "int8":
             raise UnsupportedError("int8 needs a quantized (QDQ) model; requested int8 on onnxruntime")
         providers = providers_for(build, workdir=workdir)
+        if build.precision == "fp16" and build.execution_provider != "tensorrt":
+            model_path = convert_to_fp16(model_path, os.path.join(workdir, "model-fp16.onnx"))
         return OrtRunner(model_path=model_path, build=build, workdir=workdir,
                          batch_size=batch_size, providers=providers)

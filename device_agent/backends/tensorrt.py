@@ -69,18 +69,26 @@ class PrecisionPlan:
 
 
 def select_precision(requested: str, version: tuple[int, int, int], *,
-                     has_qdq: bool) -> PrecisionPlan:
-    """The builder flags for ``requested`` (fp32/fp16/int8) on ``version``.
+                     has_qdq: bool, calibrated: bool = False) -> PrecisionPlan:
+    """The builder flags for ``requested`` (fp32/fp16/int8/best) on ``version``.
 
     TensorRT 11 removed the FP16/INT8 flags (strong typing): precision then comes from the ONNX
-    graph and the note says so. INT8 needs Q/DQ nodes (calibration is not implemented).
+    graph and the note says so. INT8 needs Q/DQ nodes or calibration images (``calibrated``:
+    the entropy calibrator, TensorRT < 11); ``best`` sets FP16, and INT8 where it can.
     """
-    if requested not in ("fp32", "fp16", "int8"):
+    if requested not in ("fp32", "fp16", "int8", "best"):
         raise UnsupportedError(f"unknown precision {requested!r}")
-    if requested == "int8" and not has_qdq:
-        raise UnsupportedError("int8 needs an explicitly quantized (Q/DQ) ONNX model; "
-                               "calibration is not implemented")
     strongly_typed = version[0] >= 11
+    if calibrated and strongly_typed:
+        raise UnsupportedError(f"TensorRT {version[0]} has no implicit INT8 calibration; "
+                               "give a Q/DQ (explicitly quantized) ONNX model")
+    if requested == "int8" and not (has_qdq or calibrated):
+        raise UnsupportedError("int8 needs an explicitly quantized (Q/DQ) ONNX model or calibration "
+                               "images (hwnas export --calibration N)")
+    if requested == "best" and not strongly_typed:
+        int8 = ("INT8",) if (has_qdq or calibrated) else ()
+        return PrecisionPlan(("FP16", *int8), (), "best: FP16" + (" + INT8" if int8 else "")
+                             + " flags set (TensorRT picks per layer)")
     if requested == "fp32":
         # TF32 is on by default for FP32 layers on Ampere+; it would break the 1e-5 output check.
         return PrecisionPlan((), ("TF32",), "fp32 (TF32 disabled)")
@@ -89,7 +97,55 @@ def select_precision(requested: str, version: tuple[int, int, int], *,
                                      "builder flag; precision follows the ONNX graph")
     if requested == "fp16":
         return PrecisionPlan(("FP16",), (), "FP16 flag set (TensorRT picks per layer)")
-    return PrecisionPlan(("INT8",), (), "INT8 flag set for the Q/DQ (explicitly quantized) graph")
+    if requested == "best":
+        return PrecisionPlan((), (), f"TensorRT {version[0]} is strongly typed: precision follows the ONNX graph")
+    return PrecisionPlan(("INT8",), (), "INT8 flag set: " + ("entropy calibration on the images sent"
+                                                             if calibrated else "Q/DQ (explicitly quantized) graph"))
+
+
+def calibration_batches(images: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Contiguous float32 batches of ``batch_size`` from calibration ``images`` (a short last
+    batch is dropped: the calibrator's batch size is fixed)."""
+    if images.ndim < 2 or len(images) < batch_size:
+        raise UnsupportedError(f"calibration needs at least {batch_size} images of shape (N, C, H, W); "
+                               f"got {images.shape}")
+    n = len(images) // batch_size * batch_size
+    return [np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32) for i in range(0, n, batch_size)]
+
+
+def _make_calibrator(trt: Any, cudart: Any, *, images: np.ndarray, batch_size: int, cache_path: Path) -> Any:
+    """An ``IInt8EntropyCalibrator2`` over ``images``; its cache is read from / written to
+    ``cache_path`` so a rebuild does not calibrate again."""
+
+    class _Calibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.batches = calibration_batches(images, batch_size)
+            self.index = 0
+            self.device = _cuda(cudart, cudart.cudaMalloc(self.batches[0].nbytes), "cudaMalloc(calibration)")
+
+        def get_batch_size(self) -> int:
+            return batch_size
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            if self.index >= len(self.batches):
+                return None  # calibration done
+            batch = self.batches[self.index]
+            self.index += 1
+            _cuda(cudart, cudart.cudaMemcpy(self.device, batch.ctypes.data, batch.nbytes,
+                                            cudart.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy(calibration)")
+            return [int(self.device)] * len(names)
+
+        def read_calibration_cache(self) -> bytes | None:
+            return cache_path.read_bytes() if cache_path.exists() else None
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            _atomic_write(cache_path, bytes(cache))
+
+        def free(self) -> None:
+            cudart.cudaFree(self.device)
+
+    return _Calibrator()
 
 
 def resolve_shape(name: str, dims: tuple[int, ...] | list[int], batch_size: int) -> tuple[int, ...]:
@@ -405,10 +461,8 @@ class TensorRTRunner(Runner):
 
     @property
     def precision(self) -> str:
-        """From the engine inspector; if it could not tell, the requested precision (for fp32
-        that is exact: no reduced-precision flag was set and TF32 was cleared)."""
-        got = str(self._info.get("precision_obtained", {}).get("precision", "unknown"))
-        return got if got != "unknown" else str(self._info.get("precision_requested", "unknown"))
+        """From the engine inspector; ``unknown`` when it could not tell (never the request)."""
+        return str(self._info.get("precision_obtained", {}).get("precision", "unknown"))
 
     def info(self) -> dict[str, Any]:
         return dict(self._info)
@@ -529,13 +583,16 @@ class TensorRTBackend(Backend):
             return False, "no CUDA device"
         return True, f"TensorRT {trt.__version__} on {gpu_properties(rt)['name']}"
 
+    supports_calibration = True
+
     def build_impl(self, model_path: str, build: BuildConfig, *, workdir: str,
-                   batch_size: int) -> TensorRTRunner:
+                   batch_size: int, calibration: str | None = None) -> TensorRTRunner:
         trt, rt = _import_trt(), _import_cudart()
         version = parse_version(trt.__version__)
         data = Path(model_path).read_bytes()
         sha = hashlib.sha256(data).hexdigest()
-        plan_cfg = select_precision(build.precision, version, has_qdq=onnx_has_qdq(data))
+        plan_cfg = select_precision(build.precision, version, has_qdq=onnx_has_qdq(data),
+                                    calibrated=calibration is not None)
         gpu = gpu_properties(rt)
         key = engine_cache_key(onnx_sha256=sha, trt_version=trt.__version__, gpu_model=gpu["name"],
                                build=build.to_dict(), batch_size=batch_size)
@@ -548,7 +605,7 @@ class TensorRTBackend(Backend):
             info["engine_cache"] = "hit"
         else:
             plan, build_info = self._build_plan(trt, data, model_path, build, plan_cfg, version,
-                                                gpu["name"], batch_size)
+                                                gpu["name"], batch_size, calibration)
             info.update(build_info, engine_cache="miss")
             _atomic_write(engine_path, plan)
         runner = TensorRTRunner(plan=plan, batch_size=batch_size, build_info=info)
@@ -564,7 +621,7 @@ class TensorRTBackend(Backend):
     def _build_plan(self, trt: Any, data: bytes, model_path: str, build: BuildConfig,
                     plan_cfg: PrecisionPlan,
                     version: tuple[int, int, int], gpu_name: str,
-                    batch_size: int) -> tuple[bytes, dict[str, Any]]:
+                    batch_size: int, calibration: str | None = None) -> tuple[bytes, dict[str, Any]]:
         logger = _make_logger(trt)
         builder = trt.Builder(logger)
         flags = 0
@@ -593,17 +650,35 @@ class TensorRTBackend(Backend):
             tensor = network.get_input(i)
             dims = tuple(tensor.shape)
             if any(d < 0 for d in dims):
-                shape = resolve_shape(tensor.name, dims, batch_size)
+                # --batch MIN,OPT,MAX: one engine for a range of batch sizes; else fixed at the job's
+                lo, opt, hi = ((build.batch_min, build.batch_opt, build.batch_max) if build.batch_max
+                               else (batch_size,) * 3)
                 profile = profile or builder.create_optimization_profile()
-                profile.set_shape(tensor.name, shape, shape, shape)
+                profile.set_shape(tensor.name, *(resolve_shape(tensor.name, dims, b) for b in (lo, opt, hi)))
         if profile is not None:
             config.add_optimization_profile(profile)
+        calibrator = None
+        if calibration is not None and "INT8" in plan_cfg.set_flags:
+            from device_agent.core.calibration import read_calibration
+
+            images = read_calibration(calibration)
+            cal_path = Path(self.cache_dir, "calibration",
+                            f"{slug(gpu_name)}-trt{slug(trt.__version__)}-{Path(calibration).stem[:16]}-{hashlib.sha256(data).hexdigest()[:16]}.cache")
+            calibrator = _make_calibrator(trt, _import_cudart(), images=images,
+                                          batch_size=max(1, build.batch_opt or batch_size), cache_path=cal_path)
+            config.int8_calibrator = calibrator  # deprecated in TensorRT 10, absent in 11 (refused above)
+            if profile is not None:
+                config.set_calibration_profile(profile)
         tc_path = timing_cache_path(self.cache_dir, gpu_name, trt.__version__)
         cache_bytes = tc_path.read_bytes() if tc_path.exists() else b""
         timing_cache = config.create_timing_cache(cache_bytes)
         config.set_timing_cache(timing_cache, ignore_mismatch=False)
         t0 = time.perf_counter()
-        plan = builder.build_serialized_network(network, config)
+        try:
+            plan = builder.build_serialized_network(network, config)
+        finally:
+            if calibrator is not None:
+                calibrator.free()
         build_s = time.perf_counter() - t0
         if plan is None:
             raise BuildError("build_serialized_network failed: "
@@ -615,6 +690,8 @@ class TensorRTBackend(Backend):
                              "cleared_flags": list(plan_cfg.clear_flags),
                              "network_flags": network_flag_names(version),
                              "workspace_mb": build.workspace_mb,
+                             "calibration": ({"images": int(len(calibrator.batches) * calibrator.get_batch_size()),
+                                              "cache": str(cal_path)} if calibrator is not None else None),
                              "build_warnings": logger.messages[-20:]}
 
 

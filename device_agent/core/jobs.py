@@ -17,7 +17,6 @@ Test hooks: with ``HWNAS_TEST_HOOKS=1`` in the caller's environment, ``HWNAS_TES
 from __future__ import annotations
 
 import gc
-import hashlib
 import multiprocessing as mp
 import os
 import re
@@ -30,15 +29,33 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from device_agent.compat import sha256_stream
 from device_agent.config import BuildConfig, MeasureConfig
-from device_agent.core.result import MEASURED, Energy, LatencyStats, MeasureResult, Metric
+from device_agent.core.result import COMPUTED, MEASURED, Energy, LatencyStats, MeasureResult, Metric
 from device_agent.core.validate import DEFAULT_MAX_BYTES, DEFAULT_MAX_TENSOR_ELEMS
 from device_agent.tables import answers_by_arch_key
 
 PRELOAD = ["numpy", "onnx", "onnxruntime", "scipy.special", "device_agent.core.stats", "device_agent.core.jobs",
            "device_agent.core.measure", "device_agent.backends.onnxruntime_backend"]
-PEAK_MEMORY_METHOD = "peak RSS delta of the job process (ru_maxrss)"
+PEAK_MEMORY_METHOD = "host RSS: peak RSS delta of the job process (ru_maxrss); not accelerator memory"
 PROFILE_ITERATIONS = 20
+
+
+def device_memory_metric(runner_info: dict[str, Any]) -> dict[str, Any] | None:
+    """``device_peak_mb`` from a runner's ``info()["memory"]`` (None on a CPU): the measured
+    CUDA (cudaMemGetInfo) or NVML delta where there is one, else TensorRT's computed
+    ``device_memory_size`` plus I/O buffers."""
+    mem = runner_info.get("memory") or {}
+    mb = 2.0 ** 20
+    for key in ("cuda_mem_delta_bytes", "nvml_used_delta_bytes"):
+        if (mem.get(key) or 0) > 0:
+            extra = (f"; engine device_memory_size {mem['activation_bytes'] / mb:.1f} MB"
+                     if mem.get("activation_bytes") is not None else "")
+            return Metric(mem[key] / mb, MEASURED, f"{mem.get('method', key)}{extra}", "MB").to_dict()
+    if mem.get("activation_bytes") is not None:
+        return Metric((mem["activation_bytes"] + mem.get("io_bytes", 0)) / mb, COMPUTED,
+                      "TensorRT engine device_memory_size + I/O buffers (no measured delta)", "MB").to_dict()
+    return None
 _OOM_RE = re.compile(r"bad_alloc|failed to allocate|out of memory|cannot allocate|MemoryError|"
                      r"std::length_error|Unable to allocate", re.IGNORECASE)
 _CTX_LOCK = threading.Lock()
@@ -67,7 +84,7 @@ def file_sha256(path: str) -> str:
     """sha256 of the file at ``path`` ("" if unreadable)."""
     try:
         with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+            return sha256_stream(f)
     except OSError:
         return ""
 
@@ -140,6 +157,7 @@ def _measure_child(p: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
             stats, flags, info = measure_latency(runner, cfg, backend=build.backend)
             out.update(latency_ms=stats.to_dict(), flags=flags)
             prov["timing"] = info
+            out["device_peak_mb"] = device_memory_metric(runner.info())  # after the timed loop
             if cfg.profile_layers:
                 state["stage"] = "profile"
                 out["layers"] = runner.profile(PROFILE_ITERATIONS)
@@ -163,7 +181,8 @@ def _artifact_child(p: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     validate_model(p["model_path"], max_bytes=p["max_bytes"], max_tensor_elems=p["max_tensor_elems"])
     state["stage"] = "build"
     with tempfile.TemporaryDirectory(prefix="hwnas-artifact-") as workdir:
-        with get_backend(build.backend)().build(p["model_path"], build, workdir=workdir) as runner:
+        with get_backend(build.backend)().build(p["model_path"], build, workdir=workdir,
+                                                calibration=p.get("calibration_path")) as runner:
             blob = runner.serialize()
             prov = collect_provenance(build, device_key=p["device_key"])
             prov.update(runner=runner.info(), precision_obtained=runner.precision)
@@ -297,13 +316,14 @@ def run_job(model_path: str, build: BuildConfig, measure: MeasureConfig, *, job_
     return MeasureResult(
         **base, latency_ms=LatencyStats(**r["latency_ms"]), flags=r["flags"],
         peak_memory_mb=Metric(r["peak_memory_mb"], MEASURED, PEAK_MEMORY_METHOD, "MB"),
+        device_peak_mb=Metric(**r["device_peak_mb"]) if r.get("device_peak_mb") else None,
         energy=Energy(**r["energy"]), output_check=r.get("output_check"),
         layers=r.get("layers", []), provenance=r["provenance"])
 
 
 def build_artifact(model_path: str, build: BuildConfig, *, job_id: str, timeout_s: float = 600.0,
-                   device_key: str | None = None,
-                   memory_limit_mb: int = 8192) -> tuple[bytes, dict[str, Any]]:
+                   device_key: str | None = None, memory_limit_mb: int = 8192,
+                   calibration_path: str | None = None) -> tuple[bytes, dict[str, Any]]:
     """Build the deployable artifact (ORT-optimized ONNX, TensorRT plan) in a child process.
 
     Returns ``(artifact bytes, provenance)``; raises :class:`JobFailed` with an ``error_kind``.
@@ -315,7 +335,7 @@ def build_artifact(model_path: str, build: BuildConfig, *, job_id: str, timeout_
     payload = dict(model_path=os.path.abspath(model_path), build=build.to_dict(), job_id=job_id,
                    device_key=device_key, memory_limit_mb=memory_limit_mb,
                    max_bytes=DEFAULT_MAX_BYTES, max_tensor_elems=DEFAULT_MAX_TENSOR_ELEMS,
-                   hook=_test_hook())
+                   hook=_test_hook(), calibration_path=calibration_path)
     r = _run_child("artifact", payload, timeout_s=timeout_s, cancel=None)
     if not r["ok"]:
         raise JobFailed(r["error_kind"], r["error"])

@@ -27,7 +27,7 @@ from device_agent.core.stats import ci_tight_enough, summarize
 HOST_METHOD = "host wall clock, time.perf_counter_ns around each synchronous run"
 DEVICE_METHOD = "device timer reported by the runner per iteration ({backend})"
 #: Tolerances of the output check, by obtained precision (docs/measurement.md, "One job, step by step", output check).
-TOLERANCES = {"fp32": 1e-5, "fp16": 1e-3, "mixed": 1e-3, "int8": 1e-1}
+TOLERANCES = {"fp32": 1e-5, "fp16": 2e-2, "mixed": 2e-2, "int8": 1e-1}  # fp16: ~3 digits, compounded over layers
 ENERGY_MIN_S, ENERGY_MIN_ITERS = 5.0, 32
 HOST_BOUND_RATIO = 0.8
 _CHECK_EVERY = 16  # iterations between early-stop checks (sorting is not free)

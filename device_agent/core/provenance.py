@@ -94,16 +94,14 @@ def nvpmodel_mode() -> str | None:
     return m.group(1) if m else (out.strip().splitlines() or [None])[0]
 
 
-def _slug(text: str) -> str:
-    text = re.sub(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@.*$|\d+-core", " ", text.lower())
-    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
+def default_device_key(build: BuildConfig | None = None, *, root: str = "/") -> str:
+    """This machine's key for jobs built with ``build`` (``device_agent.core.devicekey``):
+    ``<accelerator>-<runtime>-<precision>[-<power mode>]``, or ``cpu-<cpu model>-ort[-<mode>]``."""
+    from device_agent.core.devicekey import accelerator, device_key, power_mode
 
-
-def default_device_key() -> str:
-    """A device key from what the machine is: ``cpu-<cpu model>-ort[-<power mode>]``."""
-    key = f"cpu-{_slug(cpu_model())}-ort"
-    mode = nvpmodel_mode()
-    return f"{key}-{_slug(mode)}" if mode else key
+    return device_key(cpu=cpu_model(), accel=accelerator(root), build=build or BuildConfig(),
+                      versions=package_versions(),
+                      mode=power_mode(root, nvpmodel=nvpmodel_mode() if root == "/" else None))
 
 
 def collect_provenance(build: BuildConfig | None = None, *,
@@ -140,6 +138,9 @@ def collect_provenance(build: BuildConfig | None = None, *,
     mode = nvpmodel_mode()
     if mode:
         prov["nvpmodel"] = mode
+    from device_agent.core.devicekey import describe_accelerator
+
+    prov.update(describe_accelerator())  # Jetson module / GPU name, driver, L4T release
     if build is not None:
         prov["build"] = build.to_dict()
         if build.backend == "onnxruntime":

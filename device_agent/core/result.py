@@ -3,7 +3,11 @@
 A failed job is a value, not an exception: ``error`` holds the reason and ``error_kind`` one of
 ``invalid_model``, ``build``, ``run``, ``output_mismatch``, ``timeout``, ``oom``, ``crash``,
 ``cancelled``, ``unsupported``. Every metric says how it was obtained: ``status`` is
-``measured``, ``estimated`` or ``unavailable`` and ``method`` names the sensor or procedure.
+``measured`` (a timer or sensor on this device), ``published`` (a table's column from a
+benchmark), ``simulated`` (a table's column from a simulator), ``computed`` (derived, e.g. an
+engine's device memory size), ``estimated`` or ``unavailable``; ``method`` names the sensor,
+procedure or table column. ``peak_memory_mb`` is the job's host RSS (``host_peak_mb`` in the
+search's catalogue), ``device_peak_mb`` the accelerator's memory (absent on a CPU).
 """
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MEASURED, ESTIMATED, UNAVAILABLE = "measured", "estimated", "unavailable"
+PUBLISHED, SIMULATED, COMPUTED = "published", "simulated", "computed"
+#: every value a ``status`` may take
+STATUSES = (MEASURED, PUBLISHED, SIMULATED, COMPUTED, ESTIMATED, UNAVAILABLE)
 
 
 @dataclass
@@ -31,6 +38,7 @@ class LatencyStats:
     ci_high: float
     ci_level: float = 0.95
     method: str = ""
+    status: str = MEASURED  # published / simulated for a table's column
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,7 +86,8 @@ class MeasureResult:
     error: str | None = None
     error_kind: str | None = None
     latency_ms: LatencyStats | None = None
-    peak_memory_mb: Metric | None = None
+    peak_memory_mb: Metric | None = None  # host RSS of the job
+    device_peak_mb: Metric | None = None  # accelerator memory
     energy: Energy | None = None
     flags: list[str] = field(default_factory=list)
     output_check: dict[str, Any] | None = None
@@ -99,8 +108,9 @@ class MeasureResult:
         d = dict(d)
         if d.get("latency_ms") is not None:
             d["latency_ms"] = LatencyStats(**d["latency_ms"])
-        if d.get("peak_memory_mb") is not None:
-            d["peak_memory_mb"] = Metric(**d["peak_memory_mb"])
+        for name in ("peak_memory_mb", "device_peak_mb"):
+            if d.get(name) is not None:
+                d[name] = Metric(**d[name])
         if d.get("energy") is not None:
             d["energy"] = Energy(**d["energy"])
         return cls(**d)

@@ -79,10 +79,12 @@ class AgentService:
     def _default_device_key(self) -> str:
         """This machine's key; a table agent is named after its table column, not the host."""
         if answers_by_arch_key(self.settings.backend):
-            return f"table-{dict(self.settings.metrics)['latency_ms']}"
+            from device_agent.tables.source import parse_column
+
+            return f"table-{parse_column(dict(self.settings.metrics)['latency_ms'])[0]}"
         from device_agent.core.provenance import default_device_key
 
-        return default_device_key()
+        return default_device_key(self.settings.default_build)
 
     def _describe_device(self) -> dict[str, Any]:
         from device_agent.core.describe import describe_device
@@ -304,7 +306,8 @@ class AgentService:
         cached = self.cache.get_artifact(key)
         if cached is not None:
             return BuiltArtifact(data=cached[0], meta=dict(cached[1], cache_key=key), from_cache=True)
-        with self.cache.pin_model(model_sha256) as path:
+        with self.cache.pin_model(model_sha256) as path, \
+                self.cache.pin_model(build.calibration_sha256 or model_sha256) as calibration:
             reason = self._validation_error(model_sha256, path)
             if path is None and reason is None:
                 raise ModelNotHeld(f"model {model_sha256[:12]} is not held by this agent; upload it first")
@@ -312,10 +315,14 @@ class AgentService:
                 self.cache.discard_model(model_sha256)
                 return BuiltArtifact(data=b"", meta={}, error=f"invalid model: {reason}",
                                      error_kind="invalid_model")
+            if build.calibration_sha256 and calibration is None:
+                raise ModelNotHeld(f"calibration data {build.calibration_sha256[:12]} is not held by this "
+                                   "agent; upload it first")
             with self._job(cancel):
                 try:
                     data, provenance = build_artifact(
                         str(path), build, job_id=job_id or uuid.uuid4().hex,
+                        calibration_path=str(calibration) if build.calibration_sha256 else None,
                         timeout_s=min(timeout_s or self.settings.build_timeout_s,
                                       self.settings.build_timeout_s))
                 except Exception as exc:  # noqa: BLE001 - a failed build is a value

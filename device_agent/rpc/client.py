@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -150,14 +150,15 @@ class AgentClient:
         return {"model_sha256": sha, "bytes_sent": self.last_upload_bytes,
                 "already_held": reply.already_held}
 
-    def measure(self, model: bytes, *, job_id: str | None = None, build: BuildConfig | None = None,
+    def measure(self, model: bytes, *, job_id: str | None = None,
+                build: BuildConfig | Mapping[str, Any] | None = None,
                 measure: MeasureConfig | None = None, arch_key: str | None = None,
                 space: str | None = None, timeout: float | None = None) -> MeasureResult:
         """Measure ``model`` (ONNX bytes) on the agent; a failed candidate is a result, not an error.
 
-        The deadline defaults to ``timeout`` (the client's) plus the job's ``timeout_s``.
+        The deadline defaults to ``timeout`` (the client's) plus the job's ``timeout_s``. ``build``
+        as a mapping (or ``None``) sends only those fields: the agent's defaults fill the rest.
         """
-        build = build or BuildConfig()
         measure = measure or MeasureConfig()
         sha = hashlib.sha256(model).hexdigest()
         header = pb.MeasureHeader(
@@ -187,13 +188,14 @@ class AgentClient:
             reply = once(True)
         return wire.result_from_pb(reply)
 
-    def build_engine(self, model: bytes, *, build: BuildConfig | None = None, job_id: str | None = None,
+    def build_engine(self, model: bytes, *, build: BuildConfig | Mapping[str, Any] | None = None,
+                     job_id: str | None = None,
                      timeout: float | None = None) -> tuple[bytes, dict[str, Any]]:
         """Build the deployable artifact on the agent; returns (bytes, metadata).
 
         Raises ``BuildFailed`` when the build itself failed (the agent replied with an error).
+        ``build`` as a mapping (or ``None``) sends only those fields (the agent's defaults fill in).
         """
-        build = build or BuildConfig()
         timeout = timeout if timeout is not None else self.timeout + 600.0
         end = time.monotonic() + timeout
         sha = self.upload_model(model, timeout=timeout)["model_sha256"]

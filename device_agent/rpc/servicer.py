@@ -98,7 +98,8 @@ class AgentServicer(pb_grpc.AgentServicer):
             h = _header(request_iterator, what="Measure")
             req = MeasureRequest(
                 job_id=h.job_id, model_sha256=h.model_sha256, model_size=h.model_size,
-                build=wire.build_from_pb(h.build), measure=wire.measure_from_pb(h.measure),
+                build=wire.build_from_pb(h.build, self.service.settings.default_build),
+                measure=wire.measure_from_pb(h.measure),
                 arch_key=h.arch_key or None, space=h.space or None)
             got = self.service.receive_for_measure(req, _chunks(request_iterator, what="Measure"))
             result = self.service.measure(req, cancel=_cancel_event(context), bytes_received=got)
@@ -110,7 +111,8 @@ class AgentServicer(pb_grpc.AgentServicer):
                     context: grpc.ServicerContext) -> Iterator[pb.BuildEngineReply]:
         art = self._run(context, "BuildEngine", lambda: self.service.build_engine(
             job_id=request.job_id, model_sha256=request.model_sha256,
-            build=wire.build_from_pb(request.build), timeout_s=request.timeout_s,
+            build=wire.build_from_pb(request.build, self.service.settings.default_build),
+            timeout_s=request.timeout_s,
             cancel=_cancel_event(context)))
         header = pb.ArtifactHeader(
             size=len(art.data), backend=str(art.meta.get("backend", "")),

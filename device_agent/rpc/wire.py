@@ -9,16 +9,19 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import fields
+from collections.abc import Mapping
 from typing import Any
 
 from device_agent.config import BuildConfig, MeasureConfig
 from device_agent.errors import InvalidRequest
-from device_agent.core.result import ESTIMATED, MEASURED, UNAVAILABLE, Energy, LatencyStats, MeasureResult, Metric
+from device_agent.core.result import (
+    COMPUTED, ESTIMATED, MEASURED, PUBLISHED, SIMULATED, UNAVAILABLE, Energy, LatencyStats, MeasureResult, Metric)
 from protos.hwnas.agent.v1 import agent_pb2 as pb
 
 PROTOCOL = "hwnas.agent.v1"
 
-_STATUS_TO_PB = {MEASURED: pb.MEASURED, ESTIMATED: pb.ESTIMATED, UNAVAILABLE: pb.UNAVAILABLE}
+_STATUS_TO_PB = {MEASURED: pb.MEASURED, ESTIMATED: pb.ESTIMATED, UNAVAILABLE: pb.UNAVAILABLE,
+                 PUBLISHED: pb.PUBLISHED, SIMULATED: pb.SIMULATED, COMPUTED: pb.COMPUTED}
 _STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
 
 
@@ -53,25 +56,40 @@ def _config_to_pb(cfg: Any, msg: Any) -> Any:
     return msg
 
 
-def _config_from_pb(cls: type, msg: Any) -> Any:
+def _config_from_pb(cls: type, msg: Any, defaults: Any = None) -> Any:
     data = {f.name: getattr(msg, f.name) for f in fields(cls) if msg.HasField(f.name)}
     for name, value in data.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidRequest(f"{cls.__name__}.{name} must be finite")
+    if defaults is not None:  # absent fields: the agent's defaults, not the dataclass's
+        data = {**defaults.to_dict(), **data}
     try:
         return cls.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"bad {cls.__name__}: {exc}") from None
 
 
-def build_to_pb(build: BuildConfig) -> pb.BuildConfig:
-    """``BuildConfig`` -> message (every field set)."""
+def build_to_pb(build: BuildConfig | Mapping[str, Any] | None) -> pb.BuildConfig:
+    """``BuildConfig`` -> message (every field set). A mapping sets only its fields and ``None``
+    none: the agent fills the others with its defaults (``agent serve --backend/--precision``)."""
+    if build is None:
+        return pb.BuildConfig()
+    if isinstance(build, Mapping):
+        try:
+            BuildConfig.from_dict(dict(build))  # names and values checked before sending
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"bad BuildConfig: {exc}") from None
+        msg = pb.BuildConfig()
+        for name, value in build.items():
+            setattr(msg, name, value)
+        return msg
     return _config_to_pb(build, pb.BuildConfig())
 
 
-def build_from_pb(msg: pb.BuildConfig) -> BuildConfig:
-    """Message -> ``BuildConfig`` (absent fields take the defaults); ``InvalidRequest`` if bad."""
-    return _config_from_pb(BuildConfig, msg)
+def build_from_pb(msg: pb.BuildConfig, defaults: BuildConfig | None = None) -> BuildConfig:
+    """Message -> ``BuildConfig``: absent fields take ``defaults`` (the agent's) or the
+    dataclass defaults; ``InvalidRequest`` if bad."""
+    return _config_from_pb(BuildConfig, msg, defaults)
 
 
 def measure_to_pb(measure: MeasureConfig) -> pb.MeasureConfig:
@@ -112,11 +130,16 @@ def result_to_pb(r: MeasureResult, *, bytes_received: int = 0) -> pb.MeasureRepl
     if r.latency_ms is not None:
         lat = r.latency_ms
         for f in fields(LatencyStats):
+            if f.name == "status":
+                continue
             value = getattr(lat, f.name)
             setattr(msg.latency_ms, f.name, int(value) if f.name == "count" else
                     (value if f.name == "method" else float(value)))
+        msg.latency_ms.status = _STATUS_TO_PB.get(lat.status, pb.METRIC_STATUS_UNSPECIFIED)
     if r.peak_memory_mb is not None:
         _metric_to_pb(r.peak_memory_mb, msg.peak_memory_mb)
+    if r.device_peak_mb is not None:
+        _metric_to_pb(r.device_peak_mb, msg.device_peak_mb)
     if r.energy is not None:
         e, me = r.energy, msg.energy
         me.status = _STATUS_TO_PB.get(e.status, pb.METRIC_STATUS_UNSPECIFIED)
@@ -140,11 +163,15 @@ def result_from_pb(msg: pb.MeasureReply) -> MeasureResult:
         layers=loads(msg.layers_json, []), build_config=loads(msg.build_config_json, {}),
         measure_config=loads(msg.measure_config_json, {}), provenance=loads(msg.provenance_json, {}))
     if msg.HasField("latency_ms"):
-        r.latency_ms = LatencyStats(**{f.name: getattr(msg.latency_ms, f.name) for f in fields(LatencyStats)})
-    if msg.HasField("peak_memory_mb"):
-        m = msg.peak_memory_mb
-        r.peak_memory_mb = Metric(value=_opt(m, "value"), status=_STATUS_FROM_PB.get(m.status, ""),
-                                  method=m.method, unit=m.unit)
+        lat = msg.latency_ms
+        r.latency_ms = LatencyStats(**{f.name: getattr(lat, f.name) for f in fields(LatencyStats)
+                                       if f.name != "status"},
+                                    status=_STATUS_FROM_PB.get(lat.status, MEASURED))
+    for name in ("peak_memory_mb", "device_peak_mb"):
+        if msg.HasField(name):
+            m = getattr(msg, name)
+            setattr(r, name, Metric(value=_opt(m, "value"), status=_STATUS_FROM_PB.get(m.status, ""),
+                                    method=m.method, unit=m.unit))
     if msg.HasField("energy"):
         e = msg.energy
         r.energy = Energy(status=_STATUS_FROM_PB.get(e.status, ""), method=e.method,

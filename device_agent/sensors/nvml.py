@@ -86,6 +86,25 @@ def _import_pynvml() -> Any:
     return pynvml
 
 
+def gpu_used_bytes(index: int = 0) -> int | None:
+    """Device-wide used memory of GPU ``index`` (``nvmlDeviceGetMemoryInfo().used``), or None
+    without NVML or a GPU. Device-wide: other processes' allocations are included."""
+    try:
+        nv = _import_pynvml()
+        nv.nvmlInit()
+    except Exception:  # noqa: BLE001 - no nvidia-ml-py, no driver
+        return None
+    try:
+        return int(nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByIndex(index)).used)
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        try:
+            nv.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
+
+
 def _hint(exc: Exception) -> str:
     name = type(exc).__name__
     if "LibraryNotFound" in name:

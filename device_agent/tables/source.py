@@ -4,6 +4,11 @@ request's ``arch_key`` instead of running a model.
 ``metrics`` maps result metrics to columns, e.g. ``{"latency_ms": "lat_raspi4", "energy_mj":
 "energy_raspi4"}`` (``latency_ms`` required, ``energy_mj`` and ``peak_memory_mb`` optional); the
 file is read by :func:`device_agent.tables.load.load_table`, so a look-up costs microseconds.
+
+A table's numbers were not measured by this agent: each column is ``published`` (a benchmark's
+measurement on a real device, the default) or ``simulated`` (a simulator's output), written
+``COLUMN:simulated`` (``--metric latency_ms=lat_eyeriss:simulated``); the kind travels as the
+value's ``status`` and the source (table file and column) as its ``method``. Never ``measured``.
 """
 from __future__ import annotations
 
@@ -11,13 +16,26 @@ import os
 from typing import Any
 
 from device_agent.config import BuildConfig
-from device_agent.core.result import MEASURED, UNAVAILABLE, Energy, LatencyStats, MeasureResult, Metric
+from device_agent.core.result import (
+    PUBLISHED, SIMULATED, UNAVAILABLE, Energy, LatencyStats, MeasureResult, Metric)
 from device_agent.tables.load import load_table
 
 #: The name a build config or ``--backend`` uses to ask for a table look-up.
 TABLE = "table"
 _SUPPORTED_METRICS = ("latency_ms", "energy_mj", "peak_memory_mb")
 _TABLE_BUILD = BuildConfig(backend=TABLE).to_dict()
+#: what a table's column may be
+COLUMN_KINDS = (PUBLISHED, SIMULATED)
+
+
+def parse_column(spec: str) -> tuple[str, str]:
+    """``"lat_fpga:simulated"`` -> ``("lat_fpga", "simulated")``; no suffix means ``published``."""
+    column, sep, kind = spec.rpartition(":")
+    if not sep or kind not in COLUMN_KINDS:
+        return spec, PUBLISHED
+    if not column:
+        raise ValueError(f"empty column name in {spec!r}")
+    return column, kind
 
 
 class TableSource:
@@ -26,7 +44,10 @@ class TableSource:
     def __init__(self, *, table_path: str | None = None, metrics: dict[str, str] | None = None,
                  key_column: str = "arch_str") -> None:
         self.table_path = table_path
-        self.metrics = dict(metrics or {})
+        self.metrics: dict[str, str] = {}
+        self.kinds: dict[str, str] = {}
+        for name, spec in (metrics or {}).items():
+            self.metrics[name], self.kinds[name] = parse_column(spec)
         self.key_column = key_column
         if table_path is not None:
             unknown = sorted(set(self.metrics) - set(_SUPPORTED_METRICS))
@@ -46,7 +67,7 @@ class TableSource:
         if self.table_path is None:
             return {"configured": False}
         return {"configured": True, "table_path": self.table_path, "key_column": self.key_column,
-                "metrics": dict(self.metrics), "rows": len(self._table)}
+                "metrics": dict(self.metrics), "kinds": dict(self.kinds), "rows": len(self._table)}
 
     def _method(self, metric: str) -> str:
         return f"table:{os.path.basename(self.table_path or '')}:{self.metrics[metric]}"
@@ -70,16 +91,17 @@ class TableSource:
                                          f"column {self.metrics['latency_ms']}", error_kind="unsupported")
         stats = LatencyStats(median=lat, mean=lat, min=lat, max=lat, p90=lat, p95=lat, p99=lat,
                              std=0.0, cv=0.0, count=1, ci_low=lat, ci_high=lat,
-                             method=self._method("latency_ms"))
+                             method=self._method("latency_ms"), status=self.kinds["latency_ms"])
         if "energy_mj" in values and values["energy_mj"] is not None:
-            energy = Energy(status=MEASURED, value_mj=values["energy_mj"],
-                            method=f"{self._method('energy_mj')} (published measurement)")
+            energy = Energy(status=self.kinds["energy_mj"], value_mj=values["energy_mj"],
+                            method=self._method("energy_mj"))
         else:
             energy = Energy(status=UNAVAILABLE, method="the table has no energy value for this arch")
         mem = None
         if values.get("peak_memory_mb") is not None:
-            mem = Metric(values["peak_memory_mb"], MEASURED,
-                         f"{self._method('peak_memory_mb')} (published measurement)", "MB")
+            mem = Metric(values["peak_memory_mb"], self.kinds["peak_memory_mb"],
+                         self._method("peak_memory_mb"), "MB")
         return MeasureResult(**base, latency_ms=stats, energy=energy, peak_memory_mb=mem,
                              provenance={"source": TABLE, "table_path": self.table_path,
-                                         "key_column": self.key_column, "metrics": dict(self.metrics)})
+                                         "key_column": self.key_column, "metrics": dict(self.metrics),
+                                         "kinds": dict(self.kinds)})

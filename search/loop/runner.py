@@ -31,6 +31,7 @@ from search.loop.setup import (Fleet, RegistrySettings, SearchError, accuracy_so
                                make_evaluator, open_run, preflight, resume_config, training_device)
 from search.loop.store import StoreError
 from search.loop.rungs import RungLadder
+from search.loop.screening import Screener, Verdict, prediction_error
 from search.metrics import ONNX_METRICS
 from search.loop.tracker import Candidate, CandidateTracker, State, job_id
 from search.objectives import split_metric
@@ -76,6 +77,8 @@ class SearchRunner:
         self._run_lock = lock_run(self.run_dir)  # one process per run directory, freed at exit
         try:
             self.store, self.config = open_run(self.run_dir, config, resume=resume)
+            if self.config.predictor.enabled:  # validate() turns the agents' layer profiles on
+                self.config = self.config.validate()
             self._init_fleet(agents, registry, local_agent_args, wait_agents_s)
         except BaseException:
             if hasattr(self, "store"):
@@ -84,6 +87,9 @@ class SearchRunner:
             raise
         self.evaluator = evaluator
         self.tracker: CandidateTracker | None = None
+        self.models: Any = None  # FleetModels, with [predictor] enabled
+        self.screener: Screener | None = None
+        self._predictions: dict[int, dict[str, Any]] = {}
         #: fidelity rungs ([fidelity]), when on
         self.ladder: RungLadder | None = None
         self.device_keys: list[str] = []
@@ -150,6 +156,8 @@ class SearchRunner:
                                          constraints=constraints)
             self.tracker = CandidateTracker(store=self.store, algorithm=algo, objectives=objectives,
                                             constraints=constraints, on_closed=self._advance)
+            if cfg.predictor.enabled:
+                self._start_predictor(objectives, constraints)
             self.started.set()
             summary = self._loop(t_start)
             if source is not None and not cfg.accuracy_table:
@@ -157,6 +165,37 @@ class SearchRunner:
             return summary
         finally:
             self.close()
+
+    def _start_predictor(self, objectives: list, constraints: list) -> None:
+        """Per-key cost models fitted from this run's profiles; screening where the evaluator
+        builds networks in a training thread (a table look-up has no network to export)."""
+        from search.costmodel.fleet import FleetModels
+
+        pr = self.config.predictor
+        self.models = FleetModels(store=self.store, min_networks=pr.min_networks, refit_every=pr.refit_every,
+                                  seed=self.config.seed)
+        self.models.start()
+        task = getattr(self.evaluator, "task", None)
+        if task is None or self.evaluator.inline:
+            self.store.event("screening_unavailable", detail={
+                "reason": "the evaluator builds no network before training (table look-up inline)"})
+            return
+        self.screener = Screener(models=self.models, space=self.space, task=task, objectives=objectives,
+                                 constraints=constraints, store=self.store, max_mape_pct=pr.max_heldout_mape_pct,
+                                 audit_share=pr.audit_share, batch=self.config.measure.batch_size,
+                                 screen=pr.screen, screen_out_of_range=pr.screen_out_of_range)
+
+    def _screen_then_evaluate(self, request: EvalRequest) -> Any:
+        """In a training thread: screen first (a screened candidate returns its Verdict, never
+        reaching the evaluator), else evaluate; ``(evaluation, verdict or None)``."""
+        verdict = None
+        try:
+            verdict = self.screener.check(request.genome)
+        except Exception as exc:  # noqa: BLE001 - a prediction that fails screens nothing
+            self._events.put(("note", ("prediction_failed", request.candidate_id, f"{type(exc).__name__}: {exc}")))
+        if verdict is not None and verdict.screened:
+            return verdict
+        return self.evaluator.evaluate(request), verdict
 
     # -- the candidate's way ----------------------------------------------------------------
     def _evaluate(self, cid: int) -> None:
@@ -186,6 +225,8 @@ class SearchRunner:
                 fut.set_exception(exc)
             self._events.put(("trained", (cid, fut)))
             return
+        if self.screener is not None and fn == self.evaluator.evaluate and cand.rung == 0 and not cand.results:
+            fn = self._screen_then_evaluate  # only before a first training, with no cost measured yet
         fut = self._executor.submit(fn, request)
         fut.add_done_callback(lambda f, cid=cid: self._events.put(("trained", (cid, f))))
 
@@ -199,6 +240,14 @@ class SearchRunner:
                                   f"hwnas search --resume {self.run_dir}") from None
             self.tracker.fail(cid, f"build/train failed: {type(exc).__name__}: {exc}")
             return
+        if isinstance(ev, Verdict):
+            self.tracker.screen(cid, prediction=ev.prediction, reason=ev.reason)
+            return
+        if isinstance(ev, tuple):  # from _screen_then_evaluate
+            ev, verdict = ev
+            if verdict is not None:
+                self.store.set_prediction(cid, verdict.prediction)
+                self._predictions[cid] = verdict.prediction
         for k in self.timings:
             self.timings[k] += ev.timings.get(k, 0.0)
         cand = self.tracker[cid]
@@ -259,8 +308,21 @@ class SearchRunner:
         self._settle(cand.id)
 
     def _measured(self, job: MeasureJob, result: dict[str, Any] | None, error: str | None) -> None:
+        if result is not None and error is None:
+            self._learn(job, result)
         self.tracker.measured(job.candidate_id, job.device_key, result, error)
         self._settle(job.candidate_id)
+
+    def _learn(self, job: MeasureJob, result: dict[str, Any]) -> None:
+        """A profile feeds the key's cost model; a predicted candidate's error is logged."""
+        if self.models is not None and result.get("layers"):
+            self.models.observe(job.device_key)
+        pred = self._predictions.get(job.candidate_id)
+        err = prediction_error(pred, {job.device_key: result}) if pred else {}
+        if err:
+            self.store.event("prediction_checked", candidate_id=job.candidate_id,
+                             detail={"audit": bool(pred.get("audit")), "reason": pred.get("screen_reason"),
+                                     **err[job.device_key], "device_key": job.device_key})
 
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "trained":
@@ -271,6 +333,9 @@ class SearchRunner:
             if cid in self.tracker and self.tracker[cid].state is State.TRAINING:
                 self.training_progress[cid] = record
                 self._refresh()
+        elif kind == "note":
+            what, cid, detail = payload
+            self.store.event(what, candidate_id=cid, detail={"error": detail})
         elif kind == "measured":
             self._measured(*payload)
         else:  # "fatal": an agent worker met an error it cannot handle; the search stops
@@ -295,7 +360,7 @@ class SearchRunner:
             if self.ladder is not None and c["status"] == "done":
                 for r in (c["train"] or {}).get("rungs", []):  # the rungs' standings come back
                     self.ladder.record(r["rung"], c["id"], {**c["objectives"], "accuracy": r["accuracy"]})
-            if c["status"] in ("done", "failed", "infeasible"):
+            if c["status"] in ("done", "failed", "infeasible", "screened"):
                 algo.observe(genome, c["objectives"] if c["status"] == "done" else None, number=c["id"],
                              parents=parents)
                 continue
@@ -386,6 +451,7 @@ class SearchRunner:
         counts = self.store.count()
         summary = {"run_dir": str(self.run_dir), "candidates": sum(counts.values()),
                    "done": counts.get("done", 0), "failed": counts.get("failed", 0),
+                   "screened": counts.get("screened", 0),
                    "infeasible": counts.get("infeasible", 0),
                    "wall_s": time.perf_counter() - t_start, "train_s": self.timings["train_s"],
                    "export_s": self.timings["export_s"], "retries": self.pool.retries,
@@ -450,6 +516,8 @@ class SearchRunner:
         if self._closed.is_set():
             return
         self._closed.set()
+        if self.models is not None:  # a fit in flight writes its event before the store closes
+            self.models.close()
         try:
             closer = getattr(self.evaluator, "close", None)
             if closer is not None:

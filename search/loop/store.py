@@ -16,7 +16,12 @@ File format (``<run dir>/run.sqlite``), schema version 1:
   count. A job is ``done`` at most once per (candidate, device key): a UNIQUE index makes a
   second measurement impossible.
 - ``measurements``: every result an agent returned (failures too), with its full provenance
-  (the agent's result JSON).
+  (the agent's result JSON). ``layers`` (JSON or NULL, issue 12) holds the per-layer profile of a
+  job measured with ``profile_layers``: ``{"latency_ms": <the timed loop's median, taken without
+  the profiler>, "batch": N, "layers": [<the agent's per-node rows, with shapes>]}``; the rows are
+  kept out of ``result`` and put back into ``result["layers"]`` when read.
+- ``candidates.prediction`` (JSON or NULL, issue 12): the cost model's prediction of a candidate
+  that screening looked at (``status='screened'``: ruled out before training; not measured).
 - ``events``: what happened when (agent joined/lost, job retried, candidate failed, ...).
 
 Every write is one transaction, so a ``kill -9`` at any moment leaves a consistent file and
@@ -56,6 +61,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     params INTEGER,
     size_mb REAL,
     objectives TEXT,
+    prediction TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
@@ -80,6 +86,7 @@ CREATE TABLE IF NOT EXISTS measurements (
     agent TEXT,
     ok INTEGER NOT NULL,
     result TEXT NOT NULL,
+    layers TEXT,
     created REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_ok_measurement
@@ -93,6 +100,10 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT
 );
 """
+
+#: columns added after schema version 1 was released: added on open to an older file (additive;
+#: an older hwnas still reads a file that has them)
+_ADDED_COLUMNS = (("candidates", "prediction", "TEXT"), ("measurements", "layers", "TEXT"))
 
 
 class StoreError(RuntimeError):
@@ -149,6 +160,10 @@ class Store:
                 raise sqlite3.DatabaseError("it holds no hwnas tables")
             with self._lock:
                 self._db.executescript(_SCHEMA)
+                for table, column, decl in _ADDED_COLUMNS:
+                    have = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                    if column not in have:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         except sqlite3.Error as exc:
             raise self._damaged(exc) from None
         version = self.get_meta("schema_version")
@@ -415,8 +430,8 @@ class Store:
     @staticmethod
     def _cand(r: sqlite3.Row) -> dict[str, Any]:
         d = dict(r)
-        for k in ("genome", "parents", "train", "objectives"):
-            d[k] = json.loads(d[k]) if d[k] is not None else None
+        for k in ("genome", "parents", "train", "objectives", "prediction"):
+            d[k] = json.loads(d[k]) if d.get(k) is not None else None
         return d
 
     def count(self) -> dict[str, int]:
@@ -459,6 +474,12 @@ class Store:
         record but does not count."""
         ok = result.get("error") is None
         now = time.time()
+        layers = None
+        if result.get("layers"):  # the profile goes in its own column, beside the timed latency
+            result = dict(result)
+            layers = _dumps({"latency_ms": (result.get("latency_ms") or {}).get("median"),
+                             "batch": (result.get("measure_config") or {}).get("batch_size", 1),
+                             "layers": result.pop("layers")})
         with self._tx() as db:
             row = db.execute("SELECT candidate_id, device_key, state FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
@@ -467,9 +488,9 @@ class Store:
                 self._event(db, "late_result_ignored", agent=agent, detail={"job": job_id})
                 return False
             db.execute(
-                "INSERT INTO measurements(job_id, candidate_id, device_key, agent, ok, result, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job_id, row["candidate_id"], row["device_key"], agent, int(ok), _dumps(result), now),
+                "INSERT INTO measurements(job_id, candidate_id, device_key, agent, ok, result, layers, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, row["candidate_id"], row["device_key"], agent, int(ok), _dumps(result), layers, now),
             )
             db.execute(
                 "UPDATE jobs SET state=?, error=?, lease_deadline=NULL, updated=? WHERE id=?",
@@ -496,8 +517,38 @@ class Store:
             d = dict(r)
             d["result"] = json.loads(d["result"])
             d["ok"] = bool(d["ok"])
+            d["layers"] = json.loads(d["layers"]) if d.get("layers") else None
+            if d["layers"]:
+                d["result"]["layers"] = d["layers"]["layers"]
             out.append(d)
         return out
+
+    def profiles(self, device_key: str) -> list[dict[str, Any]]:
+        """The ok measurements on ``device_key`` that carry a per-layer profile, oldest first:
+        ``candidate_id``, ``model_sha256``, ``latency_ms`` (timed, unprofiled), ``batch``, ``layers``."""
+        rows = self._query(
+            "SELECT m.candidate_id, m.layers, c.model_sha256 FROM measurements m JOIN candidates c"
+            " ON c.id = m.candidate_id WHERE m.ok = 1 AND m.device_key = ? AND m.layers IS NOT NULL"
+            " ORDER BY m.id", (device_key,))
+        out = []
+        for r in rows:
+            prof = json.loads(r["layers"])
+            out.append({"candidate_id": r["candidate_id"], "model_sha256": r["model_sha256"],
+                        "latency_ms": prof.get("latency_ms"), "batch": prof.get("batch", 1),
+                        "layers": prof["layers"]})
+        return out
+
+    def screen_candidate(self, cid: int, *, prediction: dict[str, Any], reason: str) -> None:
+        """Record a candidate the cost model ruled out before training (``status='screened'``)."""
+        with self._tx() as db:
+            db.execute("UPDATE candidates SET status='screened', prediction=?, error=?, updated=? WHERE id=?",
+                       (_dumps(prediction), reason, time.time(), cid))
+            self._event(db, "candidate_screened", candidate_id=cid, detail={"reason": reason})
+
+    def set_prediction(self, cid: int, prediction: dict[str, Any]) -> None:
+        """Keep the prediction of a candidate that is trained and measured anyway (an audit)."""
+        with self._tx() as db:
+            db.execute("UPDATE candidates SET prediction=? WHERE id=?", (_dumps(prediction), cid))
 
     # -- events -----------------------------------------------------------------------------
     def _event(self, db: sqlite3.Connection, kind: str, *, candidate_id: int | None = None,

@@ -9,10 +9,12 @@ A candidate goes through these states (the run store keeps the durable part of i
 ``proposed``: the algorithm asked for it and the store has its row; ``training``: an evaluator
 works on it; ``trained``: accuracy (and ONNX file) known, measurement jobs written;
 ``measuring``: jobs out at the agents; ``done`` / ``failed``: told to the algorithm and
-forgotten here. Later stages slot in as states of their own: ``screened`` (a cost predictor
-ruled it out before training), ``infeasible`` (an untrained ONNX measured over a constraint),
+forgotten here; ``screened``: a cost predictor ruled it out in the training thread before
+training (:meth:`CandidateTracker.screen`, :mod:`search.loop.screening`). Later stages slot in
+as states of their own: ``infeasible`` (an untrained ONNX measured over a constraint),
 ``promoted`` (a fidelity rung passed it on). Whatever the path, a candidate leaves through
-:meth:`CandidateTracker.finish` or :meth:`CandidateTracker.fail`, which write the store, tell
+:meth:`CandidateTracker.finish`, :meth:`CandidateTracker.fail` or :meth:`CandidateTracker.screen`,
+which write the store, tell
 the algorithm and drop the candidate's state.
 """
 from __future__ import annotations
@@ -45,7 +47,8 @@ class State(str, enum.Enum):
 #: the transitions the tracker allows (a state missing here has none yet)
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.PROPOSED: frozenset({State.TRAINING, State.FAILED}),
-    State.TRAINING: frozenset({State.TRAINED, State.FAILED}),
+    # training -> screened: the cost model ruled it out in the training thread, before training
+    State.TRAINING: frozenset({State.TRAINED, State.FAILED, State.SCREENED}),
     State.TRAINED: frozenset({State.MEASURING, State.FAILED}),
     # cost first: measured untrained -> infeasible, or on to training; rungs: promoted
     State.MEASURING: frozenset({State.DONE, State.FAILED, State.INFEASIBLE, State.TRAINING, State.PROMOTED}),
@@ -250,6 +253,15 @@ class CandidateTracker:
         cand = self._cands[cid]
         self._move(cand, State.FAILED)
         self.store.fail_candidate(cid, error)
+        self.algorithm.tell(cid, None)
+        self._close(cand)
+
+    def screen(self, cid: int, *, prediction: dict[str, Any], reason: str) -> None:
+        """The screening exit (issue 12): the cost model ruled the candidate out before training;
+        the store keeps the prediction, the algorithm is told it failed, nothing was measured."""
+        cand = self._cands[cid]
+        self._move(cand, State.SCREENED)
+        self.store.screen_candidate(cid, prediction=prediction, reason=reason)
         self.algorithm.tell(cid, None)
         self._close(cand)
 

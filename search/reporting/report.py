@@ -10,7 +10,9 @@ of :mod:`search.reporting.results`) and writes into ``out_dir``:
   grey, the run's Pareto members highlighted and the 2-D front of that pair connected;
 - ``near_best.png``: the study of MENNDL-style searches (Young et al.): how many times cheaper
   the cheapest networks within 1 and 2 accuracy points of the most accurate one are;
-- ``near_best.json``: the rows of that comparison.
+- ``near_best.json``: the rows of that comparison;
+- ``layers_<id>_<key>.png``: where each Pareto member's time goes, per layer, and its
+  energy-precision ratio where energy was measured (:mod:`search.reporting.layers`).
 """
 from __future__ import annotations
 
@@ -303,6 +305,9 @@ def write_report(results: list[dict[str, Any]], out_dir: str, *, objectives: lis
                      + f"<td>{e(_fmt(final.get('val_accuracy')))} / {e(_fmt(final.get('test_accuracy')))}</td>"
                      + f"<td><code>{e(_genome_text(c))}</code></td></tr>")
     lines.append("</table>")
+    from search.reporting.layers import layer_section
+
+    lines += layer_section(members, out, acc_o.name)
 
     lines.append("<h2>Near-best networks against the most accurate</h2>")
     if rows:

@@ -3,10 +3,11 @@
 File format: a JSON list, one object per candidate, in proposal order::
 
     {
-      "id": 7, "status": "done" | "failed" | "pending" | "trained", "error": null | "reason",
+      "id": 7, "status": "done" | "failed" | "screened" | "pending" | "trained", "error": null | "reason",
       "space": "menndl", "arch_key": "...", "genome": {...}, "parents": [2, 5], "origin": "mutate",
       "objectives": {"accuracy": 0.95, "latency_ms@cpu-...": 0.21, "params": 12034},
       "feasible": true, "pareto": true,
+      "kinds": {"accuracy": "measured", "latency_ms@cpu-...": "measured", "params": "computed"},
       "train": {"accuracy": 0.95, "epochs": 4, ..., "source": "trained on ...", "device": "cpu",
                 "images_per_s": 5400.0, "test_accuracy": 0.94 (Pareto members, after the search)},
       "val_accuracy": 0.95, "test_accuracy": 0.94 | null, "train_device": "cpu",
@@ -15,12 +16,15 @@ File format: a JSON list, one object per candidate, in proposal order::
       "params": 12034, "size_mb": 0.05, "model_sha256": "...", "onnx_path": "models/<sha>.onnx",
       "measurements": [
         {"device_key": "...", "agent": "127.0.0.1:40123", "ok": true, "error": null,
-         "latency_ms": {"median": ..., "p99": ..., "ci_low": ..., "method": "..."},
-         "peak_memory_mb": {"value": ..., "status": "measured", "method": "..."},
+         "latency_ms": {"median": ..., "p99": ..., "ci_low": ..., "method": "...", "status": "measured"},
+         "peak_memory_mb": {"value": ..., "status": "measured", "method": "..."},   (host RSS)
+         "device_peak_mb": null | {"value": ..., "status": "computed" | "measured", "method": "..."},
          "energy": {"value_mj": null, "status": "unavailable", "method": "no power sensor: ..."},
          "flags": [], "output_check": {...}, "provenance": {...},
-         "build_config": {...}, "measure_config": {...}}
-      ]
+         "build_config": {...}, "measure_config": {...}, "layers": [per-node profile rows]}
+      ],
+      "prediction": null | {"latency_ms": {KEY: {"value", "interval", "label": "estimated:costmodel-<id>", ...}},
+                            "computed": {"params", "size_mb"}, "screen_reason", "audit"}
     }
 
 ``pareto`` marks the non-dominated members among the feasible finished candidates under the
@@ -34,6 +38,7 @@ from typing import Any, Sequence
 from search.loop.store import Store
 from search.objectives import Constraint, Objective, total_violation
 from search.pareto import pareto_members
+from search.provenance import provenance
 
 
 def pareto_ids(done: Sequence[dict[str, Any]], objectives: Sequence[Objective],
@@ -83,6 +88,7 @@ def _measurement(m: dict[str, Any]) -> dict[str, Any]:
         "device_key": m["device_key"], "agent": m["agent"], "ok": m["ok"], "error": r.get("error"),
         "error_kind": r.get("error_kind"), "job_id": m["job_id"], "backend": r.get("backend"),
         "latency_ms": r.get("latency_ms"), "peak_memory_mb": r.get("peak_memory_mb"),
+        "device_peak_mb": r.get("device_peak_mb"),
         "energy": r.get("energy"), "flags": r.get("flags", []), "output_check": r.get("output_check"),
         "layers": r.get("layers", []), "provenance": r.get("provenance", {}),
         "build_config": r.get("build_config", {}), "measure_config": r.get("measure_config", {}),
@@ -114,7 +120,12 @@ def collect(run_dir: str | Path) -> list[dict[str, Any]]:
                 "size_mb": c["size_mb"], "model_sha256": c["model_sha256"],
                 "onnx_path": f"models/{c['model_sha256']}.onnx" if c["model_sha256"] else None,
                 "measurements": by_cand.get(c["id"], []),
+                # the cost model's prediction (status screened, or an audited one): estimated,
+                # labelled, never an objective value
+                "prediction": c.get("prediction"),
             })
+        for row in out:  # what each objective value is: measured, published, simulated, ...
+            row["kinds"] = {name: provenance(row, name)[0] for name in row["objectives"]}
         return out
     finally:
         store.close()

@@ -132,11 +132,16 @@ class _ModelEvaluator:
 
 def memory_record(onnx_bytes: bytes, *, precision: str) -> dict[str, Any]:
     """The memory figures :mod:`search.memory` computes from an ONNX graph (kind ``computed``)."""
-    from search.memory import peak_activation_kb, weights_kb
+    from search.memory import PRECISION_BYTES, peak_activation_kb, weights_kb
 
-    return {"peak_activation_kb": peak_activation_kb(onnx_bytes), "weights_kb": weights_kb(onnx_bytes, precision=precision),
-            "precision": precision, "batch": 1, "kind": "computed",
-            "method": "search.memory: live tensors over the ONNX node order; parameters x bytes at the precision"}
+    record = {"peak_activation_kb": peak_activation_kb(onnx_bytes), "weights_kb": None,
+              "precision": precision, "batch": 1, "kind": "computed",
+              "method": "search.memory: live tensors over the ONNX node order; parameters x bytes at the precision"}
+    if precision in PRECISION_BYTES:
+        record["weights_kb"] = weights_kb(onnx_bytes, precision=precision)
+    else:  # e.g. "best": the builder picks per layer, so the bytes are known only after a build
+        record["weights_kb_unavailable"] = f"precision {precision!r} is chosen per layer by the builder"
+    return record
 
 
 

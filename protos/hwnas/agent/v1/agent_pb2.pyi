@@ -13,24 +13,38 @@ class MetricStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MEASURED: _ClassVar[MetricStatus]
     ESTIMATED: _ClassVar[MetricStatus]
     UNAVAILABLE: _ClassVar[MetricStatus]
+    PUBLISHED: _ClassVar[MetricStatus]
+    SIMULATED: _ClassVar[MetricStatus]
+    COMPUTED: _ClassVar[MetricStatus]
 METRIC_STATUS_UNSPECIFIED: MetricStatus
 MEASURED: MetricStatus
 ESTIMATED: MetricStatus
 UNAVAILABLE: MetricStatus
+PUBLISHED: MetricStatus
+SIMULATED: MetricStatus
+COMPUTED: MetricStatus
 
 class BuildConfig(_message.Message):
-    __slots__ = ("backend", "execution_provider", "precision", "intra_op_threads", "workspace_mb")
+    __slots__ = ("backend", "execution_provider", "precision", "intra_op_threads", "workspace_mb", "batch_min", "batch_opt", "batch_max", "calibration_sha256")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     INTRA_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
     WORKSPACE_MB_FIELD_NUMBER: _ClassVar[int]
+    BATCH_MIN_FIELD_NUMBER: _ClassVar[int]
+    BATCH_OPT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_MAX_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_SHA256_FIELD_NUMBER: _ClassVar[int]
     backend: str
     execution_provider: str
     precision: str
     intra_op_threads: int
     workspace_mb: int
-    def __init__(self, backend: _Optional[str] = ..., execution_provider: _Optional[str] = ..., precision: _Optional[str] = ..., intra_op_threads: _Optional[int] = ..., workspace_mb: _Optional[int] = ...) -> None: ...
+    batch_min: int
+    batch_opt: int
+    batch_max: int
+    calibration_sha256: str
+    def __init__(self, backend: _Optional[str] = ..., execution_provider: _Optional[str] = ..., precision: _Optional[str] = ..., intra_op_threads: _Optional[int] = ..., workspace_mb: _Optional[int] = ..., batch_min: _Optional[int] = ..., batch_opt: _Optional[int] = ..., batch_max: _Optional[int] = ..., calibration_sha256: _Optional[str] = ...) -> None: ...
 
 class MeasureConfig(_message.Message):
     __slots__ = ("warmup_s", "min_iterations", "min_duration_s", "max_duration_s", "target_precision", "cv_threshold", "batch_size", "seed", "check_outputs", "profile_layers", "energy", "end_to_end", "timeout_s", "memory_limit_mb")
@@ -174,7 +188,7 @@ class MeasureRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[MeasureHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class LatencyStats(_message.Message):
-    __slots__ = ("median", "mean", "min", "max", "p90", "p95", "p99", "std", "cv", "count", "ci_low", "ci_high", "ci_level", "method")
+    __slots__ = ("median", "mean", "min", "max", "p90", "p95", "p99", "std", "cv", "count", "ci_low", "ci_high", "ci_level", "method", "status")
     MEDIAN_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     MIN_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +203,7 @@ class LatencyStats(_message.Message):
     CI_HIGH_FIELD_NUMBER: _ClassVar[int]
     CI_LEVEL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     median: float
     mean: float
     min: float
@@ -203,7 +218,8 @@ class LatencyStats(_message.Message):
     ci_high: float
     ci_level: float
     method: str
-    def __init__(self, median: _Optional[float] = ..., mean: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., p90: _Optional[float] = ..., p95: _Optional[float] = ..., p99: _Optional[float] = ..., std: _Optional[float] = ..., cv: _Optional[float] = ..., count: _Optional[int] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., ci_level: _Optional[float] = ..., method: _Optional[str] = ...) -> None: ...
+    status: MetricStatus
+    def __init__(self, median: _Optional[float] = ..., mean: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., p90: _Optional[float] = ..., p95: _Optional[float] = ..., p99: _Optional[float] = ..., std: _Optional[float] = ..., cv: _Optional[float] = ..., count: _Optional[int] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., ci_level: _Optional[float] = ..., method: _Optional[str] = ..., status: _Optional[_Union[MetricStatus, str]] = ...) -> None: ...
 
 class Metric(_message.Message):
     __slots__ = ("value", "status", "method", "unit")
@@ -247,7 +263,7 @@ class Energy(_message.Message):
     def __init__(self, status: _Optional[_Union[MetricStatus, str]] = ..., method: _Optional[str] = ..., value_mj: _Optional[float] = ..., net_value_mj: _Optional[float] = ..., avg_power_w: _Optional[float] = ..., idle_power_w: _Optional[float] = ..., window_s: _Optional[float] = ..., iterations: _Optional[int] = ..., rails: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class MeasureReply(_message.Message):
-    __slots__ = ("job_id", "device_key", "backend", "model_sha256", "error", "error_kind", "latency_ms", "peak_memory_mb", "energy", "flags", "output_check_json", "layers_json", "build_config_json", "measure_config_json", "provenance_json", "model_bytes_received")
+    __slots__ = ("job_id", "device_key", "backend", "model_sha256", "error", "error_kind", "latency_ms", "peak_memory_mb", "energy", "flags", "output_check_json", "layers_json", "build_config_json", "measure_config_json", "provenance_json", "model_bytes_received", "device_peak_mb")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_KEY_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +280,7 @@ class MeasureReply(_message.Message):
     MEASURE_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_JSON_FIELD_NUMBER: _ClassVar[int]
     MODEL_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_PEAK_MB_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     device_key: str
     backend: str
@@ -280,7 +297,8 @@ class MeasureReply(_message.Message):
     measure_config_json: str
     provenance_json: str
     model_bytes_received: int
-    def __init__(self, job_id: _Optional[str] = ..., device_key: _Optional[str] = ..., backend: _Optional[str] = ..., model_sha256: _Optional[str] = ..., error: _Optional[str] = ..., error_kind: _Optional[str] = ..., latency_ms: _Optional[_Union[LatencyStats, _Mapping]] = ..., peak_memory_mb: _Optional[_Union[Metric, _Mapping]] = ..., energy: _Optional[_Union[Energy, _Mapping]] = ..., flags: _Optional[_Iterable[str]] = ..., output_check_json: _Optional[str] = ..., layers_json: _Optional[str] = ..., build_config_json: _Optional[str] = ..., measure_config_json: _Optional[str] = ..., provenance_json: _Optional[str] = ..., model_bytes_received: _Optional[int] = ...) -> None: ...
+    device_peak_mb: Metric
+    def __init__(self, job_id: _Optional[str] = ..., device_key: _Optional[str] = ..., backend: _Optional[str] = ..., model_sha256: _Optional[str] = ..., error: _Optional[str] = ..., error_kind: _Optional[str] = ..., latency_ms: _Optional[_Union[LatencyStats, _Mapping]] = ..., peak_memory_mb: _Optional[_Union[Metric, _Mapping]] = ..., energy: _Optional[_Union[Energy, _Mapping]] = ..., flags: _Optional[_Iterable[str]] = ..., output_check_json: _Optional[str] = ..., layers_json: _Optional[str] = ..., build_config_json: _Optional[str] = ..., measure_config_json: _Optional[str] = ..., provenance_json: _Optional[str] = ..., model_bytes_received: _Optional[int] = ..., device_peak_mb: _Optional[_Union[Metric, _Mapping]] = ...) -> None: ...
 
 class BuildEngineRequest(_message.Message):
     __slots__ = ("job_id", "model_sha256", "build", "timeout_s")
