@@ -188,7 +188,13 @@ def _accuracy(c: dict[str, Any], model: bytes, ds: Any, prov: dict[str, dict[str
         test = {"value": onnx_accuracy(model, ds.test_images, ds.test_labels), "kind": "measured",
                 "method": f"top-1 of model.onnx (ONNX Runtime CPU) on {len(ds.test_labels)} test images "
                           f"of {ds.source}, at export"}
-    return {"validation": val, "test": test}
+    searched = c.get("test_accuracy")
+    after = {"value": searched, "kind": "measured" if searched is not None else "unavailable",
+             "method": train.get("test_source") or "not measured (not a Pareto member, or no test split)"}
+    final = c.get("final") or None
+    if final is not None:
+        final = {k: final.get(k) for k in ("epochs", "val_accuracy", "test_accuracy", "model_sha256", "device")}
+    return {"validation": val, "test": test, "test_after_search": after, "final": final}
 
 
 def _costs(c: dict[str, Any], objectives: Sequence[Any]) -> list[dict[str, Any]]:

@@ -8,9 +8,6 @@ File format (JSON object, UTF-8), one per exported candidate, beside its ``model
       "objectives": {"accuracy": 0.95, "latency_ms@cpu-x": 0.21, "params": 12034},
       "pareto": true,
       "provenance": {"accuracy": {"status": "measured", "method": "..."}, ...},
-      "accuracy": {"validation": 0.95,     # the search's fitness
-                   "test": 0.94,           # measured once after the search (null: not measured)
-                   "final": null | {...}}, # hwnas train-final's record (its val/test accuracy, ONNX)
       "train": {...},                      # the run's training record, as stored
       "measurements": [...],               # the run's measurements, each with its provenance
       "model": {"file": "model.onnx", "sha256": "<hex>", "size_bytes": 1234, "opset": 17,
@@ -29,7 +26,10 @@ File format (JSON object, UTF-8), one per exported candidate, beside its ``model
                         "formula": "x[c] = (pixel[c] / scale - mean[c]) / std[c]"},   # null: no dataset
       "classes": ["airplane", ...],         # index -> class name (null: no dataset)
       "accuracy": {"validation": {"value": 0.81, "kind": "measured", "method": "..."},
-                   "test": {"value": 0.80, "kind": "measured" | "unavailable", "method": "..."}},
+                   "test": {"value": 0.80, "kind": "measured" | "unavailable", "method": "..."},
+                   "test_after_search": {...},   # the search's once-only test accuracy (Pareto members)
+                   "final": null | {"epochs": 30, "val_accuracy": ..., "test_accuracy": ...,
+                                    "model_sha256": ...}},   # hwnas train-final (its ONNX is exported)
       "costs": [{"metric": "latency_ms@<key>", "value": 0.21, "kind": "measured" | "published" | ...,
                  "method": "...", "device_key": "<key>" | null}],
       "runtime_versions": {"<device key>": {"onnxruntime": "1.20.1", "tensorrt": ..., "l4t": ..., ...}},
@@ -153,8 +153,6 @@ def build_manifest(candidate: dict[str, Any], *, model_bytes: bytes, model_file:
         "objectives": candidate.get("objectives") or {},
         "pareto": bool(candidate.get("pareto")),
         "provenance": provenance or {},
-        "accuracy": {"validation": candidate.get("val_accuracy"), "test": candidate.get("test_accuracy"),
-                     "final": candidate.get("final")},
         "train": candidate.get("train"),
         "measurements": candidate.get("measurements") or [],
         "model": {"file": model_file, "sha256": sha256_bytes(model_bytes), "size_bytes": len(model_bytes),

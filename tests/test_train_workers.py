@@ -195,7 +195,8 @@ def test_status_results_and_report_show_throughput_device_and_test_accuracy(guar
     assert rows and all(r["accuracy_kind"] == "test accuracy" for r in rows)
     assert hwnas(["export", str(run_dir), "--out", str(tmp_path / "exp")]) == 0
     man = json.loads(next((tmp_path / "exp").glob("*/manifest.json")).read_text())
-    assert man["accuracy"]["test"] is not None and man["accuracy"]["validation"] is not None
+    acc = man["accuracy"]
+    assert acc["validation"]["value"] is not None and acc["test_after_search"]["value"] is not None
 
 
 def test_train_final_retrains_the_front_and_keeps_the_search_figures(guarded_run, tmp_path, capsys):
