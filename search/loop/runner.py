@@ -72,8 +72,8 @@ class SearchRunner:
         self._source = accuracy_source(config) if evaluator is None else None
         if self._source is not None and not config.accuracy_table:
             training_device(config)  # an absent GPU (or Ray) fails before anything is started
-        if not resume:
-            check_new_run(config)
+            if not resume:  # where hwnas trains, every epoch gene must have an effect
+                check_new_run(config)
         self._run_lock = lock_run(self.run_dir)  # one process per run directory, freed at exit
         try:
             self.store, self.config = open_run(self.run_dir, config, resume=resume)
