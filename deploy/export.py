@@ -55,10 +55,14 @@ def _objective_provenance(c: dict[str, Any]) -> dict[str, dict[str, str]]:
 
 
 def _model_bytes(c: dict[str, Any], run_dir: Path) -> bytes:
-    sha = c.get("model_sha256")
-    if not sha:
-        raise ExportError(f"candidate {c['id']} has no exported model (model_sha256 is empty)")
-    rel = c.get("onnx_path") or f"models/{sha}.onnx"
+    final = c.get("final") or {}
+    if final.get("model_sha256"):  # retrained by `hwnas train-final`: its ONNX is the one to deploy
+        sha, rel = final["model_sha256"], f"models/{final['model_sha256']}.onnx"
+    else:
+        sha = c.get("model_sha256")
+        if not sha:
+            raise ExportError(f"candidate {c['id']} has no exported model (model_sha256 is empty)")
+        rel = c.get("onnx_path") or f"models/{sha}.onnx"
     path = run_dir / rel
     if not path.is_file():
         raise ExportError(f"candidate {c['id']}: model file {path} is missing")
@@ -184,7 +188,13 @@ def _accuracy(c: dict[str, Any], model: bytes, ds: Any, prov: dict[str, dict[str
         test = {"value": onnx_accuracy(model, ds.test_images, ds.test_labels), "kind": "measured",
                 "method": f"top-1 of model.onnx (ONNX Runtime CPU) on {len(ds.test_labels)} test images "
                           f"of {ds.source}, at export"}
-    return {"validation": val, "test": test}
+    searched = c.get("test_accuracy")
+    after = {"value": searched, "kind": "measured" if searched is not None else "unavailable",
+             "method": train.get("test_source") or "not measured (not a Pareto member, or no test split)"}
+    final = c.get("final") or None
+    if final is not None:
+        final = {k: final.get(k) for k in ("epochs", "val_accuracy", "test_accuracy", "model_sha256", "device")}
+    return {"validation": val, "test": test, "test_after_search": after, "final": final}
 
 
 def _costs(c: dict[str, Any], objectives: Sequence[Any]) -> list[dict[str, Any]]:
@@ -242,7 +252,8 @@ def export_candidates(results: list[dict[str, Any]], run_dir: str, out_dir: str,
         for c in chosen:
             dest = out / str(c["id"])
             entry: dict[str, Any] = {"candidate_id": c["id"], "dir": dest.name, "error": None,
-                                     "objectives": c.get("objectives") or {}, "pareto": bool(c.get("pareto"))}
+                                     "objectives": c.get("objectives") or {}, "pareto": bool(c.get("pareto")),
+                                     "val_accuracy": c.get("val_accuracy"), "test_accuracy": c.get("test_accuracy")}
             try:
                 model = _model_bytes(c, run)
             except ExportError as exc:

@@ -26,7 +26,10 @@ File format (JSON object, UTF-8), one per exported candidate, beside its ``model
                         "formula": "x[c] = (pixel[c] / scale - mean[c]) / std[c]"},   # null: no dataset
       "classes": ["airplane", ...],         # index -> class name (null: no dataset)
       "accuracy": {"validation": {"value": 0.81, "kind": "measured", "method": "..."},
-                   "test": {"value": 0.80, "kind": "measured" | "unavailable", "method": "..."}},
+                   "test": {"value": 0.80, "kind": "measured" | "unavailable", "method": "..."},
+                   "test_after_search": {...},   # the search's once-only test accuracy (Pareto members)
+                   "final": null | {"epochs": 30, "val_accuracy": ..., "test_accuracy": ...,
+                                    "model_sha256": ...}},   # hwnas train-final (its ONNX is exported)
       "costs": [{"metric": "latency_ms@<key>", "value": 0.21, "kind": "measured" | "published" | ...,
                  "method": "...", "device_key": "<key>" | null}],
       "runtime_versions": {"<device key>": {"onnxruntime": "1.20.1", "tensorrt": ..., "l4t": ..., ...}},

@@ -11,6 +11,7 @@
                  [--calibration N]] [--token T] [--tls-ca PEM ...] [--check-images N] [--min-agreement F]
     hwnas run MANIFEST IMAGE... [--artifact FILE] [--top K] [--json]
     hwnas status DIR [--json]
+    hwnas train-final DIR [--top K] [--epochs N] [--id ID ...] [--train-device DEV]
     hwnas predictor fit DIR --device-key K -o FILE
     hwnas predict FILE MODEL.onnx [--json]
     hwnas agent serve|measure ...
@@ -60,10 +61,21 @@ def _search(args: argparse.Namespace) -> int:
         overrides["budget"] = args.budget
     if args.seed is not None:
         overrides["seed"] = args.seed
-    for name in ("space", "algorithm", "dataset", "accuracy_table"):
+    for name in ("space", "algorithm", "dataset", "data_root", "subset", "accuracy_table", "train_workers"):
         v = getattr(args, name)
         if v is not None:
             overrides[name] = v
+    train = {k: v for k, v in (("max_epochs", args.max_epochs), ("time_budget_s", args.time_budget_s),
+                               ("device", args.train_device), ("executor", args.train_executor),
+                               ("ray_address", args.ray_address)) if v is not None}
+    if train:
+        overrides["train"] = dataclasses.replace(cfg.train, **train)
+    top = cfg.space_options.get("max_epochs")
+    if args.max_epochs is not None and isinstance(top, int) and top > args.max_epochs > 0:
+        # --max-epochs N: the space's epoch gene ends there too (no gene without effect)
+        lo = min(cfg.space_options.get("min_epochs", 1), args.max_epochs)
+        overrides["space_options"] = {**overrides.get("space_options", cfg.space_options),
+                                      "max_epochs": args.max_epochs, "min_epochs": lo}
     if "space" in overrides and overrides["space"] != cfg.space:
         overrides["space_options"] = {}  # the options belonged to the other space
     overrides.update(_cheap_overrides(args, cfg))
@@ -138,8 +150,12 @@ def _results(args: argparse.Namespace) -> int:
         flag = "*" if r["pareto"] else " "
         obj = "  ".join(f"{k}={v:.4g}" for k, v in r["objectives"].items())
         tail = obj if r["status"] == "done" else (r["error"] or "")
+        if r.get("test_accuracy") is not None:
+            tail += f"  test_accuracy={r['test_accuracy']:.4g}"
+        if (r.get("final") or {}).get("test_accuracy") is not None:
+            tail += f"  final_test_accuracy={r['final']['test_accuracy']:.4g}"
         print(f"{flag} {r['id']:4d} {r['status']:8s} {tail}")
-    print("(* = Pareto member)")
+    print("(* = Pareto member; accuracy is the validation split's, test_accuracy measured once after the search)")
     return 0
 
 
@@ -205,6 +221,25 @@ def _export(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _train_final(args: argparse.Namespace) -> int:
+    from search.training.final import FinalTrainingError, train_final
+
+    try:
+        records = train_final(args.run_dir, top=args.top, epochs=args.epochs, ids=args.id, device=args.train_device)
+    except FinalTrainingError as exc:
+        raise CLIError(str(exc)) from None
+    for r in records:
+        s = r["search"]
+        print(f"#{r['id']}: {r['epochs']} epochs on {r['device']}: val_accuracy {r['val_accuracy']:.4f}, "
+              f"test_accuracy {_num(r['test_accuracy'])} (search: {s['epochs']} epochs, val {_num(s['val_accuracy'])}, "
+              f"test {_num(s['test_accuracy'])}); ONNX {r['onnx_path']}")
+    return 0
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 def _status(args: argparse.Namespace) -> int:
     from search.reporting.status import run_status
 
@@ -253,7 +288,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="seed of the algorithm, the data splits and training (default 0)")
     s.add_argument("--space", choices=list_spaces(), help="search space (default menndl)")
     s.add_argument("--algorithm", choices=list_algorithms(), help="search algorithm (default nsga2)")
-    s.add_argument("--dataset", help="digits, fashion-mnist, cifar10:PATH, cifar100:PATH, cinic10:PATH, imagefolder:PATH (local pickle batches, an ImageFolder tree or a tar of one)")
+    s.add_argument("--dataset", metavar="NAME[:PATH]",
+                   help="what candidates train on: digits (default, embedded), fashion-mnist, cifar10:PATH, "
+                        "cifar100:PATH, cinic10:PATH, imagefolder:PATH (local pickle batches, an "
+                        "ImageFolder tree or a tar of one)")
+    s.add_argument("--data-root", dest="data_root", metavar="DIR", help="folder of torchvision's dataset files")
+    s.add_argument("--subset", type=int, metavar="N",
+                   help="KIND:PATH datasets: decode a seeded stratified pick of at most N images per split")
+    s.add_argument("--max-epochs", type=int, metavar="N", help="[train].max_epochs: the longest training")
+    s.add_argument("--time-budget-s", type=float, metavar="S",
+                   help="[train].time_budget_s: training seconds per candidate (0: none)")
+    s.add_argument("--train-device", metavar="DEV",
+                   help="auto (default: cuda when present), cpu, cuda, cuda:N; an absent GPU is an error")
+    s.add_argument("--train-workers", dest="train_workers", type=int, metavar="N",
+                   help="training worker processes on CPU (cuda: one per visible GPU)")
+    s.add_argument("--train-executor", choices=["local", "ray"],
+                   help="local worker processes (default) or a Ray cluster (pip install 'hwnas[ray]')")
+    s.add_argument("--ray-address", metavar="HOST:PORT", help="the Ray cluster (--train-executor ray)")
     s.add_argument("--accuracy-table", dest="accuracy_table", metavar="CSV:COLUMN",
                    help="use a published accuracy instead of training (e.g. NAS-Bench-201)")
     s.add_argument("--objective", action="append", metavar="[max:|min:]METRIC[@KEY]",
@@ -329,6 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--min-agreement", type=float, default=0.99, metavar="F",
                    help="top-1 agreement with model.onnx the artifact must reach (default 0.99)")
     e.set_defaults(func=_export)
+
+    tf = sub.add_parser("train-final", help="retrain chosen Pareto members with their full schedule")
+    tf.add_argument("run_dir")
+    tf.add_argument("--top", type=int, metavar="K", help="the K most accurate Pareto members (default: all)")
+    tf.add_argument("--id", type=int, action="append", help="this finished candidate (repeatable) instead")
+    tf.add_argument("--epochs", type=int, metavar="N", help="epochs for each (default: its genome's)")
+    tf.add_argument("--train-device", metavar="DEV", help="auto, cpu, cuda, cuda:N (default: the run's)")
+    tf.set_defaults(func=_train_final)
 
     rn = sub.add_parser("run", help="classify images with an export's manifest.json (see hwnas run -h)",
                         add_help=False)

@@ -13,16 +13,24 @@ File format::
     constraints = ["latency_ms <= 5"]
     dataset = "digits"          # digits | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH
     data_root = ""              # where torchvision datasets live
+    subset = 0                  # KIND:PATH datasets: decode at most this many images per split (0: all)
     accuracy_table = ""         # CSV:COLUMN, replaces training by a published accuracy
-    train_workers = 1
-    torch_threads = 1
+    train_workers = 1           # training worker processes on CPU (cuda: one per visible GPU)
+    torch_threads = 1           # torch threads per worker (0: the cores shared out over the workers)
     cost_first = false          # export the untrained network, measure it, never train a violator
     accuracy = ""               # "" (train) | "supernet:PATH" (inherited weights, mobile space)
 
     [train]
-    max_epochs = 6
-    time_budget_s = 20.0
-    patience = 2
+    max_epochs = 6              # the longest training; the space's epoch gene stays within it
+    time_budget_s = 20.0        # per candidate, seconds (0: none)
+    patience = 2                # epochs without a better validation accuracy before stopping
+    device = "auto"             # auto (cuda when present) | cpu | cuda | cuda:N; absent = error
+    deterministic = false       # cuda: reproducible kernels instead of cudnn autotuning
+    executor = "local"          # local (worker processes, one per GPU) | ray
+    ray_address = ""            # HOST:PORT of a running Ray cluster (executor = "ray")
+    ray_max_retries = 2         # a training whose Ray worker or node is lost runs again this often
+    ray_num_cpus = 1.0          # resources each training asks Ray for
+    ray_num_gpus = 0.0
     early_bird = false          # stop a training once its Early-Bird ticket is drawn
     early_bird_window = 5       # ... the last N mask distances all below early_bird_eps
     early_bird_eps = 0.1
@@ -62,7 +70,7 @@ from __future__ import annotations
 import math
 import os
 import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +83,44 @@ class ConfigError(ValueError):
     """The configuration file or a command-line override is invalid."""
 
 
+#: where trainings run: local worker processes or tasks on a Ray cluster
+EXECUTORS = ("local", "ray")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
+    """The `[train]` section: the training budget, the device and the executor."""
+
     max_epochs: int = 6
     time_budget_s: float = 20.0
     patience: int = 2
+    device: str = "auto"
+    deterministic: bool = False
+    executor: str = "local"
+    ray_address: str = ""
+    ray_max_retries: int = 2
+    ray_num_cpus: float = 1.0
+    ray_num_gpus: float = 0.0
     early_bird: bool = False
     early_bird_window: int = 5
     early_bird_eps: float = 0.1
     inherit_weights: bool = False
+
+    def validate(self) -> "TrainSettings":
+        """Raise :class:`ConfigError` for values no training could use."""
+        # the numbers' ranges are checked with every other section's (_RANGES)
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"[train].executor {self.executor!r}: known {list(EXECUTORS)}")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError(f"[train].device {self.device!r}: auto, cpu, cuda or cuda:N")
+        if self.executor == "ray" and self.ray_address and ":" not in self.ray_address:
+            raise ConfigError(f"[train].ray_address {self.ray_address!r}: HOST:PORT")
+        return self
+
+    @property
+    def budget_s(self) -> float | None:
+        """The per-candidate time budget, None when there is none."""
+        return self.time_budget_s or None
 
 
 @dataclass(frozen=True)
@@ -169,6 +206,7 @@ class SearchConfig:
     constraints: tuple[str, ...] = ()
     dataset: str = "digits"
     data_root: str = ""
+    subset: int = 0
     accuracy_table: str = ""
     train_workers: int = 1
     torch_threads: int = 1
@@ -220,6 +258,7 @@ class SearchConfig:
                 raise ConfigError(f"[agents].{name}: no file {getattr(a, name)!r}")
         if self.measure.min_duration_s > self.measure.max_duration_s:
             raise ConfigError("[measure]: min_duration_s must not exceed max_duration_s")
+        self.train.validate()
         f = self.fidelity
         if f.rungs and (list(f.rungs) != sorted(set(f.rungs)) or f.rungs[0] < 1 or f.eta < 2):
             raise ConfigError("[fidelity]: rungs must be ascending distinct epoch counts >= 1 and eta >= 2")
@@ -280,8 +319,9 @@ def _section(cls: type, data: dict[str, Any], where: str) -> Any:
 #: (section, key) -> (low, high) closed range of every numeric setting (None: unbounded)
 _RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("search", "budget"): (1, None), ("search", "seed"): (0, 2**32 - 1), ("search", "population_size"): (2, None),
-    ("search", "train_workers"): (1, 256), ("search", "torch_threads"): (1, 1024),
-    ("train", "max_epochs"): (1, None), ("train", "time_budget_s"): (1e-3, None), ("train", "patience"): (0, None),
+    ("search", "train_workers"): (1, 256), ("search", "torch_threads"): (0, 1024), ("search", "subset"): (0, None),
+    ("train", "max_epochs"): (1, None), ("train", "time_budget_s"): (0, None), ("train", "patience"): (1, None),
+    ("train", "ray_max_retries"): (0, None), ("train", "ray_num_cpus"): (0, None), ("train", "ray_num_gpus"): (0, None),
     ("agents", "lease_s"): (1e-3, None), ("agents", "max_attempts"): (1, None),
     ("agents", "max_crashes"): (1, None), ("agents", "straggler_s"): (0, None),
     ("build", "intra_op_threads"): (0, 1024), ("build", "workspace_mb"): (1, None),
@@ -303,6 +343,16 @@ def _check_ranges(cfg: "SearchConfig") -> None:
         if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
             bounds = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
             raise ConfigError(f"[{where}].{key} must be {bounds}, got {value!r}")
+
+
+def check_epoch_range(cfg: SearchConfig) -> SearchConfig:
+    """A new run's space must not evolve epochs beyond ``[train].max_epochs`` (those genes would
+    have no effect). Not applied to stored runs, which resume as they were started."""
+    top = cfg.space_options.get("max_epochs")
+    if isinstance(top, int) and top > cfg.train.max_epochs:
+        raise ConfigError(f"space_options.max_epochs {top} > [train].max_epochs {cfg.train.max_epochs}: "
+                          f"the epoch genes above {cfg.train.max_epochs} would have no effect")
+    return cfg
 
 
 def from_dict(data: dict[str, Any]) -> SearchConfig:
@@ -344,7 +394,7 @@ def from_dict(data: dict[str, Any]) -> SearchConfig:
         raise ConfigError(str(exc)) from None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return cfg.validate()
+    return check_epoch_range(cfg.validate())
 
 
 #: the project root (``search/`` lives in it)

@@ -62,3 +62,39 @@ def test_agent_tls_settings_reach_the_client_options(tmp_path):
     assert cfg.agents.client_tls() == {"tls_ca": str(ca), "tls_server_name": "agent.lab"}
     assert cfgmod.load(None).agents.client_tls() == {}, "no TLS unless asked"
     assert cfgmod.restore(cfg.to_dict()) == cfg
+
+
+def test_train_section_validates_and_the_epoch_gene_ends_at_max_epochs():
+    import dataclasses
+
+    import pytest
+
+    from search import config as cfgmod
+    from search.loop.setup import make_space
+
+    for bad, match in (({"time_budget_s": -1.0}, "time_budget_s"), ({"executor": "slurm"}, "executor"),
+                       ({"device": "tpu"}, "device"), ({"max_epochs": 0}, "max_epochs"),
+                       ({"ray_max_retries": -1}, "ray_max_retries")):
+        with pytest.raises(cfgmod.ConfigError, match=match):
+            cfgmod.from_dict({"train": bad})
+    # a space range beyond the cap would make genes without effect: refused for a new run
+    with pytest.raises(cfgmod.ConfigError, match="no effect"):
+        cfgmod.from_dict({"search": {"space_options": {"max_epochs": 8}}, "train": {"max_epochs": 6}})
+    cfg = cfgmod.from_dict({"train": {"max_epochs": 4}})
+    assert make_space(cfg).max_epochs == 4  # the default range ends at the cap
+    assert cfgmod.load(None).space_options["max_epochs"] == cfgmod.load(None).train.max_epochs
+    # a stored config from before the new [train] keys restores with their defaults
+    stored = cfgmod.SearchConfig().to_stored()
+    stored["train"] = {"max_epochs": 6, "time_budget_s": 20.0, "patience": 2}
+    restored = cfgmod.restore(stored)
+    assert restored.train.executor == "local" and restored.train.device == "auto"
+    assert dataclasses.replace(restored.train, time_budget_s=0.0).budget_s is None
+
+
+def test_training_flags_reach_the_config(tmp_path, capsys):
+    from search.cli import main as hwnas
+
+    rc = hwnas(["search", "--out", str(tmp_path / "r"), "--time-budget-s", "-3", "--no-progress"])
+    assert rc == 2 and "time_budget_s must be >= 0" in capsys.readouterr().err
+    rc = hwnas(["search", "--out", str(tmp_path / "r2"), "--max-epochs", "0", "--no-progress"])
+    assert rc == 2 and "[train].max_epochs must be >= 1, got 0" in capsys.readouterr().err

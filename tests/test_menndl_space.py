@@ -144,3 +144,44 @@ def test_from_json_rejects_out_of_space_values(patch):
     data.update(patch)
     with pytest.raises(ValueError):
         space.from_json(data)
+
+
+def test_a_genome_stored_before_the_later_hyperparameters_reads_with_the_old_training():
+    """Stored runs must open and resume: a genome without schedule, warm-up, label smoothing and
+    augmentation reads as cosine, none, none, none, and keeps the key it was stored under."""
+    from search.spaces.base import TrainHParams
+    from search.spaces.menndl import MenndlSpace
+
+    space = MenndlSpace()
+    old = {"layers": [{"type": "conv", "filters": 16, "kernel": 3, "stride": 1, "activation": "relu",
+                       "batch_norm": True, "dropout": 0.0, "skip_from": None}],
+           "head": {"hidden": 0, "dropout": 0.0},
+           "hparams": {"learning_rate": 0.01, "batch_size": 64, "epochs": 3, "weight_decay": 0.0005,
+                       "optimizer": "sgd"}}
+    g = space.from_json(old)
+    assert g.hparams == TrainHParams(learning_rate=0.01, batch_size=64, epochs=3, weight_decay=0.0005)
+    assert (g.hparams.schedule, g.hparams.warmup_epochs, g.hparams.label_smoothing, g.hparams.augment) == \
+        ("cosine", 0, 0.0, 0.0)
+    assert space.key(g).endswith("#sgd,lr=0.01,bs=64,ep=3,wd=0.0005")
+    assert space.from_json(space.to_json(g)) == g
+    import pytest
+
+    with pytest.raises(ValueError, match="schedule"):
+        space.from_json({**old, "hparams": {**old["hparams"], "schedule": "linear"}})
+
+
+def test_every_hyperparameter_gene_is_sampled_and_mutated():
+    import random
+
+    from search.spaces.menndl import HPARAM_GENES, MenndlSpace
+
+    space, rng = MenndlSpace(), random.Random(0)
+    genomes = [space.sample(rng) for _ in range(60)]
+    for gene in HPARAM_GENES:
+        assert len({getattr(g.hparams, gene) for g in genomes}) > 1, gene
+    changed = set()
+    for i in range(1500):
+        g = genomes[i % len(genomes)]
+        child = space.mutate(g, rng)
+        changed |= {f for f in HPARAM_GENES if getattr(child.hparams, f) != getattr(g.hparams, f)}
+    assert changed == set(HPARAM_GENES)

@@ -54,7 +54,7 @@ def test_deterministic_for_a_seed(digits, one_thread):
     a = train_candidate(small_cnn(1), digits, hp, seed=3)
     b = train_candidate(small_cnn(1), digits, hp, seed=3)
     c = train_candidate(small_cnn(1), digits, hp, seed=4)
-    strip = lambda r: [{k: v for k, v in h.items() if k != "time_s"} for h in r.history]  # noqa: E731
+    strip = lambda r: [{k: v for k, v in h.items() if k not in ("time_s", "images_per_s")} for h in r.history]  # noqa: E731
     assert strip(a) == strip(b)
     assert strip(a) != strip(c)
 
@@ -86,19 +86,49 @@ def test_divergence_raises_training_error(digits):
 
 
 def test_resize_and_step_schedule(digits):
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class HP(TrainHParams):
-        lr_schedule: str = "step"
-
     model = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
     seen = []
     model[0].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
-    r = train_candidate(model, digits, HP(epochs=4, batch_size=512), resize_to=16, patience=10)
+    r = train_candidate(model, digits, TrainHParams(epochs=4, batch_size=512, schedule="step"), resize_to=16,
+                        patience=10)
     assert seen and all(s == (16, 16) for s in seen)
     lrs = [h["lr"] for h in r.history]
     assert lrs[0] == pytest.approx(0.05) and lrs[-1] == pytest.approx(0.0005)
-    with pytest.raises(ValueError, match="unknown optimizer"):
-        train_candidate(model, digits, TrainHParams(optimizer="lion"))
+    with pytest.raises(ValueError, match="optimizer 'lion'"):
+        TrainHParams(optimizer="lion")
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "onecycle", "constant"])
+def test_every_schedule_shapes_the_learning_rate(schedule):
+    from search.training.train import lr_factor
+
+    f = [lr_factor(schedule, s, 100, 10) for s in range(100)]
+    assert all(0 < v <= 1.0 for v in f)
+    if schedule == "onecycle":  # own warm-up: rises to the peak at 30 %, then falls far below
+        assert f[0] < 0.1 and max(f) == pytest.approx(1.0, abs=1e-3) and f[-1] < 0.01
+    else:
+        assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)  # linear warm-up
+        assert (f[-1] < 0.05) == (schedule in ("cosine", "step"))
+
+
+def test_every_new_gene_changes_the_training(digits, one_thread):
+    """No gene without effect: label smoothing, augmentation, schedule, warm-up and optimizer
+    each change the training's numbers (the same seed and initial weights otherwise)."""
+    base = TrainHParams(epochs=2, batch_size=64, learning_rate=0.05)
+    ref = train_candidate(small_cnn(1), digits, base, seed=1, patience=None)
+    for change in ({"label_smoothing": 0.1}, {"augment": 1.0}, {"schedule": "onecycle"},
+                   {"warmup_epochs": 1}, {"optimizer": "adamw"}, {"optimizer": "sgd-nesterov"}):
+        from dataclasses import replace
+
+        r = train_candidate(small_cnn(1), digits, replace(base, **change), seed=1, patience=None)
+        assert r.history[-1]["train_loss"] != ref.history[-1]["train_loss"], change
+    assert ref.images_per_s > 0 and ref.device == "cpu" and not ref.amp
+
+
+def test_the_augment_gene_sets_the_crop_and_flips():
+    from search.training.train import genome_augment
+
+    assert genome_augment(0.0, 32, flip=True) is None
+    a = genome_augment(1.0, 32, flip=True)
+    assert a.crop_padding == 4 and a.flip and genome_augment(0.5, 32, flip=False).crop_padding == 2

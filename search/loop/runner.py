@@ -27,8 +27,8 @@ from search.algorithms.base import AlgorithmOptions, create_algorithm
 from search.config import SearchConfig
 from search.fleet.pool import MeasureJob
 from search.loop.progress import PlainProgress
-from search.loop.setup import (Fleet, RegistrySettings, SearchError, accuracy_source, describe_source, lock_run,
-                               make_evaluator, open_run, preflight, resume_config)
+from search.loop.setup import (Fleet, RegistrySettings, SearchError, accuracy_source, check_new_run, describe_source,
+                               lock_run, make_evaluator, open_run, preflight, resume_config, training_device)
 from search.loop.store import StoreError
 from search.loop.rungs import RungLadder
 from search.loop.screening import Screener, Verdict, prediction_error
@@ -70,6 +70,10 @@ class SearchRunner:
         assert config is not None
         self.space = preflight(config, registry=registry)
         self._source = accuracy_source(config) if evaluator is None else None
+        if self._source is not None and not config.accuracy_table:
+            training_device(config)  # an absent GPU (or Ray) fails before anything is started
+            if not resume:  # where hwnas trains, every epoch gene must have an effect
+                check_new_run(config)
         self._run_lock = lock_run(self.run_dir)  # one process per run directory, freed at exit
         try:
             self.store, self.config = open_run(self.run_dir, config, resume=resume)
@@ -98,6 +102,8 @@ class SearchRunner:
         #: candidates finished or failed in this process (see wait_closed)
         self.closed_count = 0
         self._progressed = threading.Condition()
+        #: candidate id -> its last epoch record, while it trains (the progress line)
+        self.training_progress: dict[int, dict[str, float]] = {}
 
     def _init_fleet(self, agents: list[str] | None, registry: RegistrySettings | None,
                     local_agent_args: tuple[str, ...], wait_agents_s: float) -> None:
@@ -141,8 +147,9 @@ class SearchRunner:
                 # built (not exported)
                 server_metrics = {split_metric(i.name)[0] for i in [*objectives, *constraints]}
                 export = bool(server_metrics & ONNX_METRICS) or self.fleet.runs_onnx()
-                self.evaluator = make_evaluator(cfg, source, self.space, self.store, export=export,
-                                                build=export or "params" in server_metrics)
+                self.evaluator = make_evaluator(
+                    cfg, source, self.space, self.store, export=export, build=export or "params" in server_metrics,
+                    on_progress=lambda cid, record: self._events.put(("progress", (cid, record))))
             algo = create_algorithm(cfg.algorithm, AlgorithmOptions(
                 space=self.space, objectives=tuple(objectives), constraints=tuple(constraints),
                 seed=cfg.seed, population_size=cfg.population_size))
@@ -154,7 +161,10 @@ class SearchRunner:
             if cfg.predictor.enabled:
                 self._start_predictor(objectives, constraints)
             self.started.set()
-            return self._loop(t_start)
+            summary = self._loop(t_start)
+            if source is not None and not cfg.accuracy_table:
+                summary["test"] = self._test_front()
+            return summary
         finally:
             self.close()
 
@@ -223,6 +233,7 @@ class SearchRunner:
         fut.add_done_callback(lambda f, cid=cid: self._events.put(("trained", (cid, f))))
 
     def _trained(self, cid: int, fut: cf.Future) -> None:
+        self.training_progress.pop(cid, None)
         try:
             ev = fut.result()
         except Exception as exc:  # noqa: BLE001 - a failed candidate is a value
@@ -318,6 +329,12 @@ class SearchRunner:
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "trained":
             self._trained(*payload)
+        elif kind == "progress":
+            cid, record = payload
+            # a record that arrives after the training's result is dropped (it would linger)
+            if cid in self.tracker and self.tracker[cid].state is State.TRAINING:
+                self.training_progress[cid] = record
+                self._refresh()
         elif kind == "note":
             what, cid, detail = payload
             self.store.event(what, candidate_id=cid, detail={"error": detail})
@@ -394,7 +411,8 @@ class SearchRunner:
     # -- the loop ---------------------------------------------------------------------------
     def _loop(self, t_start: float) -> dict[str, Any]:
         cfg, tracker = self.config, self.tracker
-        self._executor = cf.ThreadPoolExecutor(max_workers=cfg.train_workers, thread_name_prefix="train")
+        capacity = int(getattr(self.evaluator, "capacity", cfg.train_workers))
+        self._executor = cf.ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="train")
         proposed = len(self.store.candidates())
         if self.resume:
             self._replay()
@@ -409,7 +427,7 @@ class SearchRunner:
                 with self.store.batch():
                     # keep the trainers busy, but not so far ahead that measurements pile up
                     max_backlog = max(2, 2 * len(self.pool.agents))  # agents join and leave
-                    while (tracker.count(State.TRAINING) < cfg.train_workers and proposed < cfg.budget
+                    while (tracker.count(State.TRAINING) < capacity and proposed < cfg.budget
                            and tracker.count(State.MEASURING) <= max_backlog):
                         self._propose()
                         proposed += 1
@@ -442,6 +460,18 @@ class SearchRunner:
                    "pareto_size": len(self._pareto_ids())}
         self.store.event("search_finished", detail=summary)
         return summary
+
+    def _test_front(self) -> dict[str, Any]:
+        """After the search: the test accuracy of every Pareto member, once (never selection)."""
+        from search.training.holdout import evaluate_on_test
+
+        try:
+            out = evaluate_on_test(store=self.store, space=self.space, splits=self._source,
+                                   ids=self._pareto_ids(), device=training_device(self.config))
+        except (ValueError, OSError, RuntimeError) as exc:  # the search's results stay as they are
+            self.store.event("test_failed", detail={"error": f"{type(exc).__name__}: {exc}"})
+            return {"error": f"test split not evaluated: {type(exc).__name__}: {exc}"}
+        return {"evaluated": len(out["evaluated"]), "skipped": out["skipped"], "test_images": out["test_images"]}
 
     # -- progress ---------------------------------------------------------------------------
     def _pareto_ids(self) -> list[int]:
@@ -477,9 +507,11 @@ class SearchRunner:
             return
         self._last_refresh = time.monotonic()
         counts = self.store.count()
+        training = " ".join(f"#{cid}:{int(r['epoch'])}/{int(r['epochs'])}@{r['images_per_s']:.0f}img/s"
+                            for cid, r in sorted(self.training_progress.items()))
         self._bar.set_postfix(done=counts.get("done", 0), failed=counts.get("failed", 0),
                               front=len(self._pareto_ids()), queue=sum(self.pool.queue_depth().values()),
-                              refresh=True)
+                              training=training or "-", refresh=True)
 
     def close(self) -> None:
         """Stop the fleet and close the store (once)."""
@@ -489,6 +521,9 @@ class SearchRunner:
         if self.models is not None:  # a fit in flight writes its event before the store closes
             self.models.close()
         try:
+            closer = getattr(self.evaluator, "close", None)
+            if closer is not None:
+                closer()
             self.fleet.close()
             self.store.close()
         finally:

@@ -115,12 +115,31 @@ def preflight(config: SearchConfig, *, registry: "RegistrySettings | None") -> S
     return space
 
 
-def make_space(config: SearchConfig) -> SearchSpace:
-    """The config's search space, with its options."""
-    from search.spaces.base import get_space
+def check_new_run(config: SearchConfig) -> None:
+    """Checks for a new run only (a stored run resumes as it was started): the space's epoch
+    range ends at ``[train].max_epochs``."""
+    from search.config import ConfigError, check_epoch_range
 
     try:
-        return get_space(config.space, **config.space_options)
+        check_epoch_range(config)
+    except ConfigError as exc:
+        raise SearchError(str(exc)) from None
+
+
+def make_space(config: SearchConfig) -> SearchSpace:
+    """The config's search space, with its options."""
+    import inspect
+
+    from search.spaces.base import SPACES, get_space
+
+    options = dict(config.space_options)
+    try:
+        # a space with an epoch gene trains at most [train].max_epochs: its range ends there
+        # unless the options say otherwise (check_new_run refuses a range beyond it for new runs)
+        if "max_epochs" in inspect.signature(SPACES.get(config.space)).parameters:
+            options.setdefault("max_epochs", config.train.max_epochs)
+            options.setdefault("min_epochs", min(options.get("min_epochs", 1), options["max_epochs"]))
+        return get_space(config.space, **options)
     except (TypeError, ValueError) as exc:
         raise SearchError(f"search space {config.space!r}: {exc}") from None
 
@@ -338,10 +357,10 @@ def accuracy_source(config: SearchConfig) -> Any:
             return AccuracyTable(config.accuracy_table)
         except AccuracyTableError as exc:
             raise SearchError(str(exc)) from None
-    from search.training.data import load_dataset
+    from search.training.workers import load_splits
 
     try:
-        return load_dataset(config.dataset, root=config.data_root or None, seed=config.seed)
+        return load_splits(config)
     except (ValueError, FileNotFoundError, OSError) as exc:
         raise SearchError(f"dataset {config.dataset!r}: {exc}") from None
 
@@ -359,6 +378,22 @@ def describe_source(source: Any) -> dict[str, Any]:
     classes = 100 if column.startswith("c100") else 120 if column.startswith("in16") else 10
     return {"name": "accuracy table", "source": str(getattr(source, "source", "")), "train": None,
             "val": None, "test": None, "num_classes": classes}
+
+
+def training_device(config: SearchConfig) -> str:
+    """The run's training device (``[train].device`` resolved; an absent GPU is an error); the
+    Ray executor without Ray installed is an error too (both before any agent starts)."""
+    from search.training.devices import DeviceError, resolve_device
+
+    if config.train.executor == "ray":
+        from search.training.ray_executor import INSTALL_HINT, ray_available
+
+        if not ray_available():
+            raise SearchError(INSTALL_HINT)
+    try:
+        return resolve_device(config.train.device)
+    except DeviceError as exc:
+        raise SearchError(str(exc)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,16 +421,20 @@ def load_supernet(config: SearchConfig) -> SupernetSource:
 
 
 def make_evaluator(config: SearchConfig, source: Any, space: SearchSpace, store: Store, *, build: bool,
-                   export: bool) -> Evaluator:
-    """The run's evaluator for an :func:`accuracy_source`: the table's look-up, or in-process
-    training on the dataset's splits."""
+                   export: bool, on_progress: Callable[[int, dict], None] | None = None) -> Evaluator:
+    """The run's evaluator for an :func:`accuracy_source`: the table's look-up, a supernet's
+    inherited weights, cheap training (rungs, Early-Bird, inherited weights: in this process),
+    or training in worker processes (one per GPU, or ``train_workers`` on CPU) or on a Ray
+    cluster."""
     from search.training.accuracy_table import AccuracyTable
-    from search.training.evaluator import InProcessTrainer, TableEvaluator
+    from search.training.evaluator import TableEvaluator
 
     common: dict[str, Any] = dict(space=space, model_path=store.model_path, export=export,
                                   precision=config.build.precision)
     if isinstance(source, AccuracyTable):
-        return TableEvaluator(table=source, build=build, torch_threads=config.torch_threads, **common)
+        table = TableEvaluator(table=source, build=build, torch_threads=config.torch_threads, **common)
+        table.capacity = config.train_workers
+        return table
     if isinstance(source, SupernetSource):
         from search.training.evaluator import SupernetEvaluator
 
@@ -409,4 +448,18 @@ def make_evaluator(config: SearchConfig, source: Any, space: SearchSpace, store:
         from search.training.fidelity import CheapTrainer
 
         return CheapTrainer(splits=source, config=config, weights_dir=store.run_dir / "weights", **common)
-    return InProcessTrainer(splits=source, config=config, **common)
+    device = training_device(config)
+    if config.train.executor == "ray":
+        from search.training.ray_executor import RayTrainer
+
+        try:
+            return RayTrainer(config=config, splits=source, run_dir=store.run_dir, export=export,
+                              device=device, on_progress=on_progress)
+        except (ImportError, ConnectionError, RuntimeError, ValueError) as exc:
+            raise SearchError(f"ray executor: {exc}") from None
+    from search.training.devices import cpu_threads, worker_devices
+    from search.training.workers import ProcessPoolTrainer
+
+    devices = worker_devices(device, config.train_workers)
+    return ProcessPoolTrainer(config=config, run_dir=store.run_dir, export=export, devices=devices,
+                              threads=cpu_threads(len(devices), config.torch_threads), on_progress=on_progress)

@@ -39,6 +39,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -111,6 +112,21 @@ class StoreError(RuntimeError):
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of a run beside its SQLite file (picklable: training workers write them)."""
+
+    run_dir: Path
+
+    def model_path(self, sha256: str) -> Path:
+        """The exported ONNX file of that digest (content-addressed)."""
+        return self.run_dir / "models" / f"{sha256}.onnx"
+
+    def weights_path(self, cid: int) -> Path:
+        """The trained weights (``state_dict``) of candidate ``cid``, kept for the test split."""
+        return self.run_dir / "weights" / f"{cid}.pt"
 
 
 class Store:
@@ -206,7 +222,21 @@ class Store:
         return self.run_dir / "models"
 
     def model_path(self, sha256: str) -> Path:
-        return self.models_dir / f"{sha256}.onnx"
+        return RunFiles(self.run_dir).model_path(sha256)
+
+    @property
+    def files(self) -> RunFiles:
+        """The run's files (ONNX models, trained weights)."""
+        return RunFiles(self.run_dir)
+
+    def update_train(self, cid: int, **fields: Any) -> None:
+        """Add ``fields`` to candidate ``cid``'s training record (test accuracy, final training)."""
+        with self._tx() as db:
+            row = db.execute("SELECT train FROM candidates WHERE id=?", (cid,)).fetchone()
+            train = json.loads(row["train"]) if row is not None and row["train"] else {}
+            train.update(fields)
+            # `updated` stays: it is when the search finished the candidate (status' throughput)
+            db.execute("UPDATE candidates SET train=? WHERE id=?", (_dumps(train), cid))
 
     class _Tx:
         def __init__(self, store: "Store") -> None:

@@ -52,16 +52,38 @@ def _points_scale(accs: Sequence[float]) -> float:
     return 100.0 if max(accs, default=0.0) <= 1.0 else 1.0
 
 
+def _test_accuracy(c: dict[str, Any]) -> tuple[float | None, str]:
+    """A candidate's held-out accuracy: after final training where it had one, else the test
+    accuracy measured after the search; ``(None, "")`` when it has neither."""
+    final = _num((c.get("final") or {}).get("test_accuracy"))
+    if final is not None:
+        return final, "test accuracy after final training"
+    test = _num(c.get("test_accuracy"))
+    return (test, "test accuracy") if test is not None else (None, "")
+
+
 def near_best(results: Sequence[dict[str, Any]], objectives: Sequence[Objective],
               tolerances: Sequence[float] = (1.0, 2.0)) -> list[dict[str, Any]]:
     """For each tolerance (accuracy points) and cost metric: the cheapest finished candidate
-    within that many points of the most accurate one, and how many times cheaper it is."""
+    within that many points of the most accurate one, and how many times cheaper it is.
+
+    On test accuracy when the run has it (the Pareto members', measured after the search or
+    after final training), among the candidates that have one; else on the search's accuracy
+    objective (validation). Each row's ``accuracy_kind`` says which."""
     acc_o = _accuracy_objective(objectives)
     done = [c for c in results if c.get("status") == "done" and c.get("feasible", True)
             and _num((c.get("objectives") or {}).get(acc_o.name)) is not None]
+    tested = {c["id"]: _test_accuracy(c) for c in done if _test_accuracy(c)[0] is not None}
+    if tested:
+        done = [c for c in done if c["id"] in tested]
+        acc = {cid: float(v) for cid, (v, _) in tested.items()}
+        kinds = {kind for _, kind in tested.values()}
+        kind = kinds.pop() if len(kinds) == 1 else "test accuracy (after final training where there was one)"
+    else:
+        acc = {c["id"]: float(c["objectives"][acc_o.name]) for c in done}
+        kind = f"{acc_o.name} (validation)"
     if not done:
         return []
-    acc = {c["id"]: float(c["objectives"][acc_o.name]) for c in done}
     scale = _points_scale(list(acc.values()))
     best = max(done, key=lambda c: (acc[c["id"]], -c["id"]))
     best_costs = cost_values(best, objectives)
@@ -73,7 +95,7 @@ def near_best(results: Sequence[dict[str, Any]], objectives: Sequence[Objective]
             cands = [(v, c) for v, c in cands if v is not None]
             v, cheap = min(cands, key=lambda t: (t[0], -acc[t[1]["id"]], t[1]["id"]))
             rows.append({
-                "tolerance_points": tol, "metric": metric,
+                "tolerance_points": tol, "metric": metric, "accuracy_kind": kind,
                 "best_id": best["id"], "best_accuracy": acc[best["id"]], "best_value": best_v,
                 "cheapest_id": cheap["id"], "cheapest_accuracy": acc[cheap["id"]], "cheapest_value": v,
                 "accuracy_drop_points": (acc[best["id"]] - acc[cheap["id"]]) * scale,
@@ -419,10 +441,13 @@ def write_report(results: list[dict[str, Any]], out_dir: str, *, objectives: lis
 
     lines.append(f"<h2>Pareto set ({len(members)})</h2><table><tr><th>id</th>"
                  + "".join(f"<th>{e(o.name)} ({o.direction})</th>" for o in objectives)
-                 + "<th>architecture</th></tr>")
+                 + "<th>test accuracy</th><th>after final training (val / test)</th><th>architecture</th></tr>")
     for c in members:
+        final = c.get("final") or {}
         lines.append(f"<tr><td>#{c['id']}{' (chance level)' if c in chance else ''}</td>"
                      + "".join(f"<td>{_cell(c, o.name)}</td>" for o in objectives)
+                     + f"<td>{e(_fmt(c.get('test_accuracy')))}</td>"
+                     + f"<td>{e(_fmt(final.get('val_accuracy')))} / {e(_fmt(final.get('test_accuracy')))}</td>"
                      + f"<td class='arch'><code>{e(_genome_text(c))}</code></td></tr>")
     lines.append("</table>")
     from search.reporting.layers import layer_section
@@ -431,6 +456,7 @@ def write_report(results: list[dict[str, Any]], out_dir: str, *, objectives: lis
 
     lines.append(f"<h2>Near-best networks against the most accurate ({basis} accuracy)</h2>")
     if rows:
+        lines.append(f"<p>Accuracy: {e(rows[0]['accuracy_kind'])}.</p>")
         lines.append("<table><tr><th>within</th><th>metric</th><th>most accurate</th><th>cheapest near-best</th>"
                      "<th>accuracy drop (points)</th><th>times cheaper</th></tr>")
         for r in rows:

@@ -8,7 +8,11 @@ File format: a JSON list, one object per candidate, in proposal order::
       "objectives": {"accuracy": 0.95, "latency_ms@cpu-...": 0.21, "params": 12034},
       "feasible": true, "pareto": true,
       "kinds": {"accuracy": "measured", "latency_ms@cpu-...": "measured", "params": "computed"},
-      "train": {"accuracy": 0.95, "epochs": 4, ..., "source": "trained on ..."},
+      "train": {"accuracy": 0.95, "epochs": 4, ..., "source": "trained on ...", "device": "cpu",
+                "images_per_s": 5400.0, "test_accuracy": 0.94 (Pareto members, after the search)},
+      "val_accuracy": 0.95, "test_accuracy": 0.94 | null, "train_device": "cpu",
+      "final": null | {"epochs": 30, "val_accuracy": ..., "test_accuracy": ..., "model_sha256": ...,
+                       "weights": "final/7.pt", "onnx_path": "models/<sha>.onnx", ...},
       "params": 12034, "size_mb": 0.05, "model_sha256": "...", "onnx_path": "models/<sha>.onnx",
       "measurements": [
         {"device_key": "...", "agent": "127.0.0.1:40123", "ok": true, "error": null,
@@ -49,6 +53,15 @@ def pareto_ids(done: Sequence[dict[str, Any]], objectives: Sequence[Objective],
     feasible = [v is not None and total_violation(list(constraints), v) == 0 for v in values]
     mask = pareto_members(values, list(objectives), feasible)
     return [c["id"] for c, m in zip(done, mask) if m]
+
+
+def accuracies(train: dict[str, Any] | None) -> dict[str, Any]:
+    """The accuracies of a training record: ``val_accuracy`` (the search's fitness),
+    ``test_accuracy`` (measured once after the search, Pareto members only), the training
+    ``train_device``, and ``final`` (``hwnas train-final``'s record, or None)."""
+    t = train or {}
+    return {"val_accuracy": t.get("accuracy"), "test_accuracy": t.get("test_accuracy"),
+            "train_device": t.get("device"), "final": t.get("final")}
 
 
 def fidelity_budget(c: dict[str, Any]) -> float | None:
@@ -103,6 +116,7 @@ def collect(run_dir: str | Path) -> list[dict[str, Any]]:
                 "origin": c["origin"], "objectives": values or {},
                 "feasible": values is not None and total_violation(cons, values) == 0,
                 "pareto": c["id"] in members, "fidelity": fidelity_budget(c), "train": c["train"], "params": c["params"],
+                **accuracies(c["train"]),
                 "size_mb": c["size_mb"], "model_sha256": c["model_sha256"],
                 "onnx_path": f"models/{c['model_sha256']}.onnx" if c["model_sha256"] else None,
                 "measurements": by_cand.get(c["id"], []),

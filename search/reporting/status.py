@@ -12,6 +12,18 @@ from typing import Any
 from search.loop.store import Store
 
 
+def training_throughput(cands: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Training throughput over the trained candidates: images/s (all training images over all
+    training time, validation excluded, as each trainer measured it) and the devices."""
+    recs = [c["train"] for c in cands if (c.get("train") or {}).get("images_per_s")]
+    if not recs:
+        return None
+    images = sum(r.get("train_images", 0) for r in recs)
+    seconds = sum(r.get("train_images", 0) / r["images_per_s"] for r in recs)
+    return {"trained": len(recs), "images_per_s": images / seconds if seconds else None,
+            "devices": sorted({str(r.get("device")) for r in recs})}
+
+
 def run_status(run_dir: str | Path) -> dict[str, Any]:
     """A snapshot of a run as a dict."""
     st = Store(run_dir, read_only=True)
@@ -67,6 +79,7 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
             "late_results_ignored": len(st.events("late_result_ignored")),
             "registry": st.get_meta("registry"),
             "throughput_per_min": (60.0 * len(finished) / span) if span > 0 else None,
+            "training": training_throughput(cands),
             "failures": [{"id": c["id"], "error": c["error"]} for c in cands if c["status"] == "failed"],
             "finished": bool(finished_events),
         }
@@ -82,6 +95,10 @@ def format_status(s: dict[str, Any]) -> str:
                  (f"; {s['throughput_per_min']:.1f}/min" if s["throughput_per_min"] else ""))
     lines.append(f"retries {s['retries']}, quarantined {s['quarantined']}, failed jobs {s['failed_jobs']}, "
                  f"late results ignored {s['late_results_ignored']}, queue {s['queue'] or 'empty'}")
+    t = s.get("training")
+    if t and t["images_per_s"]:
+        lines.append(f"training: {t['images_per_s']:.0f} images/s over {t['trained']} trained candidates "
+                     f"on {', '.join(t['devices'])}")
     if s.get("registry"):
         lines.append(f"registry {s['registry']['address']} (heartbeat {s['registry']['heartbeat_s']:g} s)")
     lines.append("agents:")

@@ -7,6 +7,7 @@ through :func:`get_space`, so the CLI and the conformance suite enumerate every 
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -26,15 +27,75 @@ class TaskSpec:
     num_classes: int
 
 
+#: learning-rate schedules the trainer knows (``search/training/train.py``)
+SCHEDULES = ("cosine", "step", "onecycle", "constant")
+#: optimizers the trainer knows
+TRAIN_OPTIMIZERS = ("sgd", "sgd-nesterov", "adam", "adamw")
+
+#: the fields added after the first stored genomes: a genome stored without them reads with
+#: these values, which reproduce the training of that time (cosine, no warm-up, no smoothing,
+#: no augmentation)
+_LATER_FIELDS: dict[str, Any] = {"schedule": "cosine", "warmup_epochs": 0, "label_smoothing": 0.0,
+                                 "augment": 0.0}
+
+
 @dataclass(frozen=True)
 class TrainHParams:
-    """Training hyperparameters carried by a genome (MENNDL evolves these too)."""
+    """Training hyperparameters carried by a genome (MENNDL evolves these too); every field
+    changes the training (see ``search/training/train.py``).
+
+    schedule: cosine | step (x0.1 at 50 % and 75 %) | onecycle (up to ``learning_rate`` over the
+    first 30 %, cosine down to 1/25,000) | constant; warmup_epochs: linear warm-up before it (not for
+    onecycle, which warms up by itself); label_smoothing: of the cross-entropy; augment: strength
+    0..1 of the training augmentation (0: none; random crop with ``round(augment * size / 8)``
+    pixels of padding, horizontal flips where the dataset allows them).
+    """
 
     learning_rate: float = 0.05
     batch_size: int = 64
     epochs: int = 3
     weight_decay: float = 5e-4
     optimizer: str = "sgd"
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    augment: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r} not in {SCHEDULES}")
+        if self.optimizer not in TRAIN_OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} not in {TRAIN_OPTIMIZERS}")
+        if not (0.0 <= self.label_smoothing < 1.0 and 0.0 <= self.augment <= 1.0 and self.warmup_epochs >= 0):
+            raise ValueError(f"label_smoothing in [0, 1), augment in [0, 1], warmup_epochs >= 0: {self}")
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (every field)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, h: dict[str, Any]) -> "TrainHParams":
+        """Inverse of :meth:`to_json`; a genome stored before the later fields reads with their
+        old behaviour (see ``_LATER_FIELDS``). Raises ``ValueError`` on bad values."""
+        def num(v: Any, kind: type) -> Any:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
+                raise ValueError(f"expected {kind.__name__}, got {v!r}")
+            return kind(v)
+
+        d = {**_LATER_FIELDS, **h}
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training hyperparameters {sorted(unknown)}")
+        return cls(learning_rate=num(d["learning_rate"], float), batch_size=num(d["batch_size"], int),
+                   epochs=num(d["epochs"], int), weight_decay=num(d["weight_decay"], float),
+                   optimizer=str(d["optimizer"]), schedule=str(d["schedule"]),
+                   warmup_epochs=num(d["warmup_epochs"], int), label_smoothing=num(d["label_smoothing"], float),
+                   augment=num(d["augment"], float))
+
+    def key_suffix(self) -> str:
+        """The later fields that differ from their old default, for architecture keys (so the
+        keys of stored genomes stay what they were)."""
+        return "".join(f",{k}={getattr(self, k)!r}" for k, v in _LATER_FIELDS.items() if getattr(self, k) != v)
 
 
 class SearchSpace(ABC):

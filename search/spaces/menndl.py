@@ -11,7 +11,11 @@ JSON form (``MenndlSpace.to_json``)::
                 {"type": "pool", "kind": "max", "kernel": 2, "stride": 2}, ...],
      "head": {"hidden": 64, "dropout": 0.2},
      "hparams": {"learning_rate": 0.01, "batch_size": 64, "epochs": 3,
-                 "weight_decay": 0.0005, "optimizer": "sgd"}}
+                 "weight_decay": 0.0005, "optimizer": "sgd", "schedule": "onecycle",
+                 "warmup_epochs": 0, "label_smoothing": 0.1, "augment": 0.5}}
+
+(a genome stored before ``schedule``, ``warmup_epochs``, ``label_smoothing`` and ``augment``
+existed reads with their old behaviour: cosine, none, none, none.)
 
 Rules that keep every genome buildable for every :class:`~search.spaces.base.TaskSpec`:
 
@@ -37,7 +41,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Union
 
-from search.spaces.base import SearchSpace, TaskSpec, TrainHParams, register_space
+from search.spaces.base import TRAIN_OPTIMIZERS, SearchSpace, TaskSpec, TrainHParams, register_space
 
 ACTIVATIONS = ("relu", "relu6", "elu", "leaky_relu", "hardswish", "tanh", "sigmoid")
 KERNELS = (1, 3, 5, 7)
@@ -46,7 +50,14 @@ DROPOUTS = (0.0, 0.1, 0.2, 0.3, 0.5)
 HIDDEN_CHOICES = (0, 16, 32, 64, 128, 256)
 BATCH_SIZES = (16, 32, 64, 128)
 WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 5e-4, 1e-3)
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = TRAIN_OPTIMIZERS
+SCHEDULE_CHOICES = ("cosine", "step", "onecycle")
+WARMUP_CHOICES = (0, 1)
+LABEL_SMOOTHINGS = (0.0, 0.1)
+AUGMENT_CHOICES = (0.0, 0.5, 1.0)
+#: the hyperparameter genes (mutation picks one, crossover mixes them per field)
+HPARAM_GENES = ("learning_rate", "batch_size", "epochs", "weight_decay", "optimizer", "schedule",
+                "warmup_epochs", "label_smoothing", "augment")
 POOL_KINDS = ("max", "avg")
 HEAD_GRIDS = (1, 2)
 
@@ -277,6 +288,10 @@ class MenndlSpace(SearchSpace):
             epochs=rng.randint(self.min_epochs, self.max_epochs),
             weight_decay=rng.choice(WEIGHT_DECAYS),
             optimizer=rng.choice(OPTIMIZERS),
+            schedule=rng.choice(SCHEDULE_CHOICES),
+            warmup_epochs=rng.choice(WARMUP_CHOICES),
+            label_smoothing=rng.choice(LABEL_SMOOTHINGS),
+            augment=rng.choice(AUGMENT_CHOICES),
         )
 
     def _head(self, rng: random.Random) -> HeadGene:
@@ -351,7 +366,7 @@ class MenndlSpace(SearchSpace):
         return replace(layer, dropout=rng.choice([d for d in DROPOUTS if d != layer.dropout]))
 
     def _mutate_hparams(self, hp: TrainHParams, rng: random.Random) -> TrainHParams:
-        field = rng.choice(("learning_rate", "batch_size", "epochs", "weight_decay", "optimizer"))
+        field = rng.choice(HPARAM_GENES)
         if field == "learning_rate":
             lr = _round_sig(hp.learning_rate * math.exp(rng.gauss(0.0, 0.7)))
             return replace(hp, learning_rate=min(max(lr, self.lr_range[0]), self.lr_range[1]))
@@ -362,7 +377,9 @@ class MenndlSpace(SearchSpace):
             return replace(hp, epochs=e)
         if field == "weight_decay":
             return replace(hp, weight_decay=rng.choice([w for w in WEIGHT_DECAYS if w != hp.weight_decay]))
-        return replace(hp, optimizer=rng.choice([o for o in OPTIMIZERS if o != hp.optimizer]))
+        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULE_CHOICES, "warmup_epochs": WARMUP_CHOICES,
+                   "label_smoothing": LABEL_SMOOTHINGS, "augment": AUGMENT_CHOICES}[field]
+        return replace(hp, **{field: rng.choice([v for v in choices if v != getattr(hp, field)])})
 
     def _mutate_once(self, g: MenndlGenome, rng: random.Random) -> MenndlGenome:
         layers = list(g.layers)
@@ -433,7 +450,7 @@ class MenndlSpace(SearchSpace):
             layers = self._normalise(list(a.layers))
         while sum(isinstance(layer, ConvGene) for layer in layers) < self.min_layers:
             layers.append(self._conv(rng))
-        pick = {f: rng.random() < 0.5 for f in ("learning_rate", "batch_size", "epochs", "weight_decay", "optimizer")}
+        pick = {f: rng.random() < 0.5 for f in HPARAM_GENES}
         hp = TrainHParams(**{f: getattr(a.hparams if use_a else b.hparams, f) for f, use_a in pick.items()})
         head = a.head if rng.random() < 0.5 else b.head
         return self.validate(MenndlGenome(tuple(layers), head, hp))
@@ -453,8 +470,7 @@ class MenndlSpace(SearchSpace):
         return {
             "layers": layers,
             "head": {"hidden": genome.head.hidden, "dropout": genome.head.dropout, "grid": genome.head.grid},
-            "hparams": {"learning_rate": hp.learning_rate, "batch_size": hp.batch_size, "epochs": hp.epochs,
-                        "weight_decay": hp.weight_decay, "optimizer": hp.optimizer},
+            "hparams": hp.to_json(),
         }
 
     def from_json(self, data: dict[str, Any]) -> MenndlGenome:
@@ -473,9 +489,7 @@ class MenndlSpace(SearchSpace):
             head = HeadGene(hidden=data["head"]["hidden"], dropout=_as_float(data["head"]["dropout"]),
                             grid=data["head"].get("grid", 1))
             h = data["hparams"]
-            hp = TrainHParams(learning_rate=_as_float(h["learning_rate"]), batch_size=_as_int(h["batch_size"]),
-                              epochs=_as_int(h["epochs"]), weight_decay=_as_float(h["weight_decay"]),
-                              optimizer=str(h["optimizer"]))
+            hp = TrainHParams.from_json(h)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed MENNDL genome JSON: {type(exc).__name__}: {exc}") from None
         return self.validate(MenndlGenome(tuple(layers), head, hp))
@@ -501,7 +515,7 @@ class MenndlSpace(SearchSpace):
         genome; genomes that differ only in hyperparameters share the part before ``#``."""
         hp = genome.hparams
         return (f"{self._architecture(genome)}#{hp.optimizer},lr={hp.learning_rate!r},bs={hp.batch_size},"
-                f"ep={hp.epochs},wd={hp.weight_decay!r}")
+                f"ep={hp.epochs},wd={hp.weight_decay!r}{hp.key_suffix()}")
 
     def hparams(self, genome: MenndlGenome) -> TrainHParams:
         return genome.hparams
@@ -598,12 +612,6 @@ def _net_class() -> type:
             return self.head(points[-1])
 
     return MenndlNet
-
-
-def _as_int(v: Any) -> int:
-    if not _is_int(v):
-        raise ValueError(f"expected an integer, got {v!r}")
-    return v
 
 
 def _as_float(v: Any) -> float:

@@ -9,9 +9,11 @@ or from a published table. Two implementations:
 - :class:`TableEvaluator`: looks the accuracy up in an :class:`AccuracyTable`, and builds or
   exports the network only when an objective or an agent needs it.
 
-Tests and later executors (subprocess workers, GPU, Ray, fidelity rungs) implement the same
+The executors (:class:`~search.training.workers.ProcessPoolTrainer`: worker processes, one per
+GPU; :class:`~search.training.ray_executor.RayTrainer`: Ray tasks) and tests implement the same
 protocol: ``evaluate(request) -> Evaluation``, with ``inline`` saying whether the call is cheap
-enough for the loop's own thread. ``EvalRequest.fidelity`` is where a rung's budget goes.
+enough for the loop's own thread and ``capacity`` how many run at once.
+``EvalRequest.fidelity`` is where a rung's budget goes.
 """
 from __future__ import annotations
 
@@ -60,6 +62,8 @@ class Evaluator(Protocol):
     """Genome -> :class:`Evaluation`. ``inline``: cheap enough to run on the loop's thread."""
 
     inline: bool
+    #: evaluations it runs at once (the loop keeps that many in flight)
+    capacity: int
 
     def evaluate(self, request: EvalRequest) -> Evaluation:
         """Evaluate one candidate; raise to fail it (the message becomes its error)."""
@@ -70,6 +74,7 @@ class _ModelEvaluator:
     """What both evaluators share: building the network, counting it, exporting ONNX."""
 
     inline = False
+    capacity = 1
 
     def __init__(self, *, space: SearchSpace, task: TaskSpec, model_path: Callable[[str], Path],
                  build: bool, export: bool, torch_threads: int = 1, precision: str = "fp32") -> None:
@@ -139,31 +144,76 @@ def memory_record(onnx_bytes: bytes, *, precision: str) -> dict[str, Any]:
     return record
 
 
-class InProcessTrainer(_ModelEvaluator):
-    """Trains each candidate in this process (a training thread of the loop) on ``splits``."""
 
-    def __init__(self, *, splits: Any, config: SearchConfig, **kwargs: Any) -> None:
-        super().__init__(task=splits.task, build=True, torch_threads=config.torch_threads, **kwargs)
+#: the global torch RNG seeds a network's initial weights: one build at a time per process
+_SEED_LOCK = threading.Lock()
+
+#: progress callback: candidate id and the epoch's record (see ``train_candidate``'s ``on_epoch``)
+ProgressFn = Callable[[int, dict[str, float]], None]
+
+
+def allows_flip(splits: Any) -> bool:
+    """Whether horizontal flips keep an image's class (not for digits)."""
+    return not str(getattr(splits, "name", "")).startswith("digits")
+
+
+class InProcessTrainer(_ModelEvaluator):
+    """Trains each candidate in this process on ``device`` (the unit a training worker process
+    runs; see :mod:`search.training.workers`): seeded build, training on ``splits.train`` with
+    fitness on ``splits.val`` (never the test split), the trained weights kept under
+    ``weights_path(candidate)``, ONNX export."""
+
+    def __init__(self, *, splits: Any, config: SearchConfig, device: str = "cpu",
+                 weights_path: Callable[[int], Path] | None = None, on_progress: ProgressFn | None = None,
+                 torch_threads: int | None = None, **kwargs: Any) -> None:
+        super().__init__(task=splits.task, build=True,
+                         torch_threads=config.torch_threads if torch_threads is None else torch_threads, **kwargs)
         self.splits = splits
         self.settings = config.train
         self.seed = config.seed
+        self.device = device
+        #: where the trained weights go (not ``weights_path``: CheapTrainer's method has that name)
+        self.weights_file = weights_path
+        self.on_progress = on_progress
+        self.capacity = config.train_workers
 
     def evaluate(self, request: EvalRequest) -> Evaluation:
-        """Build, train (seeded by the candidate id), export."""
+        """Build (seeded by the candidate id), train with the search's budget, keep the weights, export."""
+        cfg = self.settings
+        return self.train(request, self.space.hparams(request.genome) or TrainHParams(), max_epochs=cfg.max_epochs,
+                          time_budget_s=cfg.budget_s, patience=cfg.patience)[0]
+
+    def train(self, request: EvalRequest, hparams: TrainHParams, *, max_epochs: int | None,
+              time_budget_s: float | None, patience: int | None, restore_best: bool = True) -> tuple[Evaluation, Any]:
+        """Build (seeded by the candidate id), train with ``hparams`` and these limits, save the
+        weights to ``weights_path``, export; the evaluation and the trained model (on CPU)."""
+        import torch
+
         from search.training.train import train_candidate
 
         t0 = time.perf_counter()
-        genome = request.genome
-        model = self._build(genome)
+        genome, seed = request.genome, self.seed + request.candidate_id
+        with _SEED_LOCK:
+            torch.manual_seed(seed)
+            model = self._build(genome)
         size = self.space.input_shape(genome, self.task)[-1]
-        res = train_candidate(model, self.splits, self.space.hparams(genome) or TrainHParams(),
-                              max_epochs=self.settings.max_epochs, time_budget_s=self.settings.time_budget_s,
-                              seed=self.seed + request.candidate_id, patience=self.settings.patience,
-                              resize_to=size if size != self.task.image_size else None)
+        progress = self.on_progress
+        res = train_candidate(model, self.splits, hparams, max_epochs=max_epochs, time_budget_s=time_budget_s,
+                              seed=seed, patience=patience, device=self.device, restore_best=restore_best,
+                              resize_to=size if size != self.task.image_size else None, flip=allows_flip(self.splits),
+                              on_epoch=None if progress is None else lambda r: progress(request.candidate_id, r))
         train = res.to_dict()
         train["accuracy"] = res.val_accuracy
-        train["source"] = f"trained on {self.splits.source}; accuracy on the held-out split"
-        return self._package(request, model, train, time.perf_counter() - t0)
+        train["source"] = f"trained on {self.splits.source}; accuracy on the validation split"
+        train["worker"] = {"pid": os.getpid(), "torch_threads": torch.get_num_threads(), "device": self.device}
+        model.to("cpu")
+        if self.weights_file is not None:
+            path = self.weights_file(request.candidate_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+            torch.save(model.state_dict(), tmp)
+            os.replace(tmp, path)
+        return self._package(request, model, train, time.perf_counter() - t0), model
 
 
 class TableEvaluator(_ModelEvaluator):

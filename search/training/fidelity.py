@@ -109,7 +109,7 @@ class CheapTrainer(InProcessTrainer):
             max_epochs, patience = cfg.max_epochs, cfg.patience
         callbacks = [self._early_bird(saved)] if cfg.early_bird else []
         size = self.space.input_shape(genome, self.task)[-1]
-        res = train_candidate(model, self.splits, hp, max_epochs=max_epochs, time_budget_s=cfg.time_budget_s,
+        res = train_candidate(model, self.splits, hp, max_epochs=max_epochs, time_budget_s=cfg.budget_s,
                               seed=self.seed + cid + done, patience=patience, callbacks=callbacks,
                               resize_to=size if size != self.task.image_size else None)
         train = res.to_dict()
