@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_export)
 
     tf = sub.add_parser("train-final", help="retrain chosen Pareto members with their full schedule")
-    tf.add_argument("run_dir")
+    tf.add_argument("run_dir", help="run directory (the --out of the search)")
     tf.add_argument("--top", type=int, metavar="K", help="the K most accurate Pareto members (default: all)")
     tf.add_argument("--id", type=int, action="append", help="this finished candidate (repeatable) instead")
     tf.add_argument("--epochs", type=int, metavar="N", help="epochs for each (default: its genome's)")

@@ -12,6 +12,7 @@ from search import config as cfgmod
 from search.cli import main as hwnas
 from search.loop.runner import SearchError, SearchRunner
 from search.loop.store import Store
+from search.reporting.recommend import accuracy_floor
 from search.reporting.results import collect
 
 FAST = dataclasses.replace(
@@ -66,7 +67,11 @@ def test_results_json_and_report_and_export_cli(run_dir, tmp_path, capsys):
     assert list((tmp_path / "rep").glob("*.png"))
     assert hwnas(["export", str(run_dir), "--out", str(tmp_path / "exp")]) == 0
     manifests = list((tmp_path / "exp").glob("*/manifest.json"))
-    assert len(manifests) == sum(r["pareto"] for r in data)
+    floor = accuracy_floor(10)  # digits: 10 classes; members at chance level are not exported
+    above = [r for r in data if r["pareto"] and r["objectives"]["accuracy"] > floor]
+    assert sorted(int(m.parent.name) for m in manifests) == sorted(r["id"] for r in above)
+    assert hwnas(["export", str(run_dir), "--out", str(tmp_path / "all"), "--include-chance"]) == 0
+    assert len(list((tmp_path / "all").glob("*/manifest.json"))) == sum(r["pareto"] for r in data)
     assert hwnas(["status", str(run_dir)]) == 0
     assert "agents:" in capsys.readouterr().out
 

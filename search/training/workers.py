@@ -151,6 +151,15 @@ class ProcessPoolTrainer:
     def close(self) -> None:
         """Stop the workers and the progress listener."""
         with self._lock:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            pool = self._pool
+            # the executor's own join can wait forever on a worker that outlived a broken
+            # predecessor pool (seen after a SIGKILLed worker): join with a deadline, then end it
+            procs = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                proc.join(timeout=30.0)
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join(timeout=5.0)
         self._progress.put(None)
         self._listener.join(timeout=5.0)
