@@ -20,6 +20,7 @@ from test_pool import _queued_jobs, _scripted_pool
 def _tiny_runner(tmp_path, budget: int) -> SearchRunner:
     cfg = load(None)
     cfg = dataclasses.replace(cfg, budget=budget, population_size=2,
+                              space_options={**cfg.space_options, "min_epochs": 1, "max_epochs": 1},
                               train=dataclasses.replace(cfg.train, max_epochs=1, time_budget_s=5.0))
     return SearchRunner(config=cfg, run_dir=tmp_path / "run", progress=False)
 

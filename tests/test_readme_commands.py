@@ -31,6 +31,7 @@ SMALL_BUDGET = 2
 NOT_HERE = {
     "make demo": "runs the 5-minute demo; its three commands run below with a small budget (make -n checked)",
     "make test": "would run this test suite inside itself (make -n checked)",
+    "ray start": "starts a Ray cluster node; tests/test_ray_executor.py starts a real local one on 127.0.0.1",
     "pip install": "installs from the network (the package index); not reachable from the tests",
     "python3 -m venv": "creates a virtual environment (part of the CPU-only install recipe)",
     ".venv/bin/pip install": "installs from the network (PyTorch's index / the package index)",
