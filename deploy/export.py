@@ -41,6 +41,16 @@ class ExportError(RuntimeError):
     """A candidate that cannot be exported (the message says why)."""
 
 
+def _ticket_note(c: dict[str, Any], name: str) -> str:
+    """For a candidate whose final training pruned it to its Early-Bird ticket: the search's cost
+    figures are the dense network's, not those of the exported ticket (empty otherwise)."""
+    eb = (c.get("final") or {}).get("early_bird") or {}
+    if not eb.get("ticket_params") or name.split("@")[0] in ("accuracy", "val_accuracy", "test_accuracy"):
+        return ""
+    return (f"; of the dense network searched ({eb['dense_params']:,} parameters), not of this exported "
+            f"Early-Bird ticket ({eb['ticket_params']:,} parameters), whose costs were not measured")
+
+
 def _objective_provenance(c: dict[str, Any]) -> dict[str, dict[str, str]]:
     from search.provenance import provenance
 
@@ -50,7 +60,7 @@ def _objective_provenance(c: dict[str, Any]) -> dict[str, dict[str, str]]:
             status, how = provenance(c, name)
         except ValueError:  # a metric this version does not know
             status, how = "unknown", "metric not known to this hwnas version"
-        out[name] = {"status": status, "method": how}
+        out[name] = {"status": status, "method": how + _ticket_note(c, name)}
     return out
 
 
@@ -193,7 +203,8 @@ def _accuracy(c: dict[str, Any], model: bytes, ds: Any, prov: dict[str, dict[str
              "method": train.get("test_source") or "not measured (not a Pareto member, or no test split)"}
     final = c.get("final") or None
     if final is not None:
-        final = {k: final.get(k) for k in ("epochs", "val_accuracy", "test_accuracy", "model_sha256", "device")}
+        final = {k: final.get(k) for k in ("epochs", "val_accuracy", "test_accuracy", "model_sha256", "device",
+                                           "early_bird")}
     return {"validation": val, "test": test, "test_after_search": after, "final": final}
 
 
@@ -204,7 +215,7 @@ def _costs(c: dict[str, Any], objectives: Sequence[Any]) -> list[dict[str, Any]]
     out = []
     for name, value in cost_values(c, objectives).items():
         kind, how = provenance(c, name)
-        out.append({"metric": name, "value": value, "kind": kind, "method": how,
+        out.append({"metric": name, "value": value, "kind": kind, "method": how + _ticket_note(c, name),
                     "device_key": name.partition("@")[2] or None})
     return out
 

@@ -11,7 +11,7 @@
                  [--calibration N]] [--token T] [--tls-ca PEM ...] [--check-images N] [--min-agreement F]
     hwnas run MANIFEST IMAGE... [--artifact FILE] [--top K] [--json]
     hwnas status DIR [--json]
-    hwnas train-final DIR [--top K] [--epochs N] [--id ID ...] [--train-device DEV]
+    hwnas train-final DIR [--top K] [--epochs N] [--id ID ...] [--train-device DEV] [--subset N] [--early-bird]
     hwnas predictor fit DIR --device-key K -o FILE
     hwnas predict FILE MODEL.onnx [--json]
     hwnas agent serve|measure ...
@@ -225,7 +225,8 @@ def _train_final(args: argparse.Namespace) -> int:
     from search.training.final import FinalTrainingError, train_final
 
     try:
-        records = train_final(args.run_dir, top=args.top, epochs=args.epochs, ids=args.id, device=args.train_device)
+        records = train_final(args.run_dir, top=args.top, epochs=args.epochs, ids=args.id, device=args.train_device,
+                              subset=args.subset, early_bird=args.early_bird, prune_ratio=args.prune_ratio)
     except FinalTrainingError as exc:
         raise CLIError(str(exc)) from None
     for r in records:
@@ -233,6 +234,13 @@ def _train_final(args: argparse.Namespace) -> int:
         print(f"#{r['id']}: {r['epochs']} epochs on {r['device']}: val_accuracy {r['val_accuracy']:.4f}, "
               f"test_accuracy {_num(r['test_accuracy'])} (search: {s['epochs']} epochs, val {_num(s['val_accuracy'])}, "
               f"test {_num(s['test_accuracy'])}); ONNX {r['onnx_path']}")
+        eb = r.get("early_bird")
+        if eb and eb.get("ticket_params"):
+            print(f"  Early-Bird ticket drawn at epoch {eb['drawn_at_epoch']}: {eb['dense_params']:,} -> "
+                  f"{eb['ticket_params']:,} parameters; dense phase {eb['dense_phase_s']:.1f} s, ticket "
+                  f"{eb['ticket_train_s']:.1f} s (its device costs are not measured)")
+        elif eb:
+            print(f"  Early-Bird: {eb['note']}")
     return 0
 
 
@@ -387,6 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--id", type=int, action="append", help="this finished candidate (repeatable) instead")
     tf.add_argument("--epochs", type=int, metavar="N", help="epochs for each (default: its genome's)")
     tf.add_argument("--train-device", metavar="DEV", help="auto, cpu, cuda, cuda:N (default: the run's)")
+    tf.add_argument("--subset", type=int, metavar="N",
+                    help="images per split for this training, 0 = the whole split (default: the search's subset)")
+    tf.add_argument("--early-bird", action="store_true",
+                    help="draw the Early-Bird ticket, prune to it and train the smaller ticket for the epochs "
+                         "left (menndl space; the ticket's device costs are not measured)")
+    tf.add_argument("--prune-ratio", type=float, default=0.5, metavar="F",
+                    help="share of batch-norm channels the Early-Bird ticket prunes (default 0.5)")
     tf.set_defaults(func=_train_final)
 
     rn = sub.add_parser("run", help="classify images with an export's manifest.json (see hwnas run -h)",

@@ -227,6 +227,55 @@ def test_train_final_retrains_the_front_and_keeps_the_search_figures(guarded_run
     assert "no finished candidates with ids [999]" in capsys.readouterr().err
 
 
+def test_train_final_early_bird_trains_the_pruned_ticket_and_export_says_its_costs_are_the_dense_ones(
+        guarded_run, tmp_path, capsys):
+    """--early-bird: the ticket is drawn (eps 1.0, window 1: at the second epoch), the network is
+    pruned to it, the ticket trains for the epochs left; its weights, ONNX and parameter count are
+    the ticket's, and the export labels the search's cost figures as the dense network's."""
+    import json
+    import shutil
+
+    import onnx
+
+    from search.cli import main as hwnas
+    from search.loop.setup import stored_config
+    from search.spaces.menndl import _net_class
+    from search.training.final import FinalTrainingError, train_final
+
+    src, _, _ = guarded_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    (rec,) = train_final(run_dir, top=1, epochs=4, early_bird=True, eb_eps=1.0, eb_window=1, subset=0,
+                         prune_ratio=0.5)
+    eb = rec["early_bird"]
+    assert eb["drawn_at_epoch"] == 2 and eb["dense_epochs"] == 2 and len(eb["distances"]) == 1
+    assert eb["ticket_params"] < eb["dense_params"] and rec["params"] == eb["ticket_params"]
+    assert rec["epochs"] == 4 and len(rec["history"]) == 4 and [h.get("ticket", False) for h in rec["history"]] == [
+        False, False, True, True]
+    assert 0.0 <= rec["test_accuracy"] <= 1.0
+    # the stored weights load into the ticket genome's network, and the ONNX is the ticket
+    store = Store(run_dir)
+    space = make_space(stored_config(store, token_given=True))
+    store.close()
+    from search.training.data import load_dataset
+
+    net = _net_class()(space.from_json(eb["ticket_genome"]), load_dataset("digits", seed=0).task)
+    net.load_state_dict(torch.load(run_dir / rec["weights"], weights_only=True))
+    assert sum(p.numel() for p in net.parameters()) == eb["ticket_params"]
+    graph = onnx.load(str(run_dir / rec["onnx_path"])).graph
+    assert sum(int(torch.tensor(list(t.dims)).prod()) for t in graph.initializer) <= eb["ticket_params"]
+    assert hwnas(["export", str(run_dir), "--out", str(tmp_path / "exp")]) == 0
+    cid = next(r["id"] for r in collect(run_dir) if r["final"])
+    man = json.loads((tmp_path / "exp" / str(cid) / "manifest.json").read_text())
+    assert man["model"]["sha256"] == rec["model_sha256"] and man["accuracy"]["final"]["early_bird"]["ticket_params"]
+    costs = {c["metric"]: c["method"] for c in man["costs"]}
+    assert costs and all("not of this exported Early-Bird ticket" in m for m in costs.values()), costs
+    with pytest.raises(FinalTrainingError, match="--prune-ratio"):
+        train_final(run_dir, top=1, early_bird=True, prune_ratio=1.5)
+    with pytest.raises(FinalTrainingError, match="--subset"):
+        train_final(run_dir, top=1, subset=-1)
+
+
 def test_a_search_trains_on_real_cifar10_jpegs(tmp_path, monkeypatch):
     """A few hundred of the shared CIFAR-10 tar's JPEGs: decoded once into the cache by the
     server, loaded from it by the worker, trained with the genome's augmentation, test accuracy

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 from search.config import SearchConfig
 from search.spaces.base import SearchSpace, TaskSpec, TrainHParams
@@ -184,9 +184,12 @@ class InProcessTrainer(_ModelEvaluator):
                           time_budget_s=cfg.budget_s, patience=cfg.patience)[0]
 
     def train(self, request: EvalRequest, hparams: TrainHParams, *, max_epochs: int | None,
-              time_budget_s: float | None, patience: int | None, restore_best: bool = True) -> tuple[Evaluation, Any]:
+              time_budget_s: float | None, patience: int | None, restore_best: bool = True,
+              callbacks: Sequence[Any] = (), prepare: Callable[[Any], Any] | None = None) -> tuple[Evaluation, Any]:
         """Build (seeded by the candidate id), train with ``hparams`` and these limits, save the
-        weights to ``weights_path``, export; the evaluation and the trained model (on CPU)."""
+        weights to ``weights_path``, export; the evaluation and the trained model (on CPU).
+        ``callbacks`` are per-epoch hooks (:func:`~search.training.train.train_candidate`);
+        ``prepare`` is called with the built model before training (e.g. to add gradient hooks)."""
         import torch
 
         from search.training.train import train_candidate
@@ -196,12 +199,15 @@ class InProcessTrainer(_ModelEvaluator):
         with _SEED_LOCK:
             torch.manual_seed(seed)
             model = self._build(genome)
+        if prepare is not None:
+            prepare(model)
         size = self.space.input_shape(genome, self.task)[-1]
         progress = self.on_progress
         res = train_candidate(model, self.splits, hparams, max_epochs=max_epochs, time_budget_s=time_budget_s,
                               seed=seed, patience=patience, device=self.device, restore_best=restore_best,
                               resize_to=size if size != self.task.image_size else None, flip=allows_flip(self.splits),
-                              on_epoch=None if progress is None else lambda r: progress(request.candidate_id, r))
+                              on_epoch=None if progress is None else lambda r: progress(request.candidate_id, r),
+                              callbacks=callbacks)
         train = res.to_dict()
         train["accuracy"] = res.val_accuracy
         train["source"] = f"trained on {self.splits.source}; accuracy on the validation split"
