@@ -63,7 +63,7 @@ def study_config(data: str, p: dict) -> cfgmod.SearchConfig:
             cfg = dataclasses.replace(cfg, **{field: p["subset"]})
             break
     else:
-        print(f"note: this hwnas has no dataset subset option; the search trains on the whole split",
+        print("note: this hwnas has no dataset subset option; the search trains on the whole split",
               file=sys.stderr)
     return cfg.validate()
 
