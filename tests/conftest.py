@@ -3,6 +3,7 @@ modules import the plain functions)."""
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 import warnings
@@ -135,6 +136,18 @@ def export_tiny_cnn(path: str | Path, *, seed: int = 0, in_channels: int = 3, si
 
 
 # ============================================================================ the run's summary
+
+def pytest_unconfigure(config):  # noqa: ARG001 - pytest's hook signature
+    """A watchdog for the interpreter's exit: once a CI run's tests had all passed, the process
+    did not exit (a thread or an atexit hook waiting on something gone) and CI waited for its
+    limit. If exiting takes over HWNAS_EXIT_WATCHDOG_S (120) seconds, every thread's stack goes
+    to stderr and the process exits with status 1: a red run that says where it hung."""
+    import faulthandler
+
+    seconds = float(os.environ.get("HWNAS_EXIT_WATCHDOG_S", "120"))
+    if seconds > 0:
+        faulthandler.dump_traceback_later(seconds, exit=True)
+
 
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - pytest's hook signature

@@ -90,6 +90,10 @@ def cluster():
                         "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
         yield f"127.0.0.1:{port}", temp_dir
     finally:
+        import ray
+
+        if ray.is_initialized():  # a test that failed before its close(): leave no driver
+            ray.shutdown()        # connected to a cluster about to be killed (its atexit may hang)
         procs = _session_procs(temp_dir)  # only this cluster's processes, by pid
         for p in procs:
             try:
