@@ -61,6 +61,8 @@ def _search(args: argparse.Namespace) -> int:
         overrides["budget"] = args.budget
     if args.seed is not None:
         overrides["seed"] = args.seed
+    if args.max_wall_s is not None:
+        overrides["max_wall_s"] = args.max_wall_s
     for name in ("space", "algorithm", "dataset", "data_root", "subset", "accuracy_table", "train_workers"):
         v = getattr(args, name)
         if v is not None:
@@ -293,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="run directory to create (default runs/latest)")
     s.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR")
     s.add_argument("--budget", type=int, help="candidates to propose in total")
+    s.add_argument("--max-wall-s", type=float, metavar="S",
+                   help="[search].max_wall_s: propose no new candidate after S seconds of this invocation; "
+                        "those in flight finish (0: none, the budget alone ends the search)")
     s.add_argument("--seed", type=int, help="seed of the algorithm, the data splits and training (default 0)")
     s.add_argument("--space", choices=list_spaces(), help="search space (default menndl)")
     s.add_argument("--algorithm", choices=list_algorithms(), help="search algorithm (default nsga2)")

@@ -7,6 +7,7 @@ File format::
     space_options = { max_layers = 6 }   # keyword arguments of the space (see its class)
     algorithm = "nsga2"         # nsga2 | random | regevo | optuna-nsga2 | optuna-tpe
     budget = 36                 # candidates proposed in total
+    max_wall_s = 0              # no new candidate after this many seconds of this invocation (0: none)
     seed = 0
     population_size = 12
     objectives = ["accuracy", "latency_ms", "params"]   # "max:accuracy" forces a direction
@@ -200,6 +201,7 @@ class SearchConfig:
     space_options: dict[str, Any] = field(default_factory=dict)
     algorithm: str = "nsga2"
     budget: int = 36
+    max_wall_s: float = 0.0
     seed: int = 0
     population_size: int = 12
     objectives: tuple[str, ...] = ("accuracy", "latency_ms", "params")
@@ -318,7 +320,7 @@ def _section(cls: type, data: dict[str, Any], where: str) -> Any:
 
 #: (section, key) -> (low, high) closed range of every numeric setting (None: unbounded)
 _RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
-    ("search", "budget"): (1, None), ("search", "seed"): (0, 2**32 - 1), ("search", "population_size"): (2, None),
+    ("search", "budget"): (1, None), ("search", "max_wall_s"): (0, None), ("search", "seed"): (0, 2**32 - 1), ("search", "population_size"): (2, None),
     ("search", "train_workers"): (1, 256), ("search", "torch_threads"): (0, 1024), ("search", "subset"): (0, None),
     ("train", "max_epochs"): (1, None), ("train", "time_budget_s"): (0, None), ("train", "patience"): (1, None),
     ("train", "ray_max_retries"): (0, None), ("train", "ray_num_cpus"): (0, None), ("train", "ray_num_gpus"): (0, None),

@@ -101,3 +101,27 @@ def test_default_objectives_on_a_table_count_the_built_models_parameters(table, 
         built = count_params(space.build(space.from_json(c["genome"]), task))
         assert c["objectives"]["params"] == built
     assert not any((out / "models").iterdir()), "no ONNX file is needed when nothing measures one"
+
+
+def test_max_wall_s_ends_the_search_with_every_candidate_finished(table, tmp_path):
+    """``--max-wall-s``: no new candidate after the limit, the ones in flight finish, the summary
+    says what stopped the search; a budget far beyond reach is not spent."""
+    path, _ = table
+    out = tmp_path / "run"
+    agent = start_local_agent(extra_args=["--backend", "table", "--table", str(path),
+                                          "--metric", "latency_ms=lat_synth", "--device-key", "synth"])
+    try:
+        proc = hwnas("search", "--out", str(out), "--space", "nb201", "--accuracy-table", f"{path}:acc",
+                     "--agent", agent.address, *(["--token", agent.token] if agent.token else []),
+                     "--no-progress", "--budget", "5000", "--max-wall-s", "2",
+                     "--objective", "accuracy", "--objective", "latency_ms")
+    finally:
+        agent.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["stopped_by"] == "max_wall_s"
+    assert 0 < summary["candidates"] < 5000
+    assert summary["done"] == summary["candidates"], summary  # nothing left half-way
+    assert summary["wall_s"] >= 2
+    st = json.loads(hwnas("status", str(out), "--json").stdout)
+    assert st["finished"] and st["candidates"] == {"done": summary["candidates"]}

@@ -418,6 +418,8 @@ class SearchRunner:
             self._replay()
         self._bar = self._progress_bar(total=cfg.budget, initial=proposed - len(tracker))
         waiting: list[tuple[str, Any]] = []  # an event taken while blocking, handled next round
+        deadline = t_start + cfg.max_wall_s if cfg.max_wall_s else None
+        out_of_time = False
         try:
             while True:
                 # One round = one transaction (Store.batch, group commit): the proposals, and the
@@ -427,7 +429,10 @@ class SearchRunner:
                 with self.store.batch():
                     # keep the trainers busy, but not so far ahead that measurements pile up
                     max_backlog = max(2, 2 * len(self.pool.agents))  # agents join and leave
-                    while (tracker.count(State.TRAINING) < capacity and proposed < cfg.budget
+                    if deadline is not None and not out_of_time and time.perf_counter() >= deadline:
+                        out_of_time = True  # [search].max_wall_s: no new candidate; those in flight finish
+                        self.store.event("wall_limit", detail={"max_wall_s": cfg.max_wall_s, "proposed": proposed})
+                    while (not out_of_time and tracker.count(State.TRAINING) < capacity and proposed < cfg.budget
                            and tracker.count(State.MEASURING) <= max_backlog):
                         self._propose()
                         proposed += 1
@@ -457,7 +462,8 @@ class SearchRunner:
                    "infeasible": counts.get("infeasible", 0),
                    "wall_s": time.perf_counter() - t_start, "train_s": self.timings["train_s"],
                    "export_s": self.timings["export_s"], "retries": self.pool.retries,
-                   "pareto_size": len(self._pareto_ids())}
+                   "pareto_size": len(self._pareto_ids()),
+                   "stopped_by": "max_wall_s" if out_of_time else "budget"}
         self.store.event("search_finished", detail=summary)
         return summary
 
