@@ -264,11 +264,18 @@ def test_registry_agents_join_heartbeat_leave_and_are_dropped(tmp_path):
                 with pytest.raises(grpc.RpcError) as err:
                     stub.Register(request, metadata=metadata, timeout=10)
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            # an agent that announces a key it does not report is refused
-            with pytest.raises(grpc.RpcError) as err:
-                stub.Register(registry_pb2.RegisterRequest(address=agents[0].address, device_key="jetson"),
-                              metadata=(("authorization", f"Bearer {token}"),), timeout=10)
-            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            # an agent that announces a key it does not report is refused; RESOURCE_EXHAUSTED
+            # ("a registration of ADDRESS is pending, try again later") is the registry's answer
+            # while the agent's own registration is still being checked: retry as it says
+            deadline = time.monotonic() + 30
+            while True:
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Register(registry_pb2.RegisterRequest(address=agents[0].address, device_key="jetson"),
+                                  metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+                if err.value.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
         assert runner.wait_closed(5, 60), "no progress"
         # hang one agent while the search runs: heartbeats stop, it must be dropped
         hung = agents[0]

@@ -163,3 +163,8 @@ class ProcessPoolTrainer:
                     proc.join(timeout=5.0)
         self._progress.put(None)
         self._listener.join(timeout=5.0)
+        # a worker terminated while it wrote progress leaves the queue's cross-process write lock
+        # held and a message half sent: neither the None above nor the interpreter's exit may
+        # then wait for the queues' feeder threads (a CI run once hung there after the tests)
+        self._progress.cancel_join_thread()
+        self._slots.cancel_join_thread()
