@@ -117,8 +117,30 @@ def reach(curve: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
     return next((p for p in curve if p["hv"] >= target - 1e-12), None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run both searches and print the comparison."""
+def configs(args: argparse.Namespace, bound: float | None = None) -> tuple[Any, Any, float]:
+    """The reference and the screening run's configs (validated as a new run would be) and the
+    latency bound (``args.bound``, ``bound``, or else the probe's median)."""
+    from search import config as cfgmod
+    from search.loop.setup import check_new_run
+
+    base = dataclasses.replace(
+        cfgmod.SearchConfig(space_options={**cfgmod.DEMO_SPACE_OPTIONS, "min_epochs": args.epochs,
+                                              "max_epochs": args.epochs}), budget=args.budget,
+        population_size=8, seed=args.seed, objectives=("accuracy", "latency_ms"), algorithm=args.algorithm,
+        train=cfgmod.TrainSettings(max_epochs=args.epochs, time_budget_s=3.0 * args.epochs, patience=args.epochs),
+        measure=dataclasses.replace(cfgmod.DEMO_MEASURE, min_iterations=20, min_duration_s=0.05, warmup_s=0.02))
+    bound = args.bound or bound or probe_bound(base, args.probe, args.seed)
+    base = dataclasses.replace(base, constraints=(f"latency_ms <= {bound:.5f}",)).validate()
+    screen = dataclasses.replace(base, predictor=cfgmod.PredictorConfig(
+        enabled=True, min_networks=10, refit_every=args.refit_every, max_heldout_mape_pct=args.max_mape,
+        audit_share=0.2)).validate()
+    for cfg in (base, screen):
+        check_new_run(cfg)  # what SearchRunner checks first: a bench that cannot start fails here
+    return base, screen, bound
+
+
+def parser() -> argparse.ArgumentParser:
+    """The bench's command line."""
     ap = argparse.ArgumentParser(prog="python -m bench.screening")
     ap.add_argument("--budget", type=int, default=36)
     ap.add_argument("--probe", type=int, default=12, help="untrained networks timed to set the bound")
@@ -130,23 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--algorithm", default="nsga2", help="search algorithm of both runs (nsga2, random, ...)")
     ap.add_argument("--keep", help="keep the two run directories here")
-    args = ap.parse_args(argv)
+    return ap
 
-    from search import config as cfgmod
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both searches and print the comparison."""
+    args = parser().parse_args(argv)
+
     from search.loop.runner import SearchRunner
     from search.objectives import Objective
 
-    base = dataclasses.replace(
-        cfgmod.SearchConfig(space_options=dict(cfgmod.DEMO_SPACE_OPTIONS)), budget=args.budget,
-        population_size=8, seed=args.seed, objectives=("accuracy", "latency_ms"), algorithm=args.algorithm,
-        train=cfgmod.TrainSettings(max_epochs=args.epochs, time_budget_s=3.0 * args.epochs, patience=args.epochs),
-        measure=dataclasses.replace(cfgmod.DEMO_MEASURE, min_iterations=20, min_duration_s=0.05, warmup_s=0.02))
     t0 = time.time()
-    bound = args.bound if args.bound else probe_bound(base, args.probe, args.seed)
-    base = dataclasses.replace(base, constraints=(f"latency_ms <= {bound:.5f}",)).validate()
-    screen = dataclasses.replace(base, predictor=cfgmod.PredictorConfig(
-        enabled=True, min_networks=10, refit_every=args.refit_every, max_heldout_mape_pct=args.max_mape,
-        audit_share=0.2)).validate()
+    base, screen, bound = configs(args)
     how = "given" if args.bound else f"median of {args.probe} untrained networks, in-process ORT, 1 thread"
     print(f"bound: latency_ms <= {bound:.4f} ms ({how}); "
           f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

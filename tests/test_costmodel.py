@@ -183,6 +183,27 @@ def test_unseen_op_is_marked_or_refused(fitted, small_onnx, capsys):
     assert cli_main(["predict", str(path), small_onnx, "--strict"]) == 2
 
 
+
+def test_many_layers_of_a_type_never_predict_zero(fitted):
+    """A type's network-stage term (time scale minus per-layer count) is floored at zero and
+    flagged: hundreds of layers of one type once drove a torchvision network's prediction to
+    0 ms."""
+    import dataclasses
+
+    model, d = fitted
+    layers = extract_layers(d / "n0.onnx")
+    k = len(model.net_types)
+    # a per-layer count coefficient of -1 ms: every type's term is below zero
+    steep = dataclasses.replace(model, net_coef=[0.01] + [1.0] * k + [-1.0] * k)
+    r = steep.predict_layers(layers)
+    assert r["latency_ms"] == pytest.approx(0.01)  # the constant alone, never below it
+    assert r["extrapolated"] and any(s.startswith("network_stage_floor:") for s in r["extrapolation"])
+    # a gentle count coefficient binds nowhere: the plain linear stage, unflagged
+    mild = dataclasses.replace(model, net_coef=[0.01] + [1.0] * k + [-1e-9] * k)
+    r = mild.predict_layers(layers)
+    assert not r["extrapolated"]
+    assert r["latency_ms"] == pytest.approx(0.01 + r["layer_sum_ms"] - 1e-9 * len(layers))
+
 def test_bad_files_give_clear_errors(tmp_path, fitted):
     bad = tmp_path / "bad.hwnascm"
     bad.write_bytes(b"not a zip")

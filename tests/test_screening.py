@@ -222,3 +222,16 @@ def test_predictor_section_turns_profiles_on_and_old_configs_restore():
     stored = cfgmod.SearchConfig().to_stored()
     stored.pop("predictor")  # a run stored before issue 12
     assert cfgmod.restore(stored).predictor == cfgmod.PredictorConfig()
+
+
+def test_screening_bench_builds_configs_a_new_run_accepts():
+    """bench/screening.py's two configs pass the checks a new run makes first (the bench once
+    stopped at start-up when the epoch genes had to end at [train].max_epochs)."""
+    from bench.screening import configs, parser
+
+    for argv in (["--bound", "0.05"], ["--bound", "0.05", "--epochs", "3", "--algorithm", "random"]):
+        args = parser().parse_args(argv)
+        base, screen, bound = configs(args)
+        assert bound == 0.05 and base.constraints == ("latency_ms <= 0.05000",)
+        assert screen.predictor.enabled and not base.predictor.enabled
+        assert base.space_options["max_epochs"] == base.train.max_epochs == args.epochs

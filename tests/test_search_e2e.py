@@ -119,3 +119,25 @@ def test_space_and_algorithm_choices_are_the_registries(flag, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'no-such-plugin'" in err and all(repr(n) in err for n in names)
+
+
+def test_same_seed_and_config_train_to_the_same_numbers(tmp_path):
+    """Two runs with one seed and config propose the same genomes and train each to the same
+    accuracies, epoch by epoch (one training worker, no time budget: only wall times and the
+    agent's latencies may differ, and README's "Reproducibility" says so)."""
+    cfg = dataclasses.replace(FAST, budget=3, population_size=3, seed=7,
+                              train=cfgmod.TrainSettings(max_epochs=2, time_budget_s=0.0, patience=2))
+    timing = {"time_s", "images_per_s"}
+
+    def trained(run_dir):
+        SearchRunner(config=cfg, run_dir=run_dir, progress=False).run()
+        out = {}
+        for r in collect(run_dir):
+            assert r["status"] == "done", r["error"]
+            history = [{k: v for k, v in h.items() if k not in timing} for h in r["train"]["history"]]
+            out[r["id"]] = (r["genome"], r["params"], r["objectives"]["accuracy"], history)
+        return out
+
+    first, second = trained(tmp_path / "a"), trained(tmp_path / "b")
+    assert len(first) == 3
+    assert first == second

@@ -10,7 +10,10 @@ its number of layers)`` (the *network stage*, fitted by least squares of the rel
 the measured latencies and the profiled per-type sums, with ``b0, a_t >= 0`` and ``c_t <= 0``:
 ``b0`` is the per-network overhead (session dispatch, layout reorders the runtime inserts),
 ``c_t`` removes the profiler's own per-node cost, which makes profiled layers add up to more
-than the timed network). The prediction interval is the 5th/95th
+than the timed network). A type's term is never below zero (its layers cannot take time away
+from the others'; a network with many more layers of a type than any fitted one would otherwise
+be predicted at 0 ms): where that floor binds, the network is flagged ``network_stage_floor``
+and ``extrapolated``. The prediction interval is the 5th/95th
 percentile of held-out networks' relative residuals. An op type never seen is predicted by a
 fallback model over all layers and flagged ``unseen_op``; features outside the training range
 are flagged ``out_of_range``; either marks the network ``extrapolated``.
@@ -177,6 +180,19 @@ class CostModel:
             flags.append("out_of_range:" + ",".join(out))
         return max(0.0, float(self.estimators[t].predict(x)[0])), flags
 
+    def network_time(self, vec: list[float]) -> tuple[float, list[str]]:
+        """The network stage on :func:`net_vector`'s inputs: ms, and the types whose term was
+        below zero and counted as zero."""
+        c, k = self.net_coef, len(self.net_types)
+        total, floored = c[0] * vec[0], []
+        for i, t in enumerate(self.net_types):
+            term = c[1 + i] * vec[1 + i] + c[1 + k + i] * vec[1 + k + i]
+            if term < 0.0:
+                floored.append(t)
+                term = 0.0
+            total += term
+        return max(0.0, float(total)), floored
+
     def predict_layers(self, layers: list[Layer]) -> dict[str, Any]:
         """Network latency (ms) with interval, per-layer breakdown and extrapolation flags."""
         rows, total, reasons, times = [], 0.0, [], []
@@ -188,7 +204,8 @@ class CostModel:
             rows.append({"name": layer.name, "type": layer.type, "nodes": layer.nodes,
                          "latency_ms": ms, "extrapolated": bool(flags), "flags": flags,
                          "features": dict(layer.features)})
-        net = max(0.0, float(np.dot(self.net_coef, net_vector(layers, times, self.net_types))))
+        net, floored = self.network_time(net_vector(layers, times, self.net_types))
+        reasons += [f"network_stage_floor:{t}" for t in floored]
         result: dict[str, Any] = {
             "latency_ms": net, "label": self.label, "model_id": self.model_id,
             "device_key": self.device_key, "layer_sum_ms": total,
