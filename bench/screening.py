@@ -1,17 +1,22 @@
 """Screening bench (issue 12): trainings and device measurements spent with and without cost-model
 screening, for the same front hypervolume.
 
-Why not on the NAS-Bench-201 table: a table agent answers a latency by architecture key and runs
-no model, so it returns no per-layer profile, and the layer-wise cost model is fitted on
-per-layer runtimes (NeuralPower's method); the table's network latencies alone cannot fit it,
-and per-layer timings measured here would not belong to the table's device. So the bench runs a
-small real search instead: digits, the MENNDL-style space, NSGA-II, one local ONNX Runtime agent
-(gRPC on loopback, the profiler on for the screening run), real training.
+Three set-ups, each a real search with one local ONNX Runtime agent (gRPC on loopback, the
+profiler on for the screening run):
+
+- default: digits, the MENNDL-style space, NSGA-II, real training;
+- ``--dataset cifar10:PATH --subset N [--epochs E --time-budget S]``: the same on a CIFAR-10
+  subset (issue 7's benchmark data, at a scale this CPU can train twice);
+- ``--space nb201``: NAS-Bench-201, accuracy published (the shared table's ``c10_test_200ep``,
+  no training: "trainings" then count table look-ups, free), latency measured here on the
+  exported network. A table-backed *agent* would not do: it answers a latency by architecture
+  key and runs no model, so it gives no per-layer profile to fit the layer-wise model on, and
+  per-layer timings from here would not belong to the table's device.
 
 Both runs: objectives accuracy (max) and latency_ms (min), one constraint ``latency_ms <= B``.
 B is ``--bound``, or else the median latency of ``--probe`` untrained networks sampled from the
 space and timed here in-process with ONNX Runtime (1 thread; ``sess.run`` from Python, about 3x
-the agent's timed loop on the tiny digits networks, so this default binds little: pass
+the agent's timed loop on the tiny digits networks, so this default binds little there: pass
 ``--bound``). The
 reference run has no predictor; the screening run has ``[predictor]`` on (first fit after 10
 profiled networks, refit every ``--refit-every``, screening once the held-out MAPE is <= ``--max-mape``, 20 %
@@ -23,7 +28,8 @@ accuracy 0, latency B); and, for the same hypervolume (``--hv-share`` x the refe
 final), how many trainings and measurements each run had spent when its front first reached it,
 and the saving. The load of the machine is printed with the figures.
 
-Run: ``python -m bench.screening [--budget 36] [--probe 12 | --bound MS] [--max-mape 25] [--refit-every 8] [--epochs 1] [--algorithm nsga2] [--keep DIR]``
+Run: ``python -m bench.screening [--budget 36] [--probe 12 | --bound MS] [--max-mape 25] [--refit-every 8]
+[--epochs 1] [--algorithm nsga2] [--keep DIR] [--dataset D --subset N --time-budget S | --space nb201]``
 """
 from __future__ import annotations
 
@@ -49,7 +55,10 @@ def probe_bound(cfg: Any, n: int, seed: int) -> float:
     from search.training.exporting import export_onnx
 
     space = make_space(cfg)
-    task = load_dataset(cfg.dataset, seed=cfg.seed).task
+    if cfg.accuracy_table:
+        from search.training.evaluator import TABLE_TASK as task
+    else:
+        task = load_dataset(cfg.dataset, seed=cfg.seed).task
     rng = random.Random(seed)
     lat = []
     for _ in range(n):
@@ -123,11 +132,17 @@ def configs(args: argparse.Namespace, bound: float | None = None) -> tuple[Any, 
     from search import config as cfgmod
     from search.loop.setup import check_new_run
 
+    if args.space == "nb201":  # published accuracy (no training), latency measured here
+        table = args.accuracy_table or f"{shared_table()}:c10_test_200ep"
+        source: dict[str, Any] = dict(space="nb201", accuracy_table=table)
+    else:
+        source = dict(space="menndl", dataset=args.dataset, subset=args.subset,
+                      space_options={**cfgmod.DEMO_SPACE_OPTIONS, "min_epochs": args.epochs, "max_epochs": args.epochs})
+    budget_s = args.time_budget if args.time_budget is not None else 3.0 * args.epochs
     base = dataclasses.replace(
-        cfgmod.SearchConfig(space_options={**cfgmod.DEMO_SPACE_OPTIONS, "min_epochs": args.epochs,
-                                              "max_epochs": args.epochs}), budget=args.budget,
+        cfgmod.SearchConfig(**source), budget=args.budget,
         population_size=8, seed=args.seed, objectives=("accuracy", "latency_ms"), algorithm=args.algorithm,
-        train=cfgmod.TrainSettings(max_epochs=args.epochs, time_budget_s=3.0 * args.epochs, patience=args.epochs),
+        train=cfgmod.TrainSettings(max_epochs=args.epochs, time_budget_s=budget_s, patience=args.epochs),
         measure=dataclasses.replace(cfgmod.DEMO_MEASURE, min_iterations=20, min_duration_s=0.05, warmup_s=0.02))
     bound = args.bound or bound or probe_bound(base, args.probe, args.seed)
     base = dataclasses.replace(base, constraints=(f"latency_ms <= {bound:.5f}",)).validate()
@@ -152,7 +167,19 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--algorithm", default="nsga2", help="search algorithm of both runs (nsga2, random, ...)")
     ap.add_argument("--keep", help="keep the two run directories here")
+    ap.add_argument("--space", choices=("menndl", "nb201"), default="menndl",
+                    help="menndl: trained on --dataset; nb201: accuracy from the NAS-Bench-201 table, no training")
+    ap.add_argument("--dataset", default="digits", help="menndl's data (e.g. cifar10:PATH)")
+    ap.add_argument("--subset", type=int, default=0, help="images of --dataset to use (0: all)")
+    ap.add_argument("--time-budget", type=float, help="training seconds per candidate (default 3 x --epochs)")
+    ap.add_argument("--accuracy-table", help="nb201: PATH:COLUMN (default: the shared table's c10_test_200ep)")
     return ap
+
+
+def shared_table() -> str:
+    """The shared NAS-Bench-201 table (``$HWNAS_SHARED_DATA`` or ``../shared/data`` beside the project)."""
+    root = os.environ.get("HWNAS_SHARED_DATA") or str(Path(__file__).resolve().parent.parent.parent / "shared" / "data")
+    return str(Path(root) / "nb201" / "nb201_tables.csv.gz")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -229,9 +229,13 @@ def test_screening_bench_builds_configs_a_new_run_accepts():
     stopped at start-up when the epoch genes had to end at [train].max_epochs)."""
     from bench.screening import configs, parser
 
-    for argv in (["--bound", "0.05"], ["--bound", "0.05", "--epochs", "3", "--algorithm", "random"]):
+    for argv in (["--bound", "0.05"], ["--bound", "0.05", "--epochs", "3", "--algorithm", "random"],
+                 ["--bound", "0.05", "--dataset", "cifar10:c10.tar", "--subset", "2000", "--time-budget", "30"]):
         args = parser().parse_args(argv)
         base, screen, bound = configs(args)
         assert bound == 0.05 and base.constraints == ("latency_ms <= 0.05000",)
         assert screen.predictor.enabled and not base.predictor.enabled
         assert base.space_options["max_epochs"] == base.train.max_epochs == args.epochs
+        assert base.dataset == args.dataset and base.subset == args.subset
+    base, screen, _ = configs(parser().parse_args(["--bound", "1", "--space", "nb201", "--accuracy-table", "t.csv:c"]))
+    assert base.space == screen.space == "nb201" and base.accuracy_table == "t.csv:c" and screen.predictor.enabled
