@@ -21,6 +21,7 @@ says per value which of these it is (see ``status_field``).
 from __future__ import annotations
 
 import math
+from collections import abc
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -59,7 +60,9 @@ class Metric:
         else:
             node = result
         for key in self.path:
-            if not isinstance(node, Mapping):
+            # a plain dict first: isinstance against typing's Mapping alias goes through its
+            # subclass hook, a measurable share of the loop's time per reply at 16 agents
+            if type(node) is not dict and not isinstance(node, abc.Mapping):
                 return None
             node = node.get(key)
         return node  # type: ignore[return-value]
