@@ -239,3 +239,27 @@ def test_screening_bench_builds_configs_a_new_run_accepts():
         assert base.dataset == args.dataset and base.subset == args.subset
     base, screen, _ = configs(parser().parse_args(["--bound", "1", "--space", "nb201", "--accuracy-table", "t.csv:c"]))
     assert base.space == screen.space == "nb201" and base.accuracy_table == "t.csv:c" and screen.predictor.enabled
+
+
+def test_the_default_worker_process_trainer_screens_too(tmp_path):
+    """The evaluator a plain ``hwnas search`` gets (training in worker processes) names its
+    task, so the server screens before a candidate reaches a worker (it once did not: every
+    trained search printed no screening at all, the bench said 0 screened)."""
+
+    class _Runner(SearchRunner):
+        def _propose(self):  # wait for the first fit, as in screened_run
+            if self.models.fits == 0:
+                self.models.wait_fitted(1, 300)
+            super()._propose()
+
+    cfg = dataclasses.replace(CFG, budget=18, space_options={**CFG.space_options, "min_epochs": 1, "max_epochs": 1})
+    runner = _Runner(config=cfg, run_dir=tmp_path, progress=False)
+    summary = runner.run()
+    assert type(runner.evaluator).__name__ == "ProcessPoolTrainer" and runner.evaluator.task is not None
+    st = Store(tmp_path)
+    assert not st.events("screening_unavailable")
+    screened = st.candidates("screened")
+    assert summary["screened"] == len(screened) >= 1, summary
+    for c in screened:
+        assert c["train"] is None and not st.jobs(candidate_id=c["id"])
+    st.close()

@@ -179,8 +179,11 @@ class SearchRunner:
         self.models.start()
         task = getattr(self.evaluator, "task", None)
         if task is None or self.evaluator.inline:
-            self.store.event("screening_unavailable", detail={
-                "reason": "the evaluator builds no network before training (table look-up inline)"})
+            why = ("a table look-up runs inline: there is no training thread to screen in"
+                   if self.evaluator.inline else
+                   f"{type(self.evaluator).__name__} names no task to build untrained networks for")
+            self.store.event("screening_unavailable", detail={"reason": why})
+            print(f"hwnas: screening unavailable: {why}", file=sys.stderr, flush=True)
             return
         self.screener = Screener(models=self.models, space=self.space, task=task, objectives=objectives,
                                  constraints=constraints, store=self.store, max_mape_pct=pr.max_heldout_mape_pct,

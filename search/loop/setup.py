@@ -462,4 +462,5 @@ def make_evaluator(config: SearchConfig, source: Any, space: SearchSpace, store:
 
     devices = worker_devices(device, config.train_workers)
     return ProcessPoolTrainer(config=config, run_dir=store.run_dir, export=export, devices=devices,
-                              threads=cpu_threads(len(devices), config.torch_threads), on_progress=on_progress)
+                              threads=cpu_threads(len(devices), config.torch_threads), on_progress=on_progress,
+                              task=source.task)

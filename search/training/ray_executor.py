@@ -73,6 +73,7 @@ class RayTrainer:
         ray.init(address=s.ray_address or None, ignore_reinit_error=True, log_to_driver=False,
                  include_dashboard=False, configure_logging=False)
         self._splits = ray.put(TrainingSplits.of(splits))  # shipped once, read by every task
+        self.task = splits.task  # for the server's screener (it builds untrained networks)
         self.task_device = "cuda" if s.ray_num_gpus > 0 else "cpu"
         self.threads = max(1, int(s.ray_num_cpus))
         self._task = ray.remote(_train_task).options(

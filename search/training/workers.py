@@ -97,7 +97,10 @@ class ProcessPoolTrainer:
     inline = False
 
     def __init__(self, *, config: SearchConfig, run_dir: str | Path, export: bool, devices: list[str],
-                 threads: int, on_progress: ProgressFn | None = None) -> None:
+                 threads: int, on_progress: ProgressFn | None = None, task: Any = None) -> None:
+        #: the dataset's task (channels, size, classes): what the server's screener builds the
+        #: untrained network for before a candidate reaches a worker (None: no screening)
+        self.task = task
         self.config, self.run_dir, self.export = config, str(run_dir), export
         self.devices, self.threads = list(devices), threads
         self.capacity = len(self.devices)
