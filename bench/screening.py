@@ -19,7 +19,8 @@ space and timed here in-process with ONNX Runtime (1 thread; ``sess.run`` from P
 the agent's timed loop on the tiny digits networks, so this default binds little there: pass
 ``--bound``). The
 reference run has no predictor; the screening run has ``[predictor]`` on (first fit after 10
-profiled networks, refit every ``--refit-every``, screening once the held-out MAPE is <= ``--max-mape``, 20 %
+profiled networks, refit every ``--refit-every``, screening once the held-out MAPE is <= ``--max-mape`` on at least
+``--min-heldout`` held-out networks (8: about 40 profiled), 20 %
 of screened candidates measured anyway). Both have the same budget of proposals and seed.
 
 Printed: per run, trainings (candidates given to the trainer), device measurements (jobs
@@ -148,6 +149,7 @@ def configs(args: argparse.Namespace, bound: float | None = None) -> tuple[Any, 
     base = dataclasses.replace(base, constraints=(f"latency_ms <= {bound:.5f}",)).validate()
     screen = dataclasses.replace(base, predictor=cfgmod.PredictorConfig(
         enabled=True, min_networks=10, refit_every=args.refit_every, max_heldout_mape_pct=args.max_mape,
+        min_heldout=args.min_heldout,
         audit_share=0.2)).validate()
     for cfg in (base, screen):
         check_new_run(cfg)  # what SearchRunner checks first: a bench that cannot start fails here
@@ -161,6 +163,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--probe", type=int, default=12, help="untrained networks timed to set the bound")
     ap.add_argument("--bound", type=float, help="the latency bound in ms (default: the probe's median)")
     ap.add_argument("--max-mape", type=float, default=25.0, help="held-out MAPE (%%) needed to screen")
+    ap.add_argument("--min-heldout", type=int, default=8, help="held-out networks that MAPE must rest on")
     ap.add_argument("--refit-every", type=int, default=8, help="refit after this many more profiled networks")
     ap.add_argument("--epochs", type=int, default=1, help="training epochs per candidate (time budget 3 s each)")
     ap.add_argument("--hv-share", type=float, default=1.0, help="target = this x the reference's final HV")

@@ -62,6 +62,7 @@ File format::
     min_networks = 12           # profiled networks of a key before its first fit (>= 10: held-out)
     refit_every = 6             # refit after this many more
     max_heldout_mape_pct = 15.0 # screen with a key's model only when its held-out MAPE is below
+    min_heldout = 8             # ... measured on at least this many held-out networks
     audit_share = 0.2           # this share of screened candidates is trained and measured anyway
     screen = true               # false: fit and log predictions, never screen
     screen_out_of_range = true  # also screen on predictions with features outside the fit's range
@@ -170,6 +171,9 @@ class PredictorConfig:
     min_networks: int = 12
     refit_every: int = 6
     max_heldout_mape_pct: float = 15.0
+    #: held-out networks the MAPE above must rest on before screening starts (a MAPE over two
+    #: networks, as the first fit on a dozen has, says little about the next hundred)
+    min_heldout: int = 8
     audit_share: float = 0.2
 
 
@@ -274,9 +278,9 @@ class SearchConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         pr = self.predictor
-        if pr.min_networks < 10 or pr.refit_every < 1 or not 0.0 <= pr.audit_share <= 1.0:
+        if pr.min_networks < 10 or pr.refit_every < 1 or not 0.0 <= pr.audit_share <= 1.0 or pr.min_heldout < 1:
             raise ConfigError("[predictor]: min_networks >= 10 (a held-out share is needed), "
-                              "refit_every >= 1, 0 <= audit_share <= 1")
+                              "refit_every >= 1, 0 <= audit_share <= 1, min_heldout >= 1")
         if pr.enabled and not self.measure.profile_layers:  # the model learns from the profiles
             return replace(self, measure=replace(self.measure, profile_layers=True))
         return self

@@ -27,7 +27,7 @@ CFG = dataclasses.replace(
     budget=22, population_size=6, constraints=("latency_ms <= 0.001",),
     train=cfgmod.TrainSettings(max_epochs=1, time_budget_s=2.0, patience=1),
     measure=dataclasses.replace(cfgmod.DEMO_MEASURE, min_iterations=10, min_duration_s=0.03, warmup_s=0.01),
-    predictor=cfgmod.PredictorConfig(enabled=True, min_networks=10, refit_every=100,
+    predictor=cfgmod.PredictorConfig(enabled=True, min_networks=10, refit_every=100, min_heldout=2,
                                      max_heldout_mape_pct=1e9, audit_share=0.5),
 ).validate()
 
@@ -263,3 +263,28 @@ def test_the_default_worker_process_trainer_screens_too(tmp_path):
     for c in screened:
         assert c["train"] is None and not st.jobs(candidate_id=c["id"])
     st.close()
+
+
+def test_screening_waits_for_enough_held_out_networks():
+    """A model whose held-out MAPE rests on fewer than [predictor].min_heldout networks is not
+    used to screen, however small that MAPE."""
+    from search.costmodel.fleet import FittedModel
+    from search.loop.screening import Screener
+    from search.objectives import Constraint, Objective
+
+    class Models:
+        def __init__(self, fm):
+            self.fm = fm
+
+        def current(self, key):
+            return self.fm
+
+    def keys(n_heldout, min_heldout):
+        fm = FittedModel(model=None, heldout_mape_pct=1.0, n_networks=50, n_heldout=n_heldout)
+        return Screener(models=Models(fm), space=None, task=None, store=None, max_mape_pct=25.0, audit_share=0.2,
+                        objectives=[Objective("accuracy", "max"), Objective("latency_ms@k", "min")],
+                        constraints=[Constraint.parse("latency_ms@k <= 1")], min_heldout=min_heldout).keys()
+
+    assert keys(2, 8) == [] and keys(8, 8) == ["k"] and keys(2, 2) == ["k"]
+    with pytest.raises(cfgmod.ConfigError, match="min_heldout"):
+        dataclasses.replace(CFG, predictor=dataclasses.replace(CFG.predictor, min_heldout=0)).validate()

@@ -60,6 +60,8 @@ class FittedModel:
     model: CostModel
     heldout_mape_pct: float
     n_networks: int
+    #: how many held-out networks the MAPE was measured on
+    n_heldout: int = 0
 
 
 class FleetModels:
@@ -112,7 +114,8 @@ class FleetModels:
             path.parent.mkdir(exist_ok=True)
             model.save(path)
             with self._fitted:
-                self._models[key] = FittedModel(model=model, heldout_mape_pct=mape, n_networks=len(ms))
+                self._models[key] = FittedModel(model=model, heldout_mape_pct=mape, n_networks=len(ms),
+                                                n_heldout=int(held.get("n", 0)))
                 self.fits += 1
                 self._fitted.notify_all()
             self.store.event("predictor_fitted", detail={

@@ -188,7 +188,8 @@ class SearchRunner:
         self.screener = Screener(models=self.models, space=self.space, task=task, objectives=objectives,
                                  constraints=constraints, store=self.store, max_mape_pct=pr.max_heldout_mape_pct,
                                  audit_share=pr.audit_share, batch=self.config.measure.batch_size,
-                                 screen=pr.screen, screen_out_of_range=pr.screen_out_of_range)
+                                 screen=pr.screen, screen_out_of_range=pr.screen_out_of_range,
+                                 min_heldout=pr.min_heldout)
 
     def _screen_then_evaluate(self, request: EvalRequest) -> Any:
         """In a training thread: screen first (a screened candidate returns its Verdict, never

@@ -1,7 +1,8 @@
 """Screening before training (issue 12, part 4): rule out candidates a cost model already condemns.
 
 Once a device key's model (:class:`~search.costmodel.fleet.FleetModels`) has a held-out MAPE at
-or below ``[predictor].max_heldout_mape_pct``, each new candidate's *untrained* network is built
+or below ``[predictor].max_heldout_mape_pct``, measured on at least ``[predictor].min_heldout``
+held-out networks, each new candidate's *untrained* network is built
 and exported (latency does not depend on the weights) and its latency on that key predicted,
 with the model's prediction interval. The candidate is screened when
 
@@ -55,8 +56,10 @@ class Screener:
 
     def __init__(self, *, models: FleetModels, space: Any, task: Any, objectives: Sequence[Objective],
                  constraints: Sequence[Constraint], store: Any, max_mape_pct: float, audit_share: float,
-                 batch: int = 1, screen: bool = True, screen_out_of_range: bool = True) -> None:
+                 batch: int = 1, screen: bool = True, screen_out_of_range: bool = True,
+                 min_heldout: int = 1) -> None:
         self.models, self.space, self.task, self.store = models, space, task, store
+        self.min_heldout = min_heldout
         self.objectives, self.constraints = list(objectives), list(constraints)
         self.max_mape_pct, self.batch, self.screen = max_mape_pct, batch, screen
         self.screen_out_of_range = screen_out_of_range
@@ -70,7 +73,7 @@ class Screener:
         out = []
         for k in sorted(keys):
             fm = self.models.current(k)
-            if fm is not None and fm.heldout_mape_pct <= self.max_mape_pct:
+            if fm is not None and fm.heldout_mape_pct <= self.max_mape_pct and fm.n_heldout >= self.min_heldout:
                 out.append(k)
         return out
 
