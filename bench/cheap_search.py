@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import tempfile
 import time
@@ -71,8 +70,7 @@ def figures(run: Path, bound: float) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 minutes an arm on 600 images (says nothing)")
-    ap.add_argument("--data", default=str(Path(os.environ.get("HWNAS_SHARED_DATA", "/work/shared/data"))
-                                          / "cifar10" / "CIFAR-10-images.tar"))
+    ap.add_argument("--data", default=str(cfgmod.shared_data_dir() / "cifar10" / "CIFAR-10-images.tar"))
     ap.add_argument("--minutes", type=float, help="wall time of each arm (default 15; --quick 2)")
     ap.add_argument("--bound", type=float, default=0.15,
                     help="latency_ms constraint (ms on this CPU; about half the space is slower)")

@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from search.config import shared_data_dir  # noqa: E402
 
 
 def main() -> None:
     """Run the cold decode and the warm load once each and print the figures."""
-    default = Path(os.environ.get("HWNAS_SHARED_DATA", "/work/shared/data")) / "cifar10" / "CIFAR-10-images.tar"
+    default = shared_data_dir() / "cifar10" / "CIFAR-10-images.tar"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tar", type=Path, default=default)
     args = ap.parse_args()

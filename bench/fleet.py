@@ -38,9 +38,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script
+    sys.path.insert(0, str(ROOT))
+from search.config import shared_data_dir  # noqa: E402
+
 #: ``$HWNAS_SHARED_DATA`` or ``../shared/data`` beside the project root.
-TABLE = str(Path(os.environ.get("HWNAS_SHARED_DATA") or ROOT.parent / "shared" / "data")
-            / "nb201" / "nb201_tables.csv.gz")
+TABLE = str(shared_data_dir() / "nb201" / "nb201_tables.csv.gz")
 
 
 def _agent_process(n: int, conn: "mp.connection.Connection", table: str) -> None:

@@ -28,6 +28,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from search.config import shared_data_dir
 from search.costmodel.features import FEATURES
 from search.costmodel.model import make_learner
 
@@ -62,8 +63,7 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=0, help="subsample the training rows (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    root = os.environ.get("HWNAS_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-    path = os.path.join(root, "layer_latency", "convolution_layers_by_gpu.csv.gz")
+    path = str(shared_data_dir() / "layer_latency" / "convolution_layers_by_gpu.csv.gz")
     print(f"load before: {os.getloadavg()}  data: {path}")
     rows: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
     per_mac: dict[str, list[float]] = defaultdict(list)

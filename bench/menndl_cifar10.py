@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -126,8 +125,7 @@ def _early_bird_compare(run: Path, p: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few minutes: tiny budget and subset")
-    ap.add_argument("--data", default=str(Path(os.environ.get("HWNAS_SHARED_DATA", "/work/shared/data"))
-                                          / "cifar10" / "CIFAR-10-images.tar"))
+    ap.add_argument("--data", default=str(cfgmod.shared_data_dir() / "cifar10" / "CIFAR-10-images.tar"))
     ap.add_argument("--out", help="run folder (default: a new temporary one)")
     ap.add_argument("--phase", choices=("all", "search", "final"), default="all",
                     help="search only, final training + tables of a searched --out only, or both")

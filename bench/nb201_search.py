@@ -39,10 +39,11 @@ if str(ROOT) not in sys.path:
 
 from search.algorithms.base import get_algorithm  # noqa: E402
 from search.objectives import Objective  # noqa: E402
+from search.config import shared_data_dir  # noqa: E402
 from search.pareto import hypervolume, normalize, pareto_mask  # noqa: E402
 
 #: ``$HWNAS_SHARED_DATA`` or ``../shared/data`` beside the project root.
-DEFAULT_TABLE = Path(os.environ.get("HWNAS_SHARED_DATA") or ROOT.parent / "shared" / "data") / "nb201" / "nb201_tables.csv.gz"
+DEFAULT_TABLE = shared_data_dir() / "nb201" / "nb201_tables.csv.gz"
 ALGORITHMS = ["nsga2", "random", "regevo", "optuna-nsga2", "optuna-tpe"]
 BUDGETS = [100, 300, 1000]
 ACC = "c10_test_200ep"

@@ -41,13 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
+from search.config import shared_data_dir  # noqa: E402
 from search.spaces.base import TrainHParams  # noqa: E402
 from search.spaces.nb201 import NB201Genome, NB201Space  # noqa: E402
 from search.training.data import load_dataset  # noqa: E402
 from search.training.earlybird import EarlyBirdCallback, EarlyBirdDetector, EarlyBirdSettings  # noqa: E402
 from search.training.train import train_candidate  # noqa: E402
 
-SHARED = Path(os.environ.get("HWNAS_SHARED_DATA", "/work/shared/data"))
+SHARED = shared_data_dir()
 TABLE = SHARED / "nb201" / "nb201_tables.csv.gz"
 CIFAR = f"cifar10:{SHARED / 'cifar10' / 'CIFAR-10-images.tar'}"
 #: the NAS-Bench-201 recipe's optimiser (SGD, Nesterov, lr 0.1, wd 5e-4, cosine), batch 64

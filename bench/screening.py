@@ -127,14 +127,14 @@ def reach(curve: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
     return next((p for p in curve if p["hv"] >= target - 1e-12), None)
 
 
-def configs(args: argparse.Namespace, bound: float | None = None) -> tuple[Any, Any, float]:
+def configs(args: argparse.Namespace) -> tuple[Any, Any, float]:
     """The reference and the screening run's configs (validated as a new run would be) and the
-    latency bound (``args.bound``, ``bound``, or else the probe's median)."""
+    latency bound (``args.bound``, or else the probe's median)."""
     from search import config as cfgmod
     from search.loop.setup import check_new_run
 
     if args.space == "nb201":  # published accuracy (no training), latency measured here
-        table = args.accuracy_table or f"{shared_table()}:c10_test_200ep"
+        table = args.accuracy_table or f"{cfgmod.shared_data_dir() / 'nb201' / 'nb201_tables.csv.gz'}:c10_test_200ep"
         source: dict[str, Any] = dict(space="nb201", accuracy_table=table)
     else:
         source = dict(space="menndl", dataset=args.dataset, subset=args.subset,
@@ -145,7 +145,7 @@ def configs(args: argparse.Namespace, bound: float | None = None) -> tuple[Any, 
         population_size=8, seed=args.seed, objectives=("accuracy", "latency_ms"), algorithm=args.algorithm,
         train=cfgmod.TrainSettings(max_epochs=args.epochs, time_budget_s=budget_s, patience=args.epochs),
         measure=dataclasses.replace(cfgmod.DEMO_MEASURE, min_iterations=20, min_duration_s=0.05, warmup_s=0.02))
-    bound = args.bound or bound or probe_bound(base, args.probe, args.seed)
+    bound = args.bound or probe_bound(base, args.probe, args.seed)
     base = dataclasses.replace(base, constraints=(f"latency_ms <= {bound:.5f}",)).validate()
     screen = dataclasses.replace(base, predictor=cfgmod.PredictorConfig(
         enabled=True, min_networks=10, refit_every=args.refit_every, max_heldout_mape_pct=args.max_mape,
@@ -178,11 +178,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--accuracy-table", help="nb201: PATH:COLUMN (default: the shared table's c10_test_200ep)")
     return ap
 
-
-def shared_table() -> str:
-    """The shared NAS-Bench-201 table (``$HWNAS_SHARED_DATA`` or ``../shared/data`` beside the project)."""
-    root = os.environ.get("HWNAS_SHARED_DATA") or str(Path(__file__).resolve().parent.parent.parent / "shared" / "data")
-    return str(Path(root) / "nb201" / "nb201_tables.csv.gz")
 
 
 def main(argv: list[str] | None = None) -> int:
