@@ -1,5 +1,9 @@
-"""Progress of a search where stderr is not a terminal (CI, ``nohup``, systemd): plain lines at
-a fixed interval instead of a redrawn bar, which a log would keep as one ever-growing line.
+"""A search's progress: what a person watching it sees, and what a caller can wait on.
+
+:class:`SearchProgress` counts the candidates closed in this process (``wait_closed``), keeps
+each training's last epoch record, and draws the progress line: a tqdm bar on a terminal, or,
+where stderr is not a terminal (CI, ``nohup``, systemd), plain lines at a fixed interval instead
+of a redrawn bar, which a log would keep as one ever-growing line.
 
 :class:`PlainProgress` offers the part of tqdm's interface the loop uses (``update``,
 ``set_postfix``, ``close``). A line::
@@ -9,8 +13,9 @@ a fixed interval instead of a redrawn bar, which a log would keep as one ever-gr
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 
 class PlainProgress:
@@ -51,3 +56,68 @@ class PlainProgress:
     def close(self) -> None:
         """The final line."""
         self._print(time.monotonic())
+
+
+class SearchProgress:
+    """The loop's progress: closed candidates (``closed_count``, :meth:`wait_closed`), each
+    training's last epoch record (``training``), and the bar. ``figures()`` gives the bar's
+    postfix (done, failed, front, queue); it is called at most every 0.5 s, since the front is
+    computed over every finished candidate."""
+
+    def __init__(self, *, show: bool, every_s: float, figures: Callable[[], dict[str, Any]]) -> None:
+        self.show, self.every_s, self.figures = show, every_s, figures
+        #: candidates finished or failed in this process
+        self.closed_count = 0
+        #: candidate id -> its last epoch record, while it trains
+        self.training: dict[int, dict[str, float]] = {}
+        self._closed = threading.Condition()
+        self._bar: Any = None
+        self._last_refresh = 0.0
+
+    def open(self, *, total: int, initial: int) -> None:
+        """Draw the bar (nothing when ``show`` is off)."""
+        if not self.show:
+            return
+        if not sys.stderr.isatty():  # a log (CI, nohup, systemd): plain lines, not a redrawn bar
+            self._bar = PlainProgress(total=total, initial=max(0, initial), every_s=self.every_s)
+            return
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, initial=max(0, initial), desc="hwnas search", unit="cand", dynamic_ncols=True)
+
+    def close(self) -> None:
+        """The bar's last line."""
+        if self._bar is not None:
+            self._bar.close()
+
+    def wait_closed(self, n: int, timeout: float) -> bool:
+        """Wait until ``n`` candidates have finished or failed in this process; False on timeout."""
+        with self._closed:
+            return self._closed.wait_for(lambda: self.closed_count >= n, timeout)
+
+    def candidate_closed(self, *_: Any) -> None:
+        """One more candidate finished or failed."""
+        with self._closed:
+            self.closed_count += 1
+            self._closed.notify_all()
+        if self._bar is not None:
+            self._bar.update(1)
+            self.refresh()
+
+    def epoch(self, cid: int, record: dict[str, float]) -> None:
+        """A training's epoch record (shown until :meth:`trained`)."""
+        self.training[cid] = record
+        self.refresh()
+
+    def trained(self, cid: int) -> None:
+        """The candidate's training is over: its epochs leave the line."""
+        self.training.pop(cid, None)
+
+    def refresh(self) -> None:
+        """Redraw the postfix, at most every 0.5 s."""
+        if self._bar is None or time.monotonic() - self._last_refresh < 0.5:
+            return
+        self._last_refresh = time.monotonic()
+        training = " ".join(f"#{cid}:{int(r['epoch'])}/{int(r['epochs'])}@{r['images_per_s']:.0f}img/s"
+                            for cid, r in sorted(self.training.items()))
+        self._bar.set_postfix(**self.figures(), training=training or "-", refresh=True)

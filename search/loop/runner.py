@@ -17,7 +17,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import errno
 import queue
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,12 +25,12 @@ from typing import Any
 from search.algorithms.base import AlgorithmOptions, create_algorithm
 from search.config import SearchConfig
 from search.fleet.pool import MeasureJob
-from search.loop.progress import PlainProgress
+from search.loop.progress import SearchProgress
 from search.loop.setup import (Fleet, RegistrySettings, SearchError, accuracy_source, check_new_run, describe_source,
                                lock_run, make_evaluator, open_run, preflight, resume_config, training_device)
 from search.loop.store import StoreError
 from search.loop.rungs import RungLadder
-from search.loop.screening import Screener, Verdict, prediction_error
+from search.loop.screening import RunPredictor, Verdict
 from search.metrics import ONNX_METRICS
 from search.loop.tracker import Candidate, CandidateTracker, State, job_id
 from search.objectives import split_metric
@@ -57,8 +56,7 @@ class SearchRunner:
                  progress_every_s: float = 30.0) -> None:
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.progress = progress
-        self.progress_every_s = progress_every_s
+        self.progress = SearchProgress(show=progress, every_s=progress_every_s, figures=self._figures)
         registry = None
         if registry_port is not None:
             tls = tuple((k, v) for k, v in (registry_tls or {}).items() if v)
@@ -87,23 +85,15 @@ class SearchRunner:
             raise
         self.evaluator = evaluator
         self.tracker: CandidateTracker | None = None
-        self.models: Any = None  # FleetModels, with [predictor] enabled
-        self.screener: Screener | None = None
-        self._predictions: dict[int, dict[str, Any]] = {}
+        #: cost models and screening, with [predictor] enabled
+        self.predictor: RunPredictor | None = None
         #: fidelity rungs ([fidelity]), when on
         self.ladder: RungLadder | None = None
         self.device_keys: list[str] = []
         self.started = threading.Event()
         self.timings = {"train_s": 0.0, "export_s": 0.0}
         self._executor: cf.ThreadPoolExecutor | None = None
-        self._bar: Any = None
-        self._last_refresh = 0.0
         self._closed = threading.Event()
-        #: candidates finished or failed in this process (see wait_closed)
-        self.closed_count = 0
-        self._progressed = threading.Condition()
-        #: candidate id -> its last epoch record, while it trains (the progress line)
-        self.training_progress: dict[int, dict[str, float]] = {}
 
     def _init_fleet(self, agents: list[str] | None, registry: RegistrySettings | None,
                     local_agent_args: tuple[str, ...], wait_agents_s: float) -> None:
@@ -129,6 +119,20 @@ class SearchRunner:
     def registry(self):
         """The agent registry server, when the run serves one."""
         return self.fleet.registry
+
+    @property
+    def models(self):
+        """The run's :class:`~search.costmodel.fleet.FleetModels` (None without [predictor])."""
+        return self.predictor.models if self.predictor is not None else None
+
+    @property
+    def closed_count(self) -> int:
+        """Candidates finished or failed in this process."""
+        return self.progress.closed_count
+
+    def wait_closed(self, n: int, timeout: float) -> bool:
+        """Wait until ``n`` candidates have finished or failed in this process; False on timeout."""
+        return self.progress.wait_closed(n, timeout)
 
     # -- set-up -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -157,9 +161,11 @@ class SearchRunner:
                 self.ladder = RungLadder(rungs=cfg.fidelity.rungs, eta=cfg.fidelity.eta, objectives=objectives,
                                          constraints=constraints)
             self.tracker = CandidateTracker(store=self.store, algorithm=algo, objectives=objectives,
-                                            constraints=constraints, on_closed=self._advance)
+                                            constraints=constraints, on_closed=self.progress.candidate_closed)
             if cfg.predictor.enabled:
-                self._start_predictor(objectives, constraints)
+                self.predictor = RunPredictor(
+                    config=cfg, store=self.store, space=self.space, evaluator=self.evaluator, objectives=objectives,
+                    constraints=constraints, note=lambda *note: self._events.put(("note", note)))
             self.started.set()
             summary = self._loop(t_start)
             if source is not None and not cfg.accuracy_table:
@@ -167,41 +173,6 @@ class SearchRunner:
             return summary
         finally:
             self.close()
-
-    def _start_predictor(self, objectives: list, constraints: list) -> None:
-        """Per-key cost models fitted from this run's profiles; screening where the evaluator
-        builds networks in a training thread (a table look-up has no network to export)."""
-        from search.costmodel.fleet import FleetModels
-
-        pr = self.config.predictor
-        self.models = FleetModels(store=self.store, min_networks=pr.min_networks, refit_every=pr.refit_every,
-                                  seed=self.config.seed)
-        self.models.start()
-        task = getattr(self.evaluator, "task", None)
-        if task is None or self.evaluator.inline:
-            why = ("a table look-up runs inline: there is no training thread to screen in"
-                   if self.evaluator.inline else
-                   f"{type(self.evaluator).__name__} names no task to build untrained networks for")
-            self.store.event("screening_unavailable", detail={"reason": why})
-            print(f"hwnas: screening unavailable: {why}", file=sys.stderr, flush=True)
-            return
-        self.screener = Screener(models=self.models, space=self.space, task=task, objectives=objectives,
-                                 constraints=constraints, store=self.store, max_mape_pct=pr.max_heldout_mape_pct,
-                                 audit_share=pr.audit_share, batch=self.config.measure.batch_size,
-                                 screen=pr.screen, screen_out_of_range=pr.screen_out_of_range,
-                                 min_heldout=pr.min_heldout)
-
-    def _screen_then_evaluate(self, request: EvalRequest) -> Any:
-        """In a training thread: screen first (a screened candidate returns its Verdict, never
-        reaching the evaluator), else evaluate; ``(evaluation, verdict or None)``."""
-        verdict = None
-        try:
-            verdict = self.screener.check(request.genome)
-        except Exception as exc:  # noqa: BLE001 - a prediction that fails screens nothing
-            self._events.put(("note", ("prediction_failed", request.candidate_id, f"{type(exc).__name__}: {exc}")))
-        if verdict is not None and verdict.screened:
-            return verdict
-        return self.evaluator.evaluate(request), verdict
 
     # -- the candidate's way ----------------------------------------------------------------
     def _evaluate(self, cid: int) -> None:
@@ -231,13 +202,14 @@ class SearchRunner:
                 fut.set_exception(exc)
             self._events.put(("trained", (cid, fut)))
             return
-        if self.screener is not None and fn == self.evaluator.evaluate and cand.rung == 0 and not cand.results:
-            fn = self._screen_then_evaluate  # only before a first training, with no cost measured yet
+        screener = self.predictor.screener if self.predictor is not None else None
+        if screener is not None and fn == self.evaluator.evaluate and cand.rung == 0 and not cand.results:
+            fn = self.predictor.screen_then_evaluate  # only before a first training, with no cost measured yet
         fut = self._executor.submit(fn, request)
         fut.add_done_callback(lambda f, cid=cid: self._events.put(("trained", (cid, f))))
 
     def _trained(self, cid: int, fut: cf.Future) -> None:
-        self.training_progress.pop(cid, None)
+        self.progress.trained(cid)
         try:
             ev = fut.result()
         except Exception as exc:  # noqa: BLE001 - a failed candidate is a value
@@ -249,11 +221,9 @@ class SearchRunner:
         if isinstance(ev, Verdict):
             self.tracker.screen(cid, prediction=ev.prediction, reason=ev.reason)
             return
-        if isinstance(ev, tuple):  # from _screen_then_evaluate
+        if isinstance(ev, tuple):  # from RunPredictor.screen_then_evaluate
             ev, verdict = ev
-            if verdict is not None:
-                self.store.set_prediction(cid, verdict.prediction)
-                self._predictions[cid] = verdict.prediction
+            self.predictor.let_through(cid, verdict)
         for k in self.timings:
             self.timings[k] += ev.timings.get(k, 0.0)
         cand = self.tracker[cid]
@@ -314,21 +284,10 @@ class SearchRunner:
         self._settle(cand.id)
 
     def _measured(self, job: MeasureJob, result: dict[str, Any] | None, error: str | None) -> None:
-        if result is not None and error is None:
-            self._learn(job, result)
+        if result is not None and error is None and self.predictor is not None:
+            self.predictor.learn(job.candidate_id, job.device_key, result)
         self.tracker.measured(job.candidate_id, job.device_key, result, error)
         self._settle(job.candidate_id)
-
-    def _learn(self, job: MeasureJob, result: dict[str, Any]) -> None:
-        """A profile feeds the key's cost model; a predicted candidate's error is logged."""
-        if self.models is not None and result.get("layers"):
-            self.models.observe(job.device_key)
-        pred = self._predictions.get(job.candidate_id)
-        err = prediction_error(pred, {job.device_key: result}) if pred else {}
-        if err:
-            self.store.event("prediction_checked", candidate_id=job.candidate_id,
-                             detail={"audit": bool(pred.get("audit")), "reason": pred.get("screen_reason"),
-                                     **err[job.device_key], "device_key": job.device_key})
 
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "trained":
@@ -337,8 +296,7 @@ class SearchRunner:
             cid, record = payload
             # a record that arrives after the training's result is dropped (it would linger)
             if cid in self.tracker and self.tracker[cid].state is State.TRAINING:
-                self.training_progress[cid] = record
-                self._refresh()
+                self.progress.epoch(cid, record)
         elif kind == "note":
             what, cid, detail = payload
             self.store.event(what, candidate_id=cid, detail={"error": detail})
@@ -420,7 +378,7 @@ class SearchRunner:
         proposed = len(self.store.candidates())
         if self.resume:
             self._replay()
-        self._bar = self._progress_bar(total=cfg.budget, initial=proposed - len(tracker))
+        self.progress.open(total=cfg.budget, initial=proposed - len(tracker))
         waiting: list[tuple[str, Any]] = []  # an event taken while blocking, handled next round
         deadline = t_start + cfg.max_wall_s if cfg.max_wall_s else None
         out_of_time = False
@@ -454,11 +412,10 @@ class SearchRunner:
                     try:
                         waiting.append(self._events.get(timeout=1.0))
                     except queue.Empty:
-                        self._refresh()
+                        self.progress.refresh()
         finally:
             self._executor.shutdown(wait=True, cancel_futures=True)
-            if self._bar is not None:
-                self._bar.close()
+            self.progress.close()
         counts = self.store.count()
         summary = {"run_dir": str(self.run_dir), "candidates": sum(counts.values()),
                    "done": counts.get("done", 0), "failed": counts.get("failed", 0),
@@ -489,47 +446,19 @@ class SearchRunner:
 
         return pareto_ids(self.store.candidates("done"), self.tracker.objectives, self.tracker.constraints)
 
-    def _progress_bar(self, *, total: int, initial: int) -> Any:
-        if not self.progress:
-            return None
-        if not sys.stderr.isatty():  # a log (CI, nohup, systemd): plain lines, not a redrawn bar
-            return PlainProgress(total=total, initial=max(0, initial), every_s=self.progress_every_s)
-        from tqdm import tqdm
-
-        return tqdm(total=total, initial=max(0, initial), desc="hwnas search", unit="cand", dynamic_ncols=True)
-
-    def wait_closed(self, n: int, timeout: float) -> bool:
-        """Wait until ``n`` candidates have finished or failed in this process; False on timeout."""
-        with self._progressed:
-            return self._progressed.wait_for(lambda: self.closed_count >= n, timeout)
-
-    def _advance(self, _cand: Candidate) -> None:
-        with self._progressed:
-            self.closed_count += 1
-            self._progressed.notify_all()
-        if self._bar is not None:
-            self._bar.update(1)
-            self._refresh()
-
-    def _refresh(self) -> None:
-        # rate-limited: the Pareto set over all done candidates is not recomputed per event
-        if self._bar is None or time.monotonic() - self._last_refresh < 0.5:
-            return
-        self._last_refresh = time.monotonic()
+    def _figures(self) -> dict[str, Any]:
+        """The progress line's figures."""
         counts = self.store.count()
-        training = " ".join(f"#{cid}:{int(r['epoch'])}/{int(r['epochs'])}@{r['images_per_s']:.0f}img/s"
-                            for cid, r in sorted(self.training_progress.items()))
-        self._bar.set_postfix(done=counts.get("done", 0), failed=counts.get("failed", 0),
-                              front=len(self._pareto_ids()), queue=sum(self.pool.queue_depth().values()),
-                              training=training or "-", refresh=True)
+        return {"done": counts.get("done", 0), "failed": counts.get("failed", 0), "front": len(self._pareto_ids()),
+                "queue": sum(self.pool.queue_depth().values())}
 
     def close(self) -> None:
         """Stop the fleet and close the store (once)."""
         if self._closed.is_set():
             return
         self._closed.set()
-        if self.models is not None:  # a fit in flight writes its event before the store closes
-            self.models.close()
+        if self.predictor is not None:
+            self.predictor.close()
         try:
             closer = getattr(self.evaluator, "close", None)
             if closer is not None:

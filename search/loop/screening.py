@@ -25,9 +25,10 @@ whose values were measured, enter the front.
 """
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from search.costmodel.fleet import FleetModels
 from search.objectives import Constraint, Objective, split_metric
@@ -164,3 +165,70 @@ def prediction_error(prediction: dict[str, Any], results: dict[str, dict[str, An
                         "rel_error": p["value"] / measured - 1.0,
                         "in_interval": bool(iv and iv["low"] <= measured <= iv["high"])}
     return out
+
+
+class RunPredictor:
+    """A run's ``[predictor]``: the per-key cost models fitted from its profiles
+    (:class:`~search.costmodel.fleet.FleetModels`, started here), the :class:`Screener` where the
+    evaluator builds networks outside the loop's thread, and the predictions of the candidates
+    it let through, whose errors are logged once they are measured.
+
+    ``note(kind, candidate_id, error)`` hands a failed prediction to the loop's thread (the store
+    is written there); ``evaluate`` is the evaluator's."""
+
+    def __init__(self, *, config: Any, store: Any, space: Any, evaluator: Any, objectives: Sequence[Objective],
+                 constraints: Sequence[Constraint], note: Callable[[str, int, str], None]) -> None:
+        pr = config.predictor
+        self.store, self.evaluate, self.note = store, evaluator.evaluate, note
+        self.models = FleetModels(store=store, min_networks=pr.min_networks, refit_every=pr.refit_every,
+                                  seed=config.seed)
+        self.models.start()
+        self.screener: Screener | None = None
+        #: candidate id -> the prediction it was let through with
+        self.predictions: dict[int, dict[str, Any]] = {}
+        task = getattr(evaluator, "task", None)
+        if task is None or evaluator.inline:
+            why = ("a table look-up runs inline: there is no training thread to screen in"
+                   if evaluator.inline else
+                   f"{type(evaluator).__name__} names no task to build untrained networks for")
+            store.event("screening_unavailable", detail={"reason": why})
+            print(f"hwnas: screening unavailable: {why}", file=sys.stderr, flush=True)
+            return
+        self.screener = Screener(models=self.models, space=space, task=task, objectives=objectives,
+                                 constraints=constraints, store=store, max_mape_pct=pr.max_heldout_mape_pct,
+                                 audit_share=pr.audit_share, batch=config.measure.batch_size,
+                                 screen=pr.screen, screen_out_of_range=pr.screen_out_of_range,
+                                 min_heldout=pr.min_heldout)
+
+    def screen_then_evaluate(self, request: Any) -> Any:
+        """In a training thread: screen first (a screened candidate returns its Verdict, never
+        reaching the evaluator), else evaluate; ``(evaluation, verdict or None)``."""
+        verdict = None
+        try:
+            verdict = self.screener.check(request.genome)
+        except Exception as exc:  # noqa: BLE001 - a prediction that fails screens nothing
+            self.note("prediction_failed", request.candidate_id, f"{type(exc).__name__}: {exc}")
+        if verdict is not None and verdict.screened:
+            return verdict
+        return self.evaluate(request), verdict
+
+    def let_through(self, cid: int, verdict: Verdict | None) -> None:
+        """A candidate screening let through: its prediction is kept (store and memory)."""
+        if verdict is not None:
+            self.store.set_prediction(cid, verdict.prediction)
+            self.predictions[cid] = verdict.prediction
+
+    def learn(self, candidate_id: int, device_key: str, result: dict[str, Any]) -> None:
+        """A profile feeds the key's cost model; a predicted candidate's error is logged."""
+        if result.get("layers"):
+            self.models.observe(device_key)
+        pred = self.predictions.get(candidate_id)
+        err = prediction_error(pred, {device_key: result}) if pred else {}
+        if err:
+            self.store.event("prediction_checked", candidate_id=candidate_id,
+                             detail={"audit": bool(pred.get("audit")), "reason": pred.get("screen_reason"),
+                                     **err[device_key], "device_key": device_key})
+
+    def close(self) -> None:
+        """Let a fit in flight write its event before the store closes."""
+        self.models.close()
