@@ -121,7 +121,7 @@ def test_fidelity_rungs_promote_the_best_and_front_uses_the_top_rung(tmp_path):
     state = torch.load(wpath, weights_only=False)
     state["epochs"] = 1
     torch.save(state, wpath)
-    with st._tx() as db:
+    with st.db.tx() as db:
         db.execute("UPDATE candidates SET status='promoted', objectives=NULL, train=? WHERE id=?",
                    (json.dumps({**t["train"], "rungs": t["train"]["rungs"][:1]}), t["id"]))
     st.close()

@@ -55,7 +55,7 @@ def test_second_ok_measurement_for_same_key_is_impossible(tmp_path):
     st.lease_job("j2", "a", 1e12)
     st.record_measurement("j2", agent="a", result={"error": None})
     with pytest.raises(sqlite3.IntegrityError):
-        with st._tx() as db:
+        with st.db.tx() as db:
             db.execute("INSERT INTO measurements(job_id, candidate_id, device_key, agent, ok, result, created)"
                        " VALUES ('j2', 2, 'k', 'b', 1, '{}', 0)")
 
@@ -159,4 +159,4 @@ with st.batch():
             proc.kill()
     st = Store(tmp_path)
     assert [c["id"] for c in st.candidates()] == [0, 1, 2]
-    assert st._query("PRAGMA integrity_check")[0][0] == "ok"
+    assert st.db.query("PRAGMA integrity_check")[0][0] == "ok"

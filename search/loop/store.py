@@ -24,7 +24,7 @@ File format (``<run dir>/run.sqlite``), schema version 1:
   that screening looked at (``status='screened'``: ruled out before training; not measured).
 - ``events``: what happened when (agent joined/lost, job retried, candidate failed, ...).
 
-Every write is one transaction, so a ``kill -9`` at any moment leaves a consistent file and
+Every write is one transaction (the connection, transactions and errors: :mod:`search.loop.rundb`), so a ``kill -9`` at any moment leaves a consistent file and
 ``hwnas search --resume`` can continue from it. :meth:`Store.batch` groups several writes of one
 thread into a single transaction (group commit: fewer WAL pages and commits); they become durable
 together, or, after a kill in the middle, none of them does. The journal is WAL with
@@ -36,12 +36,12 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import threading
 import time
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from search.loop.rundb import RunDB, StoreError
 
 SCHEMA_VERSION = 1
 DB_NAME = "run.sqlite"
@@ -106,10 +106,6 @@ CREATE TABLE IF NOT EXISTS events (
 _ADDED_COLUMNS = (("candidates", "prediction", "TEXT"), ("measurements", "layers", "TEXT"))
 
 
-class StoreError(RuntimeError):
-    """The run directory or its database is missing, foreign or inconsistent."""
-
-
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
@@ -140,81 +136,23 @@ class Store:
         self.read_only = read_only
         if not create and not self.path.exists():
             raise StoreError(f"no run store at {self.path} (is {self.run_dir} a run directory?)")
-        self._lock = threading.RLock()
-        self._batch_depth = 0  # > 0 while a batch() holds the lock and its transaction is open
-        if read_only:
-            self._db = self._connect_read_only()
-            self._check_version(self.get_meta("schema_version"))
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.models_dir.mkdir(exist_ok=True)
-        try:
-            if not create and self.path.stat().st_size == 0:
-                raise sqlite3.DatabaseError("the file is empty")
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            if not create and not self._db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone():
-                raise sqlite3.DatabaseError("it holds no hwnas tables")
-            with self._lock:
-                self._db.executescript(_SCHEMA)
-                for table, column, decl in _ADDED_COLUMNS:
-                    have = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
-                    if column not in have:
-                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-        except sqlite3.Error as exc:
-            raise self._damaged(exc) from None
+        if not read_only:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.models_dir.mkdir(exist_ok=True)
+        #: the connection (transactions, reads, errors)
+        self.db = RunDB(self.path, create=create, read_only=read_only, schema=_SCHEMA, added_columns=_ADDED_COLUMNS)
         version = self.get_meta("schema_version")
-        if version is None:
+        if version is None and not read_only:
             self.set_meta("schema_version", SCHEMA_VERSION)
             self.set_meta("created", time.time())
         else:
             self._check_version(version)
 
-    def _connect_read_only(self) -> sqlite3.Connection:
-        """A read-only connection; on read-only media without a WAL beside the file the
-        database is opened ``immutable`` (SQLite could not create its ``-shm`` file there)."""
-        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
-        try:  # a WAL with content must be read: never immutable then
-            wal_content = self.path.with_name(DB_NAME + "-wal").stat().st_size > 0
-        except OSError:
-            wal_content = False
-        tries = [uri] if wal_content else [uri, uri + "&immutable=1"]
-        last: sqlite3.Error | None = None
-        for u in tries:
-            try:
-                db = sqlite3.connect(u, uri=True, check_same_thread=False, isolation_level=None)
-                db.row_factory = sqlite3.Row
-                db.execute("PRAGMA busy_timeout=5000")
-                if not db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone():
-                    db.close()
-                    raise sqlite3.DatabaseError("it holds no hwnas tables" if self.path.stat().st_size
-                                                else "the file is empty")
-                return db
-            except sqlite3.OperationalError as exc:  # cannot open (read-only media): next try
-                last = exc
-            except sqlite3.Error as exc:
-                raise self._damaged(exc) from None
-        raise self._damaged(last)  # type: ignore[arg-type]
-
     def _check_version(self, version: Any) -> None:
         if version is None:
-            raise self._damaged(sqlite3.DatabaseError("no schema version"))
+            raise self.db.damaged(sqlite3.DatabaseError("no schema version"))
         if int(version) != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: schema version {version}, this hwnas reads {SCHEMA_VERSION}")
-
-    def _damaged(self, exc: BaseException) -> StoreError:
-        """The one-line error of a store that cannot be used (``exc``: SQLite's reason)."""
-        msg = str(exc)
-        if "full" in msg:
-            return StoreError(f"{self.path}: {msg}: free space, then continue with "
-                              f"hwnas search --resume {self.run_dir}")
-        if "readonly" in msg or "read-only" in msg:
-            return StoreError(f"{self.path}: {msg} (the run directory is on read-only media or not writable)")
-        return StoreError(f"{self.path} is damaged or not an hwnas run store ({msg}); restore the run "
-                          "directory from a copy, or start a new run with another --out")
 
     # -- plumbing ---------------------------------------------------------------------------
     @property
@@ -231,118 +169,35 @@ class Store:
 
     def update_train(self, cid: int, **fields: Any) -> None:
         """Add ``fields`` to candidate ``cid``'s training record (test accuracy, final training)."""
-        with self._tx() as db:
+        with self.db.tx() as db:
             row = db.execute("SELECT train FROM candidates WHERE id=?", (cid,)).fetchone()
             train = json.loads(row["train"]) if row is not None and row["train"] else {}
             train.update(fields)
             # `updated` stays: it is when the search finished the candidate (status' throughput)
             db.execute("UPDATE candidates SET train=? WHERE id=?", (_dumps(train), cid))
 
-    class _Tx:
-        def __init__(self, store: "Store") -> None:
-            self.store = store
-            self.nested = False
-
-        def __enter__(self) -> sqlite3.Connection:
-            st = self.store
-            st._lock.acquire()
-            # inside this thread's batch (a batch holds the lock, so no other thread gets here):
-            # a savepoint, so that a failed write undoes only itself
-            self.nested = st._batch_depth > 0
-            try:
-                st._db.execute("SAVEPOINT tx" if self.nested else "BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                st._lock.release()
-                raise st._damaged(exc) from None
-            except BaseException:
-                st._lock.release()
-                raise
-            return st._db
-
-        def __exit__(self, exc_type, exc, tb) -> None:
-            st = self.store
-            db = st._db
-            try:
-                if self.nested:
-                    if exc_type:
-                        db.execute("ROLLBACK TO tx")
-                    db.execute("RELEASE tx")
-                else:
-                    db.execute("ROLLBACK" if exc_type else "COMMIT")
-            except sqlite3.Error as err:
-                if not self.nested:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                raise st._damaged(err) from None
-            finally:
-                st._lock.release()
-            if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
-                raise st._damaged(exc) from None  # disk full, I/O error: one line, not a traceback
-
-    def _tx(self) -> "Store._Tx":
-        return Store._Tx(self)
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Run the writes of this block (this thread's) in one transaction (group commit).
-
-        Other threads' writes wait until the block ends, so keep it short. An exception rolls
-        the whole batch back. Nested batches join the outer one.
-        """
-        with self._lock:
-            if self._batch_depth:
-                self._batch_depth += 1
-                try:
-                    yield
-                finally:
-                    self._batch_depth -= 1
-                return
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self._damaged(exc) from None
-            self._batch_depth = 1
-            try:
-                yield
-            except BaseException:
-                self._batch_depth = 0
-                # SQLite may have rolled back already (a full disk does that)
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise
-            self._batch_depth = 0
-            try:
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise self._damaged(exc) from None
-
-    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except sqlite3.Error as exc:  # a truncated or overwritten file shows up here
-                raise self._damaged(exc) from None
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Run the writes of this block (this thread's) in one transaction (group commit; see
+        :meth:`RunDB.batch`)."""
+        return self.db.batch()
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
     # -- meta -------------------------------------------------------------------------------
     def set_meta(self, key: str, value: Any) -> None:
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, _dumps(value)))
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        rows = self.db.query("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0]["value"]) if rows else default
 
     # -- candidates -------------------------------------------------------------------------
     def add_candidate(self, *, id: int, arch_key: str, genome: dict, parents: tuple[int, ...] = (),
                       origin: str = "sample") -> None:
         now = time.time()
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute(
                 "INSERT INTO candidates(id, arch_key, genome, parents, origin, created, updated)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -354,7 +209,7 @@ class Store:
                     size_mb: float | None, jobs: list[tuple[str, str]]) -> None:
         """Record training + export and queue one measurement job per ``(job_id, device_key)``."""
         now = time.time()
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute(
                 "UPDATE candidates SET status='trained', train=?, model_sha256=?, params=?, size_mb=?,"
                 " updated=? WHERE id=? AND status IN ('pending', 'promoted')",
@@ -370,7 +225,7 @@ class Store:
         """Queue measurement jobs ``(job_id, device_key)`` of a candidate not yet trained (cost
         first measures the untrained network); jobs that exist already are kept."""
         now = time.time()
-        with self._tx() as db:
+        with self.db.tx() as db:
             for job_id, key in jobs:
                 db.execute("INSERT OR IGNORE INTO jobs(id, candidate_id, device_key, updated) VALUES (?, ?, ?, ?)",
                            (job_id, cid, key, now))
@@ -378,7 +233,7 @@ class Store:
     def infeasible_candidate(self, cid: int, *, train: dict, costs: dict[str, float], reason: str,
                              model_sha256: str | None, params: int | None, size_mb: float | None) -> None:
         """Cost first: the untrained network's measured ``costs`` violate a constraint; never trained."""
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute(
                 "UPDATE candidates SET status='infeasible', error=?, train=?, objectives=?, model_sha256=?,"
                 " params=?, size_mb=?, updated=? WHERE id=?",
@@ -387,13 +242,13 @@ class Store:
 
     def promote_candidate(self, cid: int, *, train: dict, rung: int) -> None:
         """A fidelity rung passed the candidate on: it trains on to rung ``rung``."""
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute("UPDATE candidates SET status='promoted', train=?, updated=? WHERE id=?",
                        (_dumps(train), time.time(), cid))
             self._event(db, "candidate_promoted", candidate_id=cid, detail={"to_rung": rung})
 
     def finish_candidate(self, cid: int, *, objectives: dict[str, float]) -> None:
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute(
                 "UPDATE candidates SET status='done', objectives=?, error=NULL, updated=? WHERE id=?",
                 (_dumps(objectives), time.time(), cid),
@@ -401,7 +256,7 @@ class Store:
             self._event(db, "candidate_done", candidate_id=cid)
 
     def fail_candidate(self, cid: int, error: str) -> None:
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute(
                 "UPDATE candidates SET status='failed', error=?, updated=? WHERE id=?",
                 (error, time.time(), cid),
@@ -419,10 +274,10 @@ class Store:
         if status:
             sql += " WHERE status = ?"
             args = (status,)
-        return [self._cand(r) for r in self._query(sql + " ORDER BY id", args)]
+        return [self._cand(r) for r in self.db.query(sql + " ORDER BY id", args)]
 
     def candidate(self, cid: int) -> dict[str, Any]:
-        rows = self._query("SELECT * FROM candidates WHERE id = ?", (cid,))
+        rows = self.db.query("SELECT * FROM candidates WHERE id = ?", (cid,))
         if not rows:
             raise StoreError(f"no candidate {cid}")
         return self._cand(rows[0])
@@ -435,7 +290,7 @@ class Store:
         return d
 
     def count(self) -> dict[str, int]:
-        rows = self._query("SELECT status, COUNT(*) AS n FROM candidates GROUP BY status")
+        rows = self.db.query("SELECT status, COUNT(*) AS n FROM candidates GROUP BY status")
         return {r["status"]: r["n"] for r in rows}
 
     # -- jobs and measurements --------------------------------------------------------------
@@ -447,11 +302,11 @@ class Store:
         if state is not None:
             sql += " AND state = ?"
             args.append(state)
-        return [dict(r) for r in self._query(sql + " ORDER BY candidate_id, device_key", tuple(args))]
+        return [dict(r) for r in self.db.query(sql + " ORDER BY candidate_id, device_key", tuple(args))]
 
     def lease_job(self, job_id: str, agent: str, deadline: float) -> bool:
         """Lease a queued job to ``agent``; False if it is not queued any more."""
-        with self._tx() as db:
+        with self.db.tx() as db:
             cur = db.execute(
                 "UPDATE jobs SET state='leased', agent=?, lease_deadline=?, attempts=attempts+1, updated=?"
                 " WHERE id=? AND state='queued'",
@@ -460,7 +315,7 @@ class Store:
             return cur.rowcount == 1
 
     def requeue_job(self, job_id: str, *, reason: str, crashed: bool = False, agent: str | None = None) -> None:
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute(
                 "UPDATE jobs SET state='queued', agent=NULL, lease_deadline=NULL, error=?,"
                 " crashes=crashes+?, updated=? WHERE id=? AND state='leased'",
@@ -480,7 +335,7 @@ class Store:
             layers = _dumps({"latency_ms": (result.get("latency_ms") or {}).get("median"),
                              "batch": (result.get("measure_config") or {}).get("batch_size", 1),
                              "layers": result.pop("layers")})
-        with self._tx() as db:
+        with self.db.tx() as db:
             row = db.execute("SELECT candidate_id, device_key, state FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
                 raise StoreError(f"unknown job {job_id}")
@@ -499,7 +354,7 @@ class Store:
             return True
 
     def fail_job(self, job_id: str, error: str) -> None:
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute("UPDATE jobs SET state='failed', error=?, updated=? WHERE id=? AND state IN ('queued','leased')",
                        (error, time.time(), job_id))
             self._event(db, "job_failed", detail={"job": job_id, "error": error})
@@ -511,7 +366,7 @@ class Store:
             args.append(candidate_id)
         if ok_only:
             sql += " AND ok = 1"
-        rows = self._query(sql + " ORDER BY id", tuple(args))
+        rows = self.db.query(sql + " ORDER BY id", tuple(args))
         out = []
         for r in rows:
             d = dict(r)
@@ -526,7 +381,7 @@ class Store:
     def profiles(self, device_key: str) -> list[dict[str, Any]]:
         """The ok measurements on ``device_key`` that carry a per-layer profile, oldest first:
         ``candidate_id``, ``model_sha256``, ``latency_ms`` (timed, unprofiled), ``batch``, ``layers``."""
-        rows = self._query(
+        rows = self.db.query(
             "SELECT m.candidate_id, m.layers, c.model_sha256 FROM measurements m JOIN candidates c"
             " ON c.id = m.candidate_id WHERE m.ok = 1 AND m.device_key = ? AND m.layers IS NOT NULL"
             " ORDER BY m.id", (device_key,))
@@ -540,14 +395,14 @@ class Store:
 
     def screen_candidate(self, cid: int, *, prediction: dict[str, Any], reason: str) -> None:
         """Record a candidate the cost model ruled out before training (``status='screened'``)."""
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute("UPDATE candidates SET status='screened', prediction=?, error=?, updated=? WHERE id=?",
                        (_dumps(prediction), reason, time.time(), cid))
             self._event(db, "candidate_screened", candidate_id=cid, detail={"reason": reason})
 
     def set_prediction(self, cid: int, prediction: dict[str, Any]) -> None:
         """Keep the prediction of a candidate that is trained and measured anyway (an audit)."""
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute("UPDATE candidates SET prediction=? WHERE id=?", (_dumps(prediction), cid))
 
     # -- events -----------------------------------------------------------------------------
@@ -560,11 +415,11 @@ class Store:
 
     def event(self, kind: str, *, candidate_id: int | None = None, agent: str | None = None,
               detail: dict | None = None) -> None:
-        with self._tx() as db:
+        with self.db.tx() as db:
             self._event(db, kind, candidate_id=candidate_id, agent=agent, detail=detail)
 
     def events(self, kind: str | None = None) -> list[dict]:
         sql, args = "SELECT * FROM events", ()
         if kind:
             sql, args = sql + " WHERE kind = ?", (kind,)
-        return [dict(r, detail=json.loads(r["detail"] or "{}")) for r in self._query(sql + " ORDER BY id", args)]
+        return [dict(r, detail=json.loads(r["detail"] or "{}")) for r in self.db.query(sql + " ORDER BY id", args)]
