@@ -18,7 +18,6 @@ with the final result dict (``None`` when the job failed without one, reason in 
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import socket
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from device_agent.config import BuildConfig, MeasureConfig
+from search.fleet.jobqueue import JobQueue
 from search.loop.store import Store
 from search.metrics import impossible_reading
 
@@ -163,22 +163,15 @@ class AgentPool:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.max_crashes = max_crashes
-        self.straggler_s = straggler_s
-        #: job id -> (job, agent address, monotonic start) of every job on an agent now
-        self._inflight: dict[str, tuple[MeasureJob, str, float]] = {}
-        self._reissued: set[str] = set()
-        self.reissued = 0
         if client_factory is None:
             from device_agent.rpc.client import AgentClient
 
             client_factory = AgentClient
         self._client_factory = client_factory
         self._lock = threading.RLock()
-        self._cv = threading.Condition(self._lock)
-        # one condition per device key on the same lock: a submitted job wakes one worker of
-        # its key, not every worker of the fleet (no thundering herd with many agents)
-        self._key_cvs: dict[str, threading.Condition] = {}
-        self._queues: dict[str, collections.deque[MeasureJob]] = collections.defaultdict(collections.deque)
+        self._cv = threading.Condition(self._lock)  # agents joined, left, took or ended a job
+        #: the jobs waiting per key and those on an agent (on the same lock)
+        self.queue = JobQueue(self._lock, straggler_s=straggler_s)
         self.agents: dict[str, AgentState] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._stop = threading.Event()
@@ -268,7 +261,7 @@ class AgentPool:
         if job is not None:
             self.retries += 1
             self.store.requeue_job(job.job_id, reason=f"agent {address} {reason}", agent=address)
-            self._requeue_front(job)
+            self.queue.put_front(job)
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait until ``predicate()`` holds, re-checked whenever an agent joins or leaves or an
@@ -281,61 +274,23 @@ class AgentPool:
         return {a.device_key for a in self.agents.values() if not a.removed}
 
     # -- jobs -------------------------------------------------------------------------------
-    def _key_cv(self, key: str) -> threading.Condition:
-        cv = self._key_cvs.get(key)
-        if cv is None:
-            cv = self._key_cvs.setdefault(key, threading.Condition(self._lock))
-        return cv
+    @property
+    def reissued(self) -> int:
+        """Stragglers' jobs handed to a second agent."""
+        return self.queue.reissued
 
     def _wake_all(self) -> None:
         with self._lock:
             self._cv.notify_all()
-            for cv in list(self._key_cvs.values()):
-                cv.notify_all()
+            self.queue.wake_all()
 
     def submit(self, job: MeasureJob) -> None:
         """Queue a job for an agent of its device key."""
-        with self._lock:
-            self._queues[job.device_key].append(job)
-            self._key_cv(job.device_key).notify()
+        self.queue.put(job)
 
     def queue_depth(self) -> dict[str, int]:
-        with self._cv:
-            return {k: len(q) for k, q in self._queues.items() if q}
-
-    def _next_job(self, key: str, state: AgentState) -> MeasureJob | None:
-        cv = self._key_cv(key)
-        with self._lock:
-            while not self._stop.is_set() and not state.removed:
-                q = self._queues.get(key)
-                if q:
-                    return q.popleft()
-                dup = self._straggler(key, state)
-                if dup is not None:
-                    return dup
-                cv.wait(timeout=0.5)
-            if self._queues.get(key):
-                cv.notify()  # pass a wake-up meant for this (removed) worker on
-        return None
-
-    def _straggler(self, key: str, state: AgentState) -> MeasureJob | None:
-        """With the lock held and nothing queued for ``key``: a job of the key that another agent
-        has held for longer than ``straggler_s``, to be measured a second time here (first result
-        wins; the store keeps one ok measurement per job and records the other as ignored)."""
-        if self.straggler_s is None:
-            return None
-        limit = time.monotonic() - self.straggler_s
-        for job_id, (job, agent, t0) in self._inflight.items():
-            if job.device_key == key and agent != state.address and t0 < limit and job_id not in self._reissued:
-                self._reissued.add(job_id)
-                self.reissued += 1
-                return dataclasses.replace(job, duplicate=True)
-        return None
-
-    def _requeue_front(self, job: MeasureJob) -> None:
-        with self._lock:
-            self._queues[job.device_key].appendleft(job)
-            self._key_cv(job.device_key).notify()
+        """Jobs waiting per device key."""
+        return self.queue.depth()
 
     # -- the worker -------------------------------------------------------------------------
     def _worker(self, state: AgentState, client: Any) -> None:
@@ -362,7 +317,8 @@ class AgentPool:
             if not state.healthy:
                 if not self._probe(state, client):
                     continue
-            job = self._next_job(state.device_key, state)
+            job = self.queue.take(state.device_key, state.address,
+                                  lambda: not self._stop.is_set() and not state.removed)
             if job is None:
                 break
             if job.duplicate:
@@ -376,12 +332,12 @@ class AgentPool:
                     removed_now = True
                 else:
                     state.busy_with, state.current = job.job_id, job
-                    self._inflight[job.job_id] = (job, state.address, time.monotonic())
+                    self.queue.started(job, state.address)
                     removed_now = False
                     self._cv.notify_all()  # wakes wait_until
             if removed_now:
                 self.store.requeue_job(job.job_id, reason="agent removed", agent=state.address)
-                self._requeue_front(job)
+                self.queue.put_front(job)
                 break
             try:
                 result = self._send(client, job)
@@ -391,7 +347,7 @@ class AgentPool:
                     break
                 if isinstance(exc, agent_errors.AgentBusy):
                     self.store.requeue_job(job.job_id, reason="agent busy", agent=state.address)
-                    self._requeue_front(job)
+                    self.queue.put_front(job)
                     time.sleep(0.2)
                     continue
                 if isinstance(exc, agent_errors.InvalidRequest):  # the request, not the agent, is wrong
@@ -406,7 +362,7 @@ class AgentPool:
             finally:
                 with self._cv:
                     state.busy_with, state.current = None, None
-                    self._inflight.pop(job.job_id, None)
+                    self.queue.ended(job.job_id)
                     self._cv.notify_all()
             if job.job_id in state.given_back:
                 # a late answer of a dropped agent: counts if nobody else answered first
@@ -488,7 +444,7 @@ class AgentPool:
             self._finish(job, None, err)
         else:
             self.store.requeue_job(job.job_id, reason=reason, agent=state.address)
-            self._requeue_front(job)
+            self.queue.put_front(job)
 
     @staticmethod
     def _checked(state: AgentState, result: dict[str, Any]) -> dict[str, Any]:
@@ -516,7 +472,7 @@ class AgentPool:
                 self.retries += 1
                 self.store.requeue_job(job.job_id, reason=f"{kind}: {result.get('error')}", crashed=True,
                                        agent=state.address)
-                self._requeue_front(job)
+                self.queue.put_front(job)
                 return
             result = dict(result, error=f"quarantined after {crashes} {kind}s: {result.get('error')}")
             self.store.event("model_quarantined", candidate_id=job.candidate_id, agent=state.address,
