@@ -32,6 +32,7 @@ from search.loop.store import StoreError
 from search.loop.rungs import RungLadder
 from search.loop.screening import RunPredictor, Verdict
 from search.metrics import ONNX_METRICS
+from search.loop.resume import replay_store
 from search.loop.tracker import Candidate, CandidateTracker, State, job_id
 from search.objectives import split_metric
 from search.training.evaluator import EvalRequest, Evaluator
@@ -318,32 +319,15 @@ class SearchRunner:
     # -- resume -----------------------------------------------------------------------------
     def _replay(self) -> None:
         """Feed a resumed store to the algorithm; evaluate or measure again what was in flight."""
-        algo, to_train, to_measure, to_promote = self.tracker.algorithm, [], [], []
-        for c in self.store.candidates():
-            genome, parents = self.space.from_json(c["genome"]), tuple(c["parents"])
-            if self.ladder is not None and c["status"] == "done":
-                for r in (c["train"] or {}).get("rungs", []):  # the rungs' standings come back
-                    self.ladder.record(r["rung"], c["id"], {**c["objectives"], "accuracy": r["accuracy"]})
-            if c["status"] in ("done", "failed", "infeasible", "screened"):
-                algo.observe(genome, c["objectives"] if c["status"] == "done" else None, number=c["id"],
-                             parents=parents)
-                continue
-            algo.reserve(c["id"], genome, parents)
-            if c["status"] == "promoted" and self.ladder is not None:
-                to_promote.append(c)
-                continue
-            trained = c["status"] == "trained"
-            self.tracker.add(c["id"], genome, c["arch_key"], state=State.TRAINED if trained else State.PROPOSED,
-                             row=c)
-            (to_measure if trained else to_train).append(c["id"])
-        for c in to_promote:
+        plan = replay_store(self.store, self.tracker, self.space, self.ladder)
+        for c in plan.promote:
             self._train_promoted(c)
-        for cid in to_train:
+        for cid in plan.train:
             self._evaluate(cid)
-        for cid in to_measure:
+        for cid in plan.measure:
             self._measure_again(cid)
-        self.store.event("resumed", detail={"train": to_train, "measure": to_measure,
-                                            "promoted": [c["id"] for c in to_promote]})
+        self.store.event("resumed", detail={"train": plan.train, "measure": plan.measure,
+                                            "promoted": [c["id"] for c in plan.promote]})
 
     def _train_promoted(self, c: dict[str, Any]) -> None:
         """A resumed promoted candidate: its measured costs back, training on at its next rung
